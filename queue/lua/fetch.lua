@@ -1,0 +1,79 @@
+-- Lease up to k jobs for a worker, serving lanes in weighted round-robin (stride scheduling)
+-- and admitting a job only if every budget its lane names has room.
+-- ARGV: base, worker, lease ttl ms, k, sync aging ms, max lanes examined.
+-- Returns a list of {id, lease, payload, type, attempt, max attempts, enqueued at, lane, meta,
+-- orphans, lease expiry}.
+local worker = ARGV[2]
+local ttl = tonumber(ARGV[3])
+local k = tonumber(ARGV[4])
+local aging = tonumber(ARGV[5])
+local max_scan = tonumber(ARGV[6])
+local now = now_ms()
+promote_due(now, 200)
+local out = {}
+local scans = 0
+while #out < k and scans < max_scan do
+  scans = scans + 1
+  local r0 = redis.call('ZRANGE', base .. 'ready:0', 0, 0, 'WITHSCORES')
+  local r1 = redis.call('ZRANGE', base .. 'ready:1', 0, 0, 'WITHSCORES')
+  if #r0 == 0 and #r1 == 0 then break end
+  local c, pick
+  if #r0 == 0 then
+    c, pick = '1', r1
+  elseif #r1 == 0 then
+    c, pick = '0', r0
+  else
+    -- Class 0 (actions) goes first unless class 1 (syncs) has gone unserved for `aging` ms.
+    local last1 = tonumber(redis.call('HGET', base .. 'vt', 'served1') or '0')
+    if now - last1 >= aging then c, pick = '1', r1 else c, pick = '0', r0 end
+  end
+  local lane, pass = pick[1], tonumber(pick[2])
+  local lm = lmeta(lane)
+  local rk = base .. 'ready:' .. c
+  local budgets = split(redis.call('HGET', lm, 'b'))
+  local verdict, arg = admit(budgets, now)
+  if verdict == 'blocked' then
+    redis.call('ZREM', rk, lane)
+    redis.call('HSET', lm, 'st', 'b')
+    redis.call('SADD', base .. 'blocked:' .. arg, lane)
+    redis.call('SADD', base .. 'blockedb', arg)
+  elseif verdict == 'sleep' then
+    redis.call('ZREM', rk, lane)
+    redis.call('HSET', lm, 'st', 's')
+    redis.call('ZADD', base .. 'sleeping', arg, lane)
+  else
+    local id = redis.call('LPOP', lqueue(lane))
+    if not id then
+      redis.call('ZREM', rk, lane)
+      redis.call('HSET', lm, 'st', 'i')
+    else
+      local jk = jkey(id)
+      redis.call('ZREM', base .. 'readyz', id)
+      if redis.call('EXISTS', jk) == 1 then
+        local exp = now + ttl
+        local lease = tostring(redis.call('INCR', base .. 'seq'))
+        local held = take(id, budgets, now, exp)
+        local a = redis.call('HINCRBY', jk, 'a', 1)
+        redis.call('HSET', jk, 's', 'l', 'k', lease, 'w', worker, 'x', exp, 'ls', now, 'hb', held)
+        redis.call('ZADD', base .. 'leased', exp, id)
+        local f = redis.call('HMGET', jk, 'p', 't', 'm', 'e', 'meta', 'o')
+        out[#out + 1] = {id, lease, f[1], f[2], a, f[3], f[4], lane, f[5] or '', f[6] or '0', exp}
+      end
+      redis.call('HSET', base .. 'vt', c, tostring(pass))
+      if c == '1' then redis.call('HSET', base .. 'vt', 'served1', now) end
+      local wk = redis.call('HGET', lm, 'wk')
+      local w = 1
+      if wk and wk ~= '' then w = tonumber(lookup('w:' .. wk) or '1') or 1 end
+      if w <= 0 then w = 1 end
+      local np = pass + 1 / w
+      if redis.call('LLEN', lqueue(lane)) == 0 then
+        redis.call('ZREM', rk, lane)
+        redis.call('HSET', lm, 'st', 'i', 'pass', tostring(np))
+      else
+        redis.call('ZADD', rk, np, lane)
+        redis.call('HSET', lm, 'pass', tostring(np))
+      end
+    end
+  end
+end
+return out

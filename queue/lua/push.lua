@@ -1,0 +1,32 @@
+-- Push n jobs. ARGV[2] = n, then 11 fields per job:
+--   id, type, lane, budgets, weight key, class, payload, max attempts, unique key, delay ms, meta
+-- Returns, per job, its id (enqueued) or "dup:<existing id>" (unique key held, or id taken).
+local n = tonumber(ARGV[2])
+local now = now_ms()
+local out = {}
+local ready = 0
+for i = 0, n - 1 do
+  local o = 3 + i * 11
+  local id, typ, lane, budgets, wk, cls = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
+  local payload, maxa, uniq, delay, meta = ARGV[o + 6], ARGV[o + 7], ARGV[o + 8], tonumber(ARGV[o + 9]), ARGV[o + 10]
+  local jk = jkey(id)
+  if redis.call('EXISTS', jk) == 1 then
+    out[#out + 1] = 'dup:' .. id
+  elseif uniq ~= '' and not redis.call('SET', base .. 'u:' .. uniq, id, 'NX') then
+    out[#out + 1] = 'dup:' .. (redis.call('GET', base .. 'u:' .. uniq) or '')
+  else
+    redis.call('HSET', jk, 'p', payload, 't', typ, 'l', lane, 'a', 0, 'm', maxa, 'o', 0, 'e', now,
+      'u', uniq, 'meta', meta)
+    redis.call('HSET', lmeta(lane), 'b', budgets, 'wk', wk, 'c', cls)
+    if delay > 0 then
+      redis.call('HSET', jk, 's', 'd')
+      redis.call('ZADD', base .. 'delayed', now + delay, id)
+    else
+      make_ready(id, lane, now, false)
+      ready = ready + 1
+    end
+    out[#out + 1] = id
+  end
+end
+signal(ready)
+return out

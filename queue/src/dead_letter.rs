@@ -1,0 +1,108 @@
+//! The durable end of a job that cannot succeed: a row in PostgreSQL `dead_letters` with its
+//! raw payload and one `dead_letter_attempts` row per recorded attempt.
+//!
+//! Invariant: a job leaves Redis only after its dead-letter row is committed. The write is
+//! idempotent on `job_id` (ON CONFLICT DO NOTHING), so the two-phase protocol (Redis `dying`
+//! outbox → PostgreSQL → finalize) may repeat any step after a crash without duplicating or
+//! losing a dead letter.
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::QueueError;
+use crate::job::{DyingJob, Priority, parse_lane_id};
+
+/// Writes dead letters into PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgDeadLetters {
+    pool: PgPool,
+    queue: String,
+}
+
+fn ts(ms: i64) -> Option<DateTime<Utc>> {
+    if ms <= 0 { None } else { Utc.timestamp_millis_opt(ms).single() }
+}
+
+impl PgDeadLetters {
+    /// A writer for queue `queue`.
+    pub fn new(pool: PgPool, queue: impl Into<String>) -> Self {
+        Self { pool, queue: queue.into() }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Records a dead job. Returns the dead letter's id, or `None` when it was already recorded.
+    pub async fn record(&self, job: &DyingJob) -> Result<Option<Uuid>, QueueError> {
+        let (priority, provider, tenant) = parse_lane_id(&job.lane)
+            .map(|(p, prov, ten)| (p, prov.to_owned(), ten.to_owned()))
+            .unwrap_or((Priority::Normal, String::new(), String::new()));
+        let last = job.history.last();
+        let payload_json: Option<serde_json::Value> = serde_json::from_slice(&job.payload).ok();
+        let meta = serde_json::to_value(&job.meta).unwrap_or(serde_json::Value::Null);
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO dead_letters (job_id, queue, job_type, lane, provider, tenant, priority, \
+               payload, payload_json, meta, unique_key, reason, error_class, last_error, \
+               provider_status, provider_code, attempts, max_attempts, orphans, enqueued_at, dead_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21) \
+             ON CONFLICT (job_id) DO NOTHING RETURNING id",
+        )
+        .bind(job.id.0)
+        .bind(&self.queue)
+        .bind(&job.job_type)
+        .bind(&job.lane)
+        .bind(&provider)
+        .bind(&tenant)
+        .bind(match priority {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+        })
+        .bind(&job.payload)
+        .bind(payload_json)
+        .bind(meta)
+        .bind(&job.unique_key)
+        .bind(job.reason.as_str())
+        .bind(last.map(|a| a.error_class.as_str()).unwrap_or("unknown"))
+        .bind(last.map(|a| a.message.as_str()).unwrap_or(""))
+        .bind(last.and_then(|a| a.provider_status).map(i32::from))
+        .bind(last.and_then(|a| a.provider_code.clone()))
+        .bind(job.attempts as i32)
+        .bind(job.max_attempts as i32)
+        .bind(job.orphans as i32)
+        .bind(ts(job.enqueued_at_ms).unwrap_or(now))
+        .bind(ts(job.dead_at_ms).unwrap_or(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = id
+            && !job.history.is_empty()
+        {
+            let h = &job.history;
+            sqlx::query(
+                "INSERT INTO dead_letter_attempts (dead_letter_id, seq, attempt, started_at, \
+                   finished_at, worker_id, outcome, error_class, message, provider_status, provider_code) \
+                 SELECT $1, * FROM UNNEST($2::int[], $3::int[], $4::timestamptz[], $5::timestamptz[], \
+                   $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::text[])",
+            )
+            .bind(id)
+            .bind((1..=h.len() as i32).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| a.attempt as i32).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| ts(a.started_at)).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| ts(a.finished_at)).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| a.worker.clone()).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| a.outcome.clone()).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| a.error_class.clone()).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| a.message.clone()).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| a.provider_status.map(i32::from)).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| a.provider_code.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,402 @@
+//! What goes into the queue and what comes out of it.
+//!
+//! A job belongs to a [`Lane`]: (queue, provider, tenant, priority). Ready jobs wait in their
+//! lane; fetch serves lanes in weighted round-robin and admits a job only if every budget its
+//! lane names has room. The queue treats provider and tenant as opaque labels: it knows nothing
+//! of CRMs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::QueueError;
+
+/// A job's id: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Scheduling class of a lane. Actions (`High`) go before syncs (`Normal`), with aging so that
+/// syncs cannot starve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Served first (outbound actions).
+    High,
+    /// Served when no high-priority lane is ready, or when it has aged (syncs).
+    #[default]
+    Normal,
+}
+
+impl Priority {
+    fn class(self) -> &'static str {
+        match self {
+            Self::High => "0",
+            Self::Normal => "1",
+        }
+    }
+}
+
+/// The lane a job waits in and the budgets it needs to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lane {
+    /// Provider label (opaque to the queue; no `:`).
+    pub provider: String,
+    /// Tenant label (opaque to the queue).
+    pub tenant: String,
+    /// Scheduling class.
+    pub priority: Priority,
+    /// Budgets a job of this lane must get before it runs. `c:<name>` is a concurrency budget
+    /// (slots held for the job's whole run), `r:<name>` a rate budget (one token per job), any
+    /// other name can only be paused. Limits are set with [`crate::Queue::set_limit`].
+    pub budgets: Vec<String>,
+    /// Key of this lane's fairness weight (looked up as `w:<key>`, default weight 1).
+    pub weight_key: Option<String>,
+}
+
+impl Lane {
+    /// A lane with no budgets and default weight.
+    pub fn new(provider: impl Into<String>, tenant: impl Into<String>, priority: Priority) -> Self {
+        Self {
+            provider: provider.into(),
+            tenant: tenant.into(),
+            priority,
+            budgets: Vec::new(),
+            weight_key: None,
+        }
+    }
+
+    /// Adds a budget.
+    pub fn budget(mut self, name: impl Into<String>) -> Self {
+        self.budgets.push(name.into());
+        self
+    }
+
+    /// Sets the weight key.
+    pub fn weight_key(mut self, key: impl Into<String>) -> Self {
+        self.weight_key = Some(key.into());
+        self
+    }
+
+    /// The lane's id in Redis: `<class>:<provider>:<tenant>`.
+    pub fn id(&self) -> String {
+        format!("{}:{}:{}", self.priority.class(), self.provider, self.tenant)
+    }
+
+    pub(crate) fn class(&self) -> &'static str {
+        self.priority.class()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), QueueError> {
+        if self.provider.is_empty() || self.provider.contains([':', ' ']) {
+            return Err(QueueError::InvalidJob {
+                field: "lane.provider",
+                reason: format!("{:?} must be non-empty without ':' or spaces", self.provider),
+            });
+        }
+        if self.tenant.is_empty() || self.tenant.chars().any(char::is_whitespace) {
+            return Err(QueueError::InvalidJob {
+                field: "lane.tenant",
+                reason: format!("{:?} must be non-empty without whitespace", self.tenant),
+            });
+        }
+        if let Some(b) = self.budgets.iter().find(|b| b.is_empty() || b.chars().any(char::is_whitespace)) {
+            return Err(QueueError::InvalidJob {
+                field: "lane.budgets",
+                reason: format!("budget {b:?} must be non-empty without whitespace"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Splits a lane id back into (priority, provider, tenant).
+pub fn parse_lane_id(id: &str) -> Option<(Priority, &str, &str)> {
+    let mut parts = id.splitn(3, ':');
+    let priority = match parts.next()? {
+        "0" => Priority::High,
+        "1" => Priority::Normal,
+        _ => return None,
+    };
+    Some((priority, parts.next()?, parts.next()?))
+}
+
+/// Free-form string metadata carried with a job (trace context, idempotency key, …).
+pub type JobMeta = BTreeMap<String, String>;
+
+/// A job to push.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Its id (fresh by default).
+    pub id: JobId,
+    /// Job type name; selects the retry policy and labels metrics.
+    pub job_type: String,
+    /// Lane and budgets.
+    pub lane: Lane,
+    /// Encoded arguments.
+    pub payload: Vec<u8>,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// While a job with this key is queued or running, pushing another is a no-op that returns
+    /// the existing job's id.
+    pub unique_key: Option<String>,
+    /// Run no earlier than this delay from now.
+    pub delay: Duration,
+    /// Metadata.
+    pub meta: JobMeta,
+}
+
+impl NewJob {
+    /// A job with a fresh id, the default attempts, no delay and no unique key.
+    pub fn new(job_type: impl Into<String>, lane: Lane, payload: Vec<u8>) -> Self {
+        Self {
+            id: JobId::new(),
+            job_type: job_type.into(),
+            lane,
+            payload,
+            max_attempts: crate::config::DEFAULT_MAX_ATTEMPTS,
+            unique_key: None,
+            delay: Duration::ZERO,
+            meta: JobMeta::new(),
+        }
+    }
+
+    /// A job whose payload is `args` encoded as JSON.
+    pub fn json<T: Serialize>(job_type: impl Into<String>, lane: Lane, args: &T) -> Result<Self, QueueError> {
+        let payload = serde_json::to_vec(args)
+            .map_err(|e| QueueError::InvalidJob { field: "payload", reason: e.to_string() })?;
+        Ok(Self::new(job_type, lane, payload))
+    }
+
+    /// Sets the id.
+    pub fn with_id(mut self, id: JobId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets max attempts.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Sets the unique key.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Sets the delay.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Adds a metadata entry.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), QueueError> {
+        self.lane.validate()?;
+        if self.job_type.is_empty() {
+            return Err(QueueError::InvalidJob { field: "job_type", reason: "must be non-empty".into() });
+        }
+        if self.max_attempts == 0 {
+            return Err(QueueError::InvalidJob {
+                field: "max_attempts",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.unique_key.as_deref() == Some("") {
+            return Err(QueueError::InvalidJob {
+                field: "unique_key",
+                reason: "must be non-empty when set".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The job was stored.
+    Enqueued(JobId),
+    /// A job with the same unique key (or id) is queued or running; nothing was stored.
+    Duplicate(JobId),
+}
+
+impl PushOutcome {
+    /// The id of the job that will run.
+    pub fn id(&self) -> JobId {
+        match self {
+            Self::Enqueued(id) | Self::Duplicate(id) => *id,
+        }
+    }
+
+    /// Whether the push was a duplicate.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Self::Duplicate(_))
+    }
+}
+
+/// The proof that a worker holds a job: presented on ack, retry and dead-letter, and refused
+/// once the job has been reclaimed (fencing).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The job.
+    pub job: JobId,
+    /// The lease id, unique per fetch.
+    pub id: String,
+}
+
+/// A job handed out by fetch.
+#[derive(Debug, Clone)]
+pub struct LeasedJob {
+    /// Lease (job id + lease id).
+    pub lease: Lease,
+    /// Encoded arguments.
+    pub payload: Vec<u8>,
+    /// Job type.
+    pub job_type: String,
+    /// This attempt's number (1 for the first run).
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// When the job was first enqueued (ms since the epoch, Redis clock).
+    pub enqueued_at_ms: i64,
+    /// Lane id.
+    pub lane: String,
+    /// Metadata.
+    pub meta: JobMeta,
+    /// Times the job was orphaned so far.
+    pub orphans: u32,
+    /// When the lease expires unless renewed (ms, Redis clock).
+    pub lease_expiry_ms: i64,
+    /// When the lease was granted (ms, Redis clock); the attempt's start.
+    pub started_at_ms: i64,
+}
+
+/// One attempt in a job's history, as stored in Redis and in the dead-letter table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Attempt number.
+    pub attempt: u32,
+    /// Start (ms since the epoch).
+    pub started_at: i64,
+    /// End (ms since the epoch).
+    pub finished_at: i64,
+    /// Worker id.
+    pub worker: String,
+    /// `retry`, `dead`, `orphaned`, `deferred`, `released`.
+    pub outcome: String,
+    /// Error class from a closed set.
+    pub error_class: String,
+    /// Redacted message.
+    pub message: String,
+    /// Provider HTTP status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<u16>,
+    /// Provider error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_code: Option<String>,
+}
+
+/// Why a job was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadReason {
+    /// Out of attempts.
+    MaxAttempts,
+    /// A non-retryable failure.
+    Permanent,
+    /// Orphaned too often: it kills its worker.
+    Poison,
+    /// Its payload could not be decoded.
+    Undecodable,
+}
+
+impl DeadReason {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxAttempts => "max_attempts",
+            Self::Permanent => "permanent",
+            Self::Poison => "poison",
+            Self::Undecodable => "undecodable",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "max_attempts" => Self::MaxAttempts,
+            "permanent" => Self::Permanent,
+            "poison" => Self::Poison,
+            "undecodable" => Self::Undecodable,
+            _ => return None,
+        })
+    }
+}
+
+/// A job on its way to the dead-letter table: everything Redis knew about it.
+#[derive(Debug, Clone)]
+pub struct DyingJob {
+    /// Id.
+    pub id: JobId,
+    /// Raw payload bytes (possibly undecodable).
+    pub payload: Vec<u8>,
+    /// Job type.
+    pub job_type: String,
+    /// Lane id.
+    pub lane: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Orphanings.
+    pub orphans: u32,
+    /// First enqueued (ms).
+    pub enqueued_at_ms: i64,
+    /// Unique key, if any.
+    pub unique_key: Option<String>,
+    /// Metadata.
+    pub meta: JobMeta,
+    /// Why it died.
+    pub reason: DeadReason,
+    /// When it died (ms).
+    pub dead_at_ms: i64,
+    /// Every recorded attempt.
+    pub history: Vec<AttemptRecord>,
+}

@@ -1,0 +1,372 @@
+//! The queue protocol driven directly through `Queue`: push, fetch, fencing, unique keys,
+//! lanes and admission, delayed promotion.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crm_queue::{AttemptRecord, DeadReason, Lane, Limit, NewJob, Priority, PushOutcome};
+
+use crate::support::{TestEnv, eventually};
+
+fn lane(tenant: &str) -> Lane {
+    Lane::new("hubspot", tenant, Priority::Normal)
+}
+
+fn job(tenant: &str) -> NewJob {
+    NewJob::new("noop", lane(tenant), br#"{"op":"noop"}"#.to_vec())
+}
+
+fn record(attempt: u32) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        started_at: 1,
+        finished_at: 2,
+        worker: "test".into(),
+        outcome: "dead".into(),
+        error_class: "rejected".into(),
+        message: "no".into(),
+        provider_status: Some(400),
+        provider_code: Some("VALIDATION_ERROR".into()),
+    }
+}
+
+#[tokio::test]
+async fn push_fetch_ack_round_trip_leaves_nothing_behind() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let pushed = q.push_bulk((0..50).map(|i| job(&format!("t{}", i % 5))).collect()).await.expect("push");
+    assert_eq!(pushed.len(), 50);
+    assert!(pushed.iter().all(|p| !p.is_duplicate()));
+    let stats = q.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.active_lanes), (50, 5));
+
+    let mut seen = HashSet::new();
+    loop {
+        let batch = q.fetch("w1", 7).await.expect("fetch");
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 7);
+        for j in &batch {
+            assert_eq!(j.attempt, 1);
+            assert!(seen.insert(j.lease.job), "job handed out twice");
+        }
+        let leases: Vec<_> = batch.iter().map(|j| j.lease.clone()).collect();
+        assert!(q.ack(&leases).await.expect("ack").into_iter().all(|ok| ok));
+    }
+    assert_eq!(seen.len(), 50);
+    let expected: HashSet<_> = pushed.iter().map(PushOutcome::id).collect();
+    assert_eq!(seen, expected);
+
+    // Finished jobs are trimmed: only bookkeeping keys of the queue remain, no job hashes.
+    let mut conn = q.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}job:*", q.keys().base()))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert!(keys.is_empty(), "job hashes left: {}", keys.len());
+    let stats = q.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.leased, stats.delayed), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_stale_lease_can_neither_ack_nor_retry() {
+    let env = TestEnv::with(|c| c.with_lease_ttl(Duration::from_millis(300))).await;
+    let q = &env.queue;
+    q.push(job("t")).await.expect("push");
+    let first = q.fetch("w1", 1).await.expect("fetch").pop().expect("a job");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reaped = q.reap("w2", 10).await.expect("reap");
+    assert_eq!(reaped.requeued, 1);
+
+    let second = q.fetch("w2", 1).await.expect("fetch").pop().expect("the job again");
+    assert_eq!(second.lease.job, first.lease.job);
+    assert_ne!(second.lease.id, first.lease.id);
+    assert_eq!(second.attempt, 2, "the orphaned attempt counts");
+
+    assert_eq!(q.ack(std::slice::from_ref(&first.lease)).await.expect("ack"), vec![false]);
+    assert!(!q.retry(&first.lease, Duration::ZERO, None, false, false).await.expect("retry"));
+    assert!(q.dead_letter(&first.lease, &record(1), DeadReason::Permanent).await.expect("dead").is_none());
+    assert_eq!(
+        q.heartbeat("w1", std::slice::from_ref(&first.lease)).await.expect("hb"),
+        vec![first.lease.job]
+    );
+
+    let info = q.job(second.lease.job).await.expect("info").expect("live");
+    assert_eq!(info.state, "leased");
+    assert_eq!(info.history.len(), 1);
+    assert_eq!(info.history[0].outcome, "orphaned");
+    assert_eq!(q.ack(std::slice::from_ref(&second.lease)).await.expect("ack"), vec![true]);
+}
+
+#[tokio::test]
+async fn concurrent_pushers_of_one_unique_key_make_one_job() {
+    let env = TestEnv::new().await;
+    let q = env.queue.clone();
+    let pushes = (0..20).map(|_| {
+        let q = q.clone();
+        tokio::spawn(async move { q.push(job("t").unique_key("sync:conn-1:contacts")).await })
+    });
+    let outcomes: Vec<PushOutcome> = futures::future::join_all(pushes)
+        .await
+        .into_iter()
+        .map(|r| r.expect("join").expect("push"))
+        .collect();
+    let enqueued: Vec<_> = outcomes.iter().filter(|o| !o.is_duplicate()).collect();
+    assert_eq!(enqueued.len(), 1, "{outcomes:?}");
+    let winner = enqueued[0].id();
+    assert!(outcomes.iter().all(|o| o.id() == winner), "duplicates report the existing job");
+    assert_eq!(q.stats().await.expect("stats").ready, 1);
+
+    // While it runs, the key still dedupes; after it finishes, the key is free again.
+    let leased = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+    assert!(q.push(job("t").unique_key("sync:conn-1:contacts")).await.expect("push").is_duplicate());
+    q.ack(&[leased.lease]).await.expect("ack");
+    let again = q.push(job("t").unique_key("sync:conn-1:contacts")).await.expect("push");
+    assert!(!again.is_duplicate());
+    assert_ne!(again.id(), winner);
+}
+
+#[tokio::test]
+async fn dead_lettering_is_durable_then_finalized() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let pushed = q.push(job("t").unique_key("u1")).await.expect("push").id();
+    let leased = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+    let dying =
+        q.dead_letter(&leased.lease, &record(1), DeadReason::Permanent).await.expect("dead").expect("record");
+    assert_eq!(dying.id, pushed);
+    assert_eq!(dying.history.len(), 1);
+    assert_eq!(q.stats().await.expect("stats").dying, 1);
+    // Not finalized yet: still visible, unique key still held.
+    assert!(q.push(job("t").unique_key("u1")).await.expect("push").is_duplicate());
+
+    let dlq = crm_queue::PgDeadLetters::new(env.pool.clone(), "q");
+    let id = dlq.record(&dying).await.expect("record").expect("new row");
+    assert!(dlq.record(&dying).await.expect("record again").is_none(), "idempotent on job id");
+    assert_eq!(q.finalize(&[pushed]).await.expect("finalize"), 1);
+    assert_eq!(q.stats().await.expect("stats").dying, 0);
+    assert!(!q.push(job("t").unique_key("u1")).await.expect("push").is_duplicate());
+
+    let (reason, class, status, attempts): (String, String, Option<i32>, i64) = sqlx::query_as(
+        "SELECT d.reason, d.error_class, d.provider_status, (SELECT count(*) FROM dead_letter_attempts a WHERE a.dead_letter_id = d.id) \
+         FROM dead_letters d WHERE d.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&env.pool)
+    .await
+    .expect("row");
+    assert_eq!((reason.as_str(), class.as_str(), status, attempts), ("permanent", "rejected", Some(400), 1));
+}
+
+#[tokio::test]
+async fn one_hundred_thousand_due_delayed_jobs_are_promoted_in_chunks() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let jobs: Vec<_> =
+        (0..100_000).map(|i| job(&format!("t{}", i % 100)).delay(Duration::from_millis(200))).collect();
+    q.push_bulk(jobs).await.expect("push");
+    assert_eq!(q.stats().await.expect("stats").delayed, 100_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut promoted = 0;
+    loop {
+        let (moved, _, more) = q.promote(1_000).await.expect("promote");
+        assert!(moved <= 1_000);
+        promoted += moved;
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(promoted, 100_000);
+    let stats = q.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.delayed, stats.active_lanes), (100_000, 0, 100));
+}
+
+#[tokio::test]
+async fn lanes_are_served_round_robin_and_by_weight() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    // Tenant A floods the queue first; B arrives later with one job.
+    q.push_bulk((0..200).map(|_| job("A")).collect()).await.expect("push A");
+    let b = q.push(job("B")).await.expect("push B").id();
+    let mut before_b = 0;
+    loop {
+        let j = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+        q.ack(std::slice::from_ref(&j.lease)).await.expect("ack");
+        if j.lease.job == b {
+            break;
+        }
+        before_b += 1;
+    }
+    assert!(before_b <= 1, "B waited behind {before_b} of A's jobs");
+
+    // Weights 3:1 under contention.
+    q.set_limit("w:tenant:C", Limit::Weight(3)).await.expect("weight");
+    let heavy = Lane::new("hubspot", "C", Priority::Normal).weight_key("tenant:C");
+    let light = Lane::new("hubspot", "D", Priority::Normal).weight_key("tenant:D");
+    let mut jobs = Vec::new();
+    for _ in 0..400 {
+        jobs.push(NewJob::new("noop", heavy.clone(), b"{}".to_vec()));
+        jobs.push(NewJob::new("noop", light.clone(), b"{}".to_vec()));
+    }
+    q.push_bulk(jobs).await.expect("push");
+    let mut served: HashMap<String, u32> = HashMap::new();
+    for _ in 0..40 {
+        for j in q.fetch("w", 10).await.expect("fetch") {
+            *served.entry(j.lane.clone()).or_default() += 1;
+            q.ack(&[j.lease]).await.expect("ack");
+        }
+    }
+    let c = f64::from(served[&heavy.id()]);
+    let d = f64::from(served[&light.id()]);
+    let ratio = c / d;
+    assert!((ratio - 3.0).abs() <= 0.3, "served {c}:{d} (ratio {ratio:.2})");
+}
+
+#[tokio::test]
+async fn actions_go_before_syncs_but_syncs_age_in() {
+    let env = TestEnv::with(|mut c| {
+        c.sync_aging = Duration::from_millis(300);
+        c
+    })
+    .await;
+    let q = &env.queue;
+    q.push(NewJob::new("sync", Lane::new("hubspot", "t", Priority::Normal), b"{}".to_vec()))
+        .await
+        .expect("sync");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // A fresh sync lane has aged already (never served), so serve it once to start the clock.
+    let first = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+    q.ack(&[first.lease]).await.expect("ack");
+    q.push(NewJob::new("sync", Lane::new("hubspot", "t", Priority::Normal), b"{}".to_vec()))
+        .await
+        .expect("sync");
+    q.push_bulk(
+        (0..5)
+            .map(|_| NewJob::new("act", Lane::new("hubspot", "t", Priority::High), b"{}".to_vec()))
+            .collect(),
+    )
+    .await
+    .expect("actions");
+    let order: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            let j = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+            v.push(j.job_type.clone());
+            q.ack(&[j.lease]).await.expect("ack");
+        }
+        v
+    };
+    assert_eq!(order, vec!["act", "act", "act", "act", "act", "sync"]);
+
+    // Aging: with actions always waiting, a sync still runs once it waited the aging time.
+    q.push_bulk(
+        (0..50)
+            .map(|_| NewJob::new("act", Lane::new("hubspot", "t", Priority::High), b"{}".to_vec()))
+            .collect(),
+    )
+    .await
+    .expect("actions");
+    q.push(NewJob::new("sync", Lane::new("hubspot", "t", Priority::Normal), b"{}".to_vec()))
+        .await
+        .expect("sync");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let j = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+    assert_eq!(j.job_type, "sync", "aged sync served before waiting actions");
+}
+
+#[tokio::test]
+async fn a_full_concurrency_budget_blocks_its_lane_until_a_slot_frees() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    q.set_limit("c:provider:hubspot", Limit::Concurrency(2)).await.expect("limit");
+    let limited = Lane::new("hubspot", "t1", Priority::Normal).budget("c:provider:hubspot");
+    let other = Lane::new("close", "t2", Priority::Normal);
+    q.push_bulk((0..5).map(|_| NewJob::new("noop", limited.clone(), b"{}".to_vec())).collect())
+        .await
+        .expect("push");
+    q.push_bulk((0..3).map(|_| NewJob::new("noop", other.clone(), b"{}".to_vec())).collect())
+        .await
+        .expect("push");
+
+    let batch = q.fetch("w", 10).await.expect("fetch");
+    let hubspot: Vec<_> = batch.iter().filter(|j| j.lane == limited.id()).collect();
+    assert_eq!(hubspot.len(), 2, "only two slots");
+    assert_eq!(batch.len(), 5, "the other lane is not held back");
+    assert_eq!(q.slots_in_use("c:provider:hubspot").await.expect("slots"), 2);
+    assert!(q.fetch("w", 10).await.expect("fetch").is_empty(), "blocked lane skipped");
+    let stats = q.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.blocked_budgets), (3, 1));
+
+    q.ack(&[hubspot[0].lease.clone()]).await.expect("ack");
+    let next = q.fetch("w", 10).await.expect("fetch");
+    assert_eq!(next.len(), 1, "one slot freed, one job admitted");
+    assert_eq!(q.slots_in_use("c:provider:hubspot").await.expect("slots"), 2);
+}
+
+#[tokio::test]
+async fn a_paused_budget_sleeps_its_lanes_until_the_pause_ends() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let l = Lane::new("hubspot", "t1", Priority::Normal).budget("x:account:hubspot:42");
+    q.push(NewJob::new("noop", l.clone(), b"{}".to_vec())).await.expect("push");
+    q.pause("x:account:hubspot:42", Duration::from_millis(400)).await.expect("pause");
+    assert!(q.fetch("w", 1).await.expect("fetch").is_empty());
+    assert_eq!(q.stats().await.expect("stats").sleeping_lanes, 1);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    q.promote(100).await.expect("promote");
+    let j = q.fetch("w", 1).await.expect("fetch");
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].attempt, 1, "waiting on a pause spends no attempt");
+}
+
+#[tokio::test]
+async fn a_rate_budget_admits_at_its_rate() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    q.set_limit("r:account:hubspot:1", Limit::Rate { count: 10, per: Duration::from_secs(1), burst: 2 })
+        .await
+        .expect("limit");
+    let l = Lane::new("hubspot", "t1", Priority::Normal).budget("r:account:hubspot:1");
+    q.push_bulk((0..20).map(|_| NewJob::new("noop", l.clone(), b"{}".to_vec())).collect())
+        .await
+        .expect("push");
+    let first = q.fetch("w", 20).await.expect("fetch");
+    assert_eq!(first.len(), 2, "burst of two");
+    eventually(Duration::from_secs(3), "a third job after one emission interval", || async {
+        q.promote(100).await.expect("promote");
+        !q.fetch("w", 20).await.expect("fetch").is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retry_schedules_exactly_and_refund_does_not_count() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let id = q.push(job("t")).await.expect("push").id();
+    let j = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+    assert!(q.retry(&j.lease, Duration::from_millis(300), None, false, false).await.expect("retry"));
+    assert_eq!(q.job(id).await.expect("job").expect("live").state, "delayed");
+    q.promote(10).await.expect("promote");
+    assert!(q.fetch("w", 1).await.expect("fetch").is_empty(), "not before its time");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    q.promote(10).await.expect("promote");
+    let j = q.fetch("w", 1).await.expect("fetch").pop().expect("due now");
+    assert_eq!(j.attempt, 2);
+    assert!(q.retry(&j.lease, Duration::ZERO, None, true, true).await.expect("defer"));
+    let j = q.fetch("w", 1).await.expect("fetch").pop().expect("immediately");
+    assert_eq!(j.attempt, 2, "a deferred attempt is refunded");
+}
+
+#[tokio::test]
+async fn invalid_jobs_are_refused_with_the_field_named() {
+    let env = TestEnv::new().await;
+    let bad = NewJob::new("noop", Lane::new("hub:spot", "t", Priority::Normal), vec![]);
+    let err = env.queue.push(bad).await.expect_err("invalid");
+    assert!(err.to_string().contains("lane.provider"), "{err}");
+    let bad = NewJob::new("noop", lane("t"), vec![]).max_attempts(0);
+    let err = env.queue.push(bad).await.expect_err("invalid");
+    assert!(err.to_string().contains("max_attempts"), "{err}");
+}

@@ -1,0 +1,180 @@
+//! Test support: an isolated queue (random key prefix on the shared Redis) and an isolated
+//! PostgreSQL database (created per test, migrated, dropped on drop), plus spawning the real
+//! test worker process.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crm_queue::{Queue, QueueConfig};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+pub fn admin_database_url() -> String {
+    std::env::var("CRM_FLEET_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i) => format!("{}/{db}", &url[..i]),
+        None => format!("{url}/{db}"),
+    }
+}
+
+/// Polls `cond` until it holds or `patience` runs out.
+pub async fn eventually<F, Fut>(patience: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(start.elapsed() < patience, "not within {patience:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub struct TestEnv {
+    pub queue: Queue,
+    pub pool: PgPool,
+    pub database_url: String,
+    pub prefix: String,
+    db_name: String,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with(|c| c).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(QueueConfig) -> QueueConfig) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("crmtest-{}", &id[..12]);
+        let config = tweak(QueueConfig::new(REDIS_URL, "q").with_prefix(prefix.clone()));
+        let queue = Queue::connect(config).await.expect("redis reachable");
+        let db_name = format!("crm_test_{}", &id[..16]);
+        let admin = admin_database_url();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("postgres reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create db");
+        conn.close().await.ok();
+        let database_url = with_database(&admin, &db_name);
+        let pool =
+            PgPoolOptions::new().max_connections(5).connect(&database_url).await.expect("connect test db");
+        sqlx::migrate!("../migrations").run(&pool).await.expect("migrate");
+        Self { queue, pool, database_url, prefix, db_name }
+    }
+
+    pub fn record_key(&self) -> String {
+        self.queue.keys().key("runs")
+    }
+
+    /// Execution log entries ("start <id> <attempt> <worker> <ms>", "done …").
+    pub async fn runs(&self) -> Vec<String> {
+        let mut conn = self.queue.connection();
+        redis::cmd("LRANGE")
+            .arg(self.record_key())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("lrange")
+    }
+
+    pub fn worker(&self, extra: &[(&str, &str)]) -> WorkerProc {
+        let c = self.queue.config();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_crm-queue-testworker"));
+        cmd.args([
+            "--redis",
+            &c.redis_url,
+            "--database-url",
+            &self.database_url,
+            "--prefix",
+            &self.prefix,
+            "--queue",
+            &c.name,
+        ]);
+        for (k, v) in extra {
+            cmd.arg(format!("--{k}")).arg(v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn test worker");
+        WorkerProc { child }
+    }
+
+    pub async fn dead_letter_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&self.pool).await.expect("count")
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // The test's runtime may be blocked by this very drop, so clean up on a fresh runtime
+        // with fresh connections (the existing ones are driven by the test's runtime).
+        let config = self.queue.config().clone();
+        let db = self.db_name.clone();
+        let admin = admin_database_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(queue) = Queue::connect(config).await {
+                    let _ = queue.destroy().await;
+                }
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct WorkerProc {
+    pub child: Child,
+}
+
+impl WorkerProc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for exit up to `patience`; returns the wait time or None.
+    pub async fn wait_exit(&mut self, patience: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < patience {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
