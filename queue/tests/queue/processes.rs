@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crm_queue::{Lane, NewJob, Priority};
 use serde_json::json;
 
-use crate::support::{TestEnv, WorkerProc, eventually};
+use crate::support::{PrivateRedis, TestEnv, WorkerProc, eventually};
 
 fn lane(tenant: &str) -> Lane {
     Lane::new("hubspot", tenant, Priority::Normal)
@@ -223,7 +223,9 @@ async fn a_retry_after_is_honoured_exactly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_client_pause_makes_workers_wait_not_exit() {
-    let env = TestEnv::new().await;
+    // A private Redis: pausing the shared one would stall every other test.
+    let redis = PrivateRedis::start().await;
+    let env = TestEnv::on(&redis.url(), |c| c).await;
     let jobs: Vec<_> =
         (0..3_000).map(|i| job(&env, &format!("t{}", i % 10), json!({"op": "sleep", "ms": 2}))).collect();
     env.queue.push_bulk(jobs).await.expect("push");

@@ -53,9 +53,14 @@ impl TestEnv {
     }
 
     pub async fn with(tweak: impl FnOnce(QueueConfig) -> QueueConfig) -> Self {
+        Self::on(REDIS_URL, tweak).await
+    }
+
+    /// An environment on a given Redis (a private server for tests that disturb Redis itself).
+    pub async fn on(redis_url: &str, tweak: impl FnOnce(QueueConfig) -> QueueConfig) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("crmtest-{}", &id[..12]);
-        let config = tweak(QueueConfig::new(REDIS_URL, "q").with_prefix(prefix.clone()));
+        let config = tweak(QueueConfig::new(redis_url, "q").with_prefix(prefix.clone()));
         let queue = Queue::connect(config).await.expect("redis reachable");
         let db_name = format!("crm_test_{}", &id[..16]);
         let admin = admin_database_url();
@@ -173,6 +178,46 @@ impl WorkerProc {
 }
 
 impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A redis-server of a test's own, on a free port, stopped on drop: for tests that pause or
+/// restart Redis, which must not disturb the tests sharing the machine's Redis.
+pub struct PrivateRedis {
+    child: Child,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let url = format!("redis://127.0.0.1:{port}");
+        eventually(Duration::from_secs(10), "private redis up", || {
+            let url = url.clone();
+            async move {
+                let Ok(c) = redis::Client::open(url.as_str()) else { return false };
+                c.get_multiplexed_async_connection().await.is_ok()
+            }
+        })
+        .await;
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,38 @@
+//! The jobs the queue carries for crm-fleet: one serde-tagged enum, so a worker decodes any job
+//! from its payload and an unknown or malformed payload is dead-lettered by the queue with its
+//! raw bytes instead of reaching a handler.
+
+use serde::{Deserialize, Serialize};
+
+/// The queue every crm-fleet job lives in by default. Actions and syncs share it (as lanes of
+/// different priority) so they share fleet-wide budgets: in a Redis Cluster the budgets of a
+/// queue live in its hash slot.
+pub const DEFAULT_QUEUE: &str = "crm";
+
+/// A crm-fleet job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CrmJob {
+    /// A diagnostic job: smoke tests, benchmarks and `crmctl` checks of a live fleet.
+    Probe(ProbeJob),
+}
+
+impl CrmJob {
+    /// The job type name (labels metrics, selects the retry policy).
+    pub fn job_type(&self) -> &'static str {
+        match self {
+            Self::Probe(_) => "probe",
+        }
+    }
+}
+
+/// A diagnostic job: optionally sleeps, optionally fails a number of times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProbeJob {
+    /// Sleep this long (ms), checking for shutdown.
+    #[serde(default)]
+    pub sleep_ms: u64,
+    /// Fail with a transient error while the attempt number is at most this.
+    #[serde(default)]
+    pub fail_times: u32,
+}

@@ -1,0 +1,45 @@
+//! Job handlers: the functions the worker runs for each [`CrmJob`] variant.
+
+use std::time::Duration;
+
+use apalis_core::task::attempt::Attempt;
+use apalis_core::task::data::Data;
+use apalis_core::worker::context::WorkerContext;
+use crm_queue::JobError;
+
+use crate::job::{CrmJob, ProbeJob};
+
+/// What handlers share: pools, clients, configuration. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    /// PostgreSQL.
+    pub pool: sqlx::PgPool,
+}
+
+/// Runs one job.
+pub async fn handle(
+    job: CrmJob,
+    attempt: Attempt,
+    worker: WorkerContext,
+    _ctx: Data<JobContext>,
+) -> Result<(), JobError> {
+    match job {
+        CrmJob::Probe(p) => probe(p, attempt.current(), &worker).await,
+    }
+}
+
+async fn probe(job: ProbeJob, attempt: usize, worker: &WorkerContext) -> Result<(), JobError> {
+    let mut left = Duration::from_millis(job.sleep_ms);
+    while !left.is_zero() {
+        let step = left.min(Duration::from_millis(100));
+        tokio::time::sleep(step).await;
+        left -= step;
+        if worker.is_shutting_down() {
+            // Keep running: a probe models a job that finishes what it started.
+        }
+    }
+    if attempt as u32 <= job.fail_times {
+        return Err(JobError::transient("probe", format!("planned failure {attempt} of {}", job.fail_times)));
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! PostgreSQL: connecting and migrating. The migrations in `migrations/` are embedded in the
+//! binaries, applied by `crmctl migrate` and, unless disabled, by every binary at start (sqlx
+//! takes an advisory lock, so replicas starting together migrate once).
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// The embedded migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Connects a pool, retrying for up to `patience` so a process started before its database
+/// waits for it instead of crash-looping.
+pub async fn connect(url: &str, max_connections: u32, patience: Duration) -> Result<PgPool, sqlx::Error> {
+    let start = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+        {
+            Ok(pool) => return Ok(pool),
+            Err(error) if start.elapsed() < patience => {
+                tracing::warn!(message = "postgres unreachable; retrying", %error, retry_in = ?delay);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Applies pending migrations; returns how many were applied.
+pub async fn migrate(pool: &PgPool) -> Result<usize, sqlx::migrate::MigrateError> {
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = '_sqlx_migrations'",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(sqlx::migrate::MigrateError::from)?;
+    let before: i64 = if applied > 0 {
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .map_err(sqlx::migrate::MigrateError::from)?
+    } else {
+        0
+    };
+    MIGRATOR.run(pool).await?;
+    Ok(MIGRATOR.iter().count().saturating_sub(before as usize))
+}

@@ -1,0 +1,35 @@
+# crm-fleet tasks. CI runs `just ci`; a new user runs `just demo` and `just test`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Start Redis and PostgreSQL locally if they are not running (apt-get where missing).
+services:
+    bash .ci/services.sh
+
+# Run the whole test suite (needs Redis on 6379 and PostgreSQL on 5432; see `just services`).
+test:
+    cargo test --workspace --no-fail-fast
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Everything CI checks.
+ci: lint test
+
+# Apply database migrations (DATABASE_URL).
+migrate:
+    cargo run -q -p crm-scheduler --bin crmctl -- migrate
+
+# Run one worker against local services.
+worker:
+    DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379} cargo run -p crm-worker
+
+# Benchmarks (release build; prints figures).
+bench:
+    bash scripts/bench-all.sh

@@ -1,0 +1,152 @@
+//! End-to-end tests of the real `crm-worker` binary: configuration errors, processing jobs,
+//! serving metrics and readiness, and the graceful shutdown sequence.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crm_jobs::job::{CrmJob, ProbeJob};
+use crm_jobs::testing::{REDIS_URL, TestDb, eventually, http_client, purge_redis_prefix, unique};
+use crm_queue::{Lane, NewJob, Priority, Queue, QueueConfig};
+
+struct Worker {
+    child: Child,
+    metrics: String,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Env {
+    db: TestDb,
+    prefix: String,
+    queue: Queue,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let db = TestDb::new().await;
+        let prefix = unique("crmtest-");
+        let queue =
+            Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
+        Self { db, prefix, queue }
+    }
+
+    fn spawn(&self, extra: &[(&str, &str)]) -> Worker {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_crm-worker"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", REDIS_URL)
+            .env("CRM_FLEET_REDIS_PREFIX", &self.prefix)
+            .env("CRM_FLEET_METRICS_ADDR", "127.0.0.1:0")
+            .env("CRM_FLEET_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn crm-worker");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let metrics = loop {
+            let line = lines.next().expect("worker log line").expect("read");
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "crm-worker listening"
+            {
+                break v["metrics"].as_str().expect("metrics url").to_owned();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Worker { child, metrics }
+    }
+
+    async fn push_probe(&self, probe: ProbeJob) -> crm_queue::JobId {
+        let job = NewJob::json("probe", Lane::new("probe", "t1", Priority::Normal), &CrmJob::Probe(probe))
+            .expect("json");
+        self.queue.push(job).await.expect("push").id()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        purge_redis_prefix(&self.prefix);
+    }
+}
+
+#[test]
+fn bad_configuration_lists_every_problem_and_exits_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_crm-worker"))
+        .env_clear()
+        .env("REDIS_URL", "http://wrong")
+        .env("CRM_FLEET_CONCURRENCY", "lots")
+        .env("CRM_FLEET_SHUTDOWN_GRACE", "never")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for name in ["DATABASE_URL", "REDIS_URL", "CRM_FLEET_CONCURRENCY", "CRM_FLEET_SHUTDOWN_GRACE"] {
+        assert!(err.contains(name), "{name} not reported:\n{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_jobs_and_serves_metrics_and_readiness() {
+    let env = Env::new().await;
+    let _worker = env.spawn(&[]);
+    let _w = &_worker;
+    for _ in 0..20 {
+        env.push_probe(ProbeJob::default()).await;
+    }
+    env.push_probe(ProbeJob { fail_times: 1, ..ProbeJob::default() }).await;
+    eventually(Duration::from_secs(30), "queue drained", || async {
+        let s = env.queue.stats().await.expect("stats");
+        s.ready + s.leased + s.delayed == 0
+    })
+    .await;
+    let client = http_client();
+    let base = _worker.metrics.trim_end_matches("/metrics").to_owned();
+    let ready = client.get(format!("{base}/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let body = client.get(&_worker.metrics).send().await.expect("metrics").text().await.expect("text");
+    let success: f64 = body
+        .lines()
+        .find(|l| l.starts_with("crm_fleet_jobs_completed_total") && l.contains("outcome=\"success\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("success counter");
+    assert_eq!(success, 21.0, "{body}");
+    assert!(body.contains("outcome=\"retry\""), "the planned failure was retried");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_within_the_grace_period_and_releases_the_rest() {
+    let env = Env::new().await;
+    let mut worker = env.spawn(&[("CRM_FLEET_SHUTDOWN_GRACE", "1s")]);
+    let quick = env.push_probe(ProbeJob { sleep_ms: 300, ..ProbeJob::default() }).await;
+    let long = env.push_probe(ProbeJob { sleep_ms: 60_000, ..ProbeJob::default() }).await;
+    eventually(Duration::from_secs(10), "both running", || async {
+        env.queue.stats().await.expect("stats").leased == 2
+    })
+    .await;
+    let status = Command::new("kill").arg("-TERM").arg(worker.child.id().to_string()).status().expect("kill");
+    assert!(status.success());
+    let start = Instant::now();
+    let code = loop {
+        if let Some(code) = worker.child.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "did not exit within grace + 4s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(code.success(), "exit status {code:?}");
+    assert!(start.elapsed() < Duration::from_millis(1000 + 2000), "took {:?}", start.elapsed());
+    assert!(env.queue.job(quick).await.expect("job").is_none(), "the short job finished within the grace");
+    let info = env.queue.job(long).await.expect("job").expect("long job kept");
+    assert_eq!(info.state, "ready");
+    assert_eq!(info.attempts, 0);
+}
