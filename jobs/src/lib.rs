@@ -10,6 +10,7 @@
 pub mod config;
 pub mod job;
 pub mod ops;
+pub mod providers;
 pub mod storage;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -1,0 +1,11 @@
+//! Provider clients against the sandbox CRMs over real HTTP: every operation, pagination and
+//! changed-since semantics, and a table test mapping each sandbox fault knob to the error
+//! variant the client must return. One test binary, one module per provider.
+
+mod support;
+
+mod hubspot;
+// mod salesforce;
+// mod pipedrive;
+// mod zoho;
+// mod close;

@@ -1,0 +1,1 @@
+//! The close imitation (being built; not registered yet).

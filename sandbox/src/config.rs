@@ -1,0 +1,276 @@
+//! Start-up configuration: which providers run, on which ports, with which seed, clock and defaults.
+//!
+//! Everything has a default ([`SandboxConfig::default`]) and a builder-style `with_*` setter, so a test
+//! writes `SandboxConfig::default().with_records(500).with_frozen_clock()`. Invariant: the configuration
+//! is read once at start; later changes go through the control plane (settings, quotas, clock), never by
+//! mutating this struct.
+
+use crate::clock::{ClockMode, Millis};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+
+/// The five imitated CRMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// HubSpot CRM v3 (and the 2026-03 date-versioned paths).
+    #[serde(rename = "hubspot")]
+    HubSpot,
+    /// Salesforce REST API and SOQL.
+    Salesforce,
+    /// Pipedrive API v1/v2.
+    Pipedrive,
+    /// Zoho CRM v7/v8.
+    Zoho,
+    /// Close CRM.
+    Close,
+}
+
+impl ProviderKind {
+    /// All five, in a fixed order.
+    pub const ALL: [ProviderKind; 5] = [
+        ProviderKind::HubSpot,
+        ProviderKind::Salesforce,
+        ProviderKind::Pipedrive,
+        ProviderKind::Zoho,
+        ProviderKind::Close,
+    ];
+
+    /// The lowercase name used in URLs, JSON and the `--providers` flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::HubSpot => "hubspot",
+            ProviderKind::Salesforce => "salesforce",
+            ProviderKind::Pipedrive => "pipedrive",
+            ProviderKind::Zoho => "zoho",
+            ProviderKind::Close => "close",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProviderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "hubspot" => Ok(ProviderKind::HubSpot),
+            "salesforce" => Ok(ProviderKind::Salesforce),
+            "pipedrive" => Ok(ProviderKind::Pipedrive),
+            "zoho" | "zohocrm" | "zoho_crm" => Ok(ProviderKind::Zoho),
+            "close" => Ok(ProviderKind::Close),
+            other => Err(format!(
+                "unknown provider {other:?} (expected hubspot, salesforce, pipedrive, zoho or close)"
+            )),
+        }
+    }
+}
+
+/// How provider listeners pick their ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PortPlan {
+    /// Every provider host on an ephemeral port (port 0). The default, and what tests use.
+    Ephemeral,
+    /// Provider hosts on fixed offsets from this base port: each provider owns the ten ports starting at
+    /// `base + provider_offset` (HubSpot 10, Salesforce 20, Pipedrive 30, Zoho 40, Close 50) and host
+    /// number `k` of that provider listens on `base + provider_offset + k`.
+    Base(u16),
+}
+
+// config type: salesforce
+// config type: pipedrive
+// config type: zoho
+// config type: close
+
+/// HubSpot defaults (per-account values can be changed later through the control plane).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HubSpotConfig {
+    /// `expires_in` of issued OAuth access tokens, in seconds. HubSpot documents 1800 (30 minutes).
+    pub access_token_ttl_secs: i64,
+    /// Whether the refresh grant returns a new refresh token and retires the old one. HubSpot's
+    /// behaviour is UNCONFIRMED; the default (false) returns the same refresh token.
+    pub rotate_refresh_tokens: bool,
+    /// Whether 429 responses carry `Retry-After` (UNCONFIRMED for HubSpot; off by default).
+    pub retry_after: bool,
+    /// Plan of seeded accounts: sets the per-app burst (100 / 190 / 250 per 10 s) and the daily cap.
+    pub tier: HubSpotTier,
+    /// IANA time zone of seeded accounts; the daily counter resets at midnight there.
+    pub time_zone: String,
+    /// Search index lag in milliseconds: a record changed less than this long ago is invisible to search.
+    pub search_index_lag_ms: Millis,
+}
+
+impl Default for HubSpotConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_secs: 1800,
+            rotate_refresh_tokens: false,
+            retry_after: false,
+            tier: HubSpotTier::Starter,
+            time_zone: "America/New_York".to_owned(),
+            search_index_lag_ms: 0,
+        }
+    }
+}
+
+/// A HubSpot account's plan, which sets its documented quotas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HubSpotTier {
+    /// Free and Starter: 100 requests / 10 s per private app, 250,000 per day per account.
+    Starter,
+    /// Professional: 190 / 10 s, 625,000 per day.
+    Professional,
+    /// Enterprise: 190 / 10 s, 1,000,000 per day.
+    Enterprise,
+    /// With the API Limit Increase add-on (on Enterprise): 250 / 10 s, 2,000,000 per day.
+    ApiLimitIncrease,
+}
+
+impl HubSpotTier {
+    /// Requests per 10-second window for a privately distributed (static token) app.
+    pub fn burst(self) -> u64 {
+        match self {
+            HubSpotTier::Starter => 100,
+            HubSpotTier::Professional | HubSpotTier::Enterprise => 190,
+            HubSpotTier::ApiLimitIncrease => 250,
+        }
+    }
+
+    /// Requests per day per account.
+    pub fn daily(self) -> u64 {
+        match self {
+            HubSpotTier::Starter => 250_000,
+            HubSpotTier::Professional => 625_000,
+            HubSpotTier::Enterprise => 1_000_000,
+            HubSpotTier::ApiLimitIncrease => 2_000_000,
+        }
+    }
+}
+
+/// Everything [`crate::Sandbox::start`] needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    /// Seed of every random choice. Same seed, same data, byte for byte.
+    pub seed: u64,
+    /// Records per object type in each seeded account.
+    pub records: usize,
+    /// Accounts seeded per provider at start.
+    pub accounts: usize,
+    /// Providers to start. Providers that are not implemented yet make `start` fail.
+    pub providers: Vec<ProviderKind>,
+    /// Address of the control plane (`/_sandbox/...`). Port 0 picks a free port.
+    pub control_addr: SocketAddr,
+    /// How provider listeners choose ports.
+    pub ports: PortPlan,
+    /// Logical time at start, epoch milliseconds.
+    pub clock_start_ms: Millis,
+    /// Frozen or running clock at start.
+    pub clock_mode: ClockMode,
+    /// Most request-log entries kept (the oldest are dropped first).
+    pub request_log_capacity: usize,
+    /// HubSpot defaults.
+    pub hubspot: HubSpotConfig,
+    // config field: salesforce
+    // config field: pipedrive
+    // config field: zoho
+    // config field: close
+}
+
+/// 2026-01-05T09:00:00Z, the default logical start: a Monday morning, so seeded "last 90 days" data
+/// crosses a year boundary and several month ends.
+pub const DEFAULT_CLOCK_START_MS: Millis = 1_767_603_600_000;
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            records: 25,
+            accounts: 1,
+            providers: crate::provider::implemented(),
+            control_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ports: PortPlan::Ephemeral,
+            clock_start_ms: DEFAULT_CLOCK_START_MS,
+            clock_mode: ClockMode::Running,
+            request_log_capacity: 100_000,
+            hubspot: HubSpotConfig::default(),
+            // config default: salesforce
+            // config default: pipedrive
+            // config default: zoho
+            // config default: close
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// Sets the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the records per object type in each seeded account.
+    pub fn with_records(mut self, records: usize) -> Self {
+        self.records = records;
+        self
+    }
+
+    /// Sets how many accounts are seeded per provider.
+    pub fn with_accounts(mut self, accounts: usize) -> Self {
+        self.accounts = accounts;
+        self
+    }
+
+    /// Sets the providers to start.
+    pub fn with_providers(mut self, providers: impl IntoIterator<Item = ProviderKind>) -> Self {
+        self.providers = providers.into_iter().collect();
+        self
+    }
+
+    /// Sets the control-plane address.
+    pub fn with_control_addr(mut self, addr: SocketAddr) -> Self {
+        self.control_addr = addr;
+        self
+    }
+
+    /// Sets the provider port plan.
+    pub fn with_ports(mut self, ports: PortPlan) -> Self {
+        self.ports = ports;
+        self
+    }
+
+    /// Starts the logical clock at `start_ms`.
+    pub fn with_clock_start(mut self, start_ms: Millis) -> Self {
+        self.clock_start_ms = start_ms;
+        self
+    }
+
+    /// Starts with a frozen clock (what most tests want: windows move only when the test says so).
+    pub fn with_frozen_clock(mut self) -> Self {
+        self.clock_mode = ClockMode::Frozen;
+        self
+    }
+
+    /// Sets the request-log capacity.
+    pub fn with_request_log_capacity(mut self, n: usize) -> Self {
+        self.request_log_capacity = n;
+        self
+    }
+
+    /// Replaces the HubSpot defaults.
+    pub fn with_hubspot(mut self, hubspot: HubSpotConfig) -> Self {
+        self.hubspot = hubspot;
+        self
+    }
+
+    // config setter: salesforce
+    // config setter: pipedrive
+    // config setter: zoho
+    // config setter: close
+}

@@ -1,0 +1,1 @@
+//! The pipedrive imitation (being built; not registered yet).

@@ -1,0 +1,1 @@
+//! The salesforce imitation (being built; not registered yet).

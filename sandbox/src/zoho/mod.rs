@@ -1,0 +1,1 @@
+//! The zoho imitation (being built; not registered yet).
