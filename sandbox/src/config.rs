@@ -84,8 +84,11 @@ pub enum PortPlan {
 }
 
 // config type: salesforce
+
 // config type: pipedrive
+
 // config type: zoho
+
 // config type: close
 
 /// HubSpot defaults (per-account values can be changed later through the control plane).
@@ -178,8 +181,11 @@ pub struct SandboxConfig {
     /// HubSpot defaults.
     pub hubspot: HubSpotConfig,
     // config field: salesforce
+
     // config field: pipedrive
+
     // config field: zoho
+
     // config field: close
 }
 
@@ -201,8 +207,11 @@ impl Default for SandboxConfig {
             request_log_capacity: 100_000,
             hubspot: HubSpotConfig::default(),
             // config default: salesforce
+
             // config default: pipedrive
+
             // config default: zoho
+
             // config default: close
         }
     }
@@ -270,7 +279,10 @@ impl SandboxConfig {
     }
 
     // config setter: salesforce
+
     // config setter: pipedrive
+
     // config setter: zoho
+
     // config setter: close
 }

@@ -188,8 +188,11 @@ pub const REGISTRY: &[Registration] = &[
         build: crate::hubspot::build,
     },
     // registry: salesforce
+
     // registry: pipedrive
+
     // registry: zoho
+
     // registry: close
 ];
 

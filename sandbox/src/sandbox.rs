@@ -54,8 +54,11 @@ impl SandboxUrls {
     }
 
     // urls accessor: salesforce
+
     // urls accessor: pipedrive
+
     // urls accessor: zoho
+
     // urls accessor: close
 }
 
@@ -206,8 +209,11 @@ impl SandboxHandle {
     }
 
     // handle accessor: salesforce
+
     // handle accessor: pipedrive
+
     // handle accessor: zoho
+
     // handle accessor: close
 
     /// Stops every listener and generator, waiting up to two seconds for in-flight requests.

@@ -6,6 +6,9 @@ mod support;
 
 mod hubspot;
 // mod salesforce;
+
 // mod pipedrive;
+
 // mod zoho;
+
 // mod close;

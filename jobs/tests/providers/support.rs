@@ -23,7 +23,8 @@ impl Env {
             .with_records(records)
             .with_frozen_clock();
         let sandbox = Sandbox::start(config).await.expect("sandbox starts");
-        let control = Control { base: sandbox.urls().control.clone(), http: crm_jobs::testing::http_client() };
+        let control =
+            Control { base: sandbox.urls().control.clone(), http: crm_jobs::testing::http_client() };
         let clients = Clients::new(Http::new().expect("http client"));
         Self { sandbox, control, clients }
     }

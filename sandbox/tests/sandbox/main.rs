@@ -9,6 +9,9 @@ mod hubspot_objects;
 mod hubspot_search;
 mod support;
 // tests: salesforce
+
 // tests: pipedrive
+
 // tests: zoho
+
 // tests: close
