@@ -332,14 +332,21 @@ impl HubspotClient {
         let (v, q) =
             self.search(auth, &format!("/crm/v3/objects/{}/search", object_path(kind)), body).await?;
         let results = v.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
-        let mut records = Vec::with_capacity(results.len());
+        let mut page_records = Vec::with_capacity(results.len());
         for obj in &results {
-            records.push(record(kind, obj)?);
+            page_records.push(record(kind, obj)?);
         }
         let mut next = cursor.clone();
-        for r in &records {
-            next.observe(r.remote_updated_at);
+        for r in &page_records {
+            next.observe_record(r.remote_updated_at, &r.external_id);
         }
+        // The window restart below works from everything this page returned; the caller only
+        // gets what the previous run had not already read at its upper bound.
+        let records_for_window = page_records.clone();
+        let records: Vec<CrmRecord> = page_records
+            .into_iter()
+            .filter(|r| !cursor.seen_at_since(r.remote_updated_at, &r.external_id))
+            .collect();
         let next_after =
             v.pointer("/paging/next/after").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok());
         match next_after {
@@ -350,14 +357,14 @@ impl HubspotClient {
             Some(_) => {
                 // The next page would pass the 10,000 cap: restart the window at the last
                 // modification time read, excluding the ids already read at exactly that time.
-                let last = records.last().map(|r| r.remote_updated_at.timestamp_millis());
+                let last = records_for_window.last().map(|r| r.remote_updated_at.timestamp_millis());
                 let Some(last_ms) = last else {
                     return Err(ProviderError::Protocol {
                         status: 200,
                         message: "paging without results".into(),
                     });
                 };
-                let mut ids: Vec<String> = records
+                let mut ids: Vec<String> = records_for_window
                     .iter()
                     .rev()
                     .take_while(|r| r.remote_updated_at.timestamp_millis() == last_ms)

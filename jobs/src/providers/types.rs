@@ -131,10 +131,21 @@ pub struct SyncCursor {
     /// Highest remote modification time seen in this run; the next run starts from it.
     #[serde(default)]
     pub high_water: Option<DateTime<Utc>>,
+    /// Ids of the records seen at exactly `high_water` in this run (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub high_water_ids: Vec<String>,
+    /// Ids already read at exactly `since` by the previous run: a query from `since` inclusive
+    /// returns them again, and [`SyncCursor::seen_at_since`] lets the client skip them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub since_ids: Vec<String>,
     /// Provider-specific state (window bounds, ids already seen at a boundary, …).
     #[serde(default)]
     pub extra: serde_json::Value,
 }
+
+/// Most boundary ids a cursor keeps; past this the boundary is re-read (harmless: upserts are
+/// idempotent and unchanged rows are not counted as updated).
+pub const MAX_BOUNDARY_IDS: usize = 500;
 
 impl SyncCursor {
     /// The cursor of a full sync.
@@ -153,16 +164,45 @@ impl SyncCursor {
     }
 
     /// The cursor the next run starts from once this run is done: changes since the high
-    /// water mark (or since the same bound when nothing changed).
+    /// water mark (or since the same bound when nothing changed), remembering which records
+    /// were already read at exactly that mark.
     pub fn next_run(&self) -> Self {
-        Self { since: self.high_water.or(self.since), ..Self::default() }
+        match self.high_water {
+            Some(hw) if Some(hw) == self.since => {
+                let mut ids = self.since_ids.clone();
+                ids.extend(self.high_water_ids.iter().cloned());
+                ids.sort();
+                ids.dedup();
+                if ids.len() > MAX_BOUNDARY_IDS {
+                    ids.clear();
+                }
+                Self { since: Some(hw), since_ids: ids, ..Self::default() }
+            }
+            Some(hw) => Self { since: Some(hw), since_ids: self.high_water_ids.clone(), ..Self::default() },
+            None => Self { since: self.since, since_ids: self.since_ids.clone(), ..Self::default() },
+        }
     }
 
     /// Raises the high-water mark to `t`.
     pub fn observe(&mut self, t: DateTime<Utc>) {
         if self.high_water.is_none_or(|h| t > h) {
             self.high_water = Some(t);
+            self.high_water_ids.clear();
         }
+    }
+
+    /// Raises the high-water mark to `t` and remembers `id` when it sits exactly on it.
+    pub fn observe_record(&mut self, t: DateTime<Utc>, id: &str) {
+        self.observe(t);
+        if self.high_water == Some(t) && self.high_water_ids.len() < MAX_BOUNDARY_IDS {
+            self.high_water_ids.push(id.to_owned());
+        }
+    }
+
+    /// Whether a record modified at `t` was already read by the previous run (it sits exactly
+    /// on this run's lower bound and its id was recorded there).
+    pub fn seen_at_since(&self, t: DateTime<Utc>, id: &str) -> bool {
+        self.since == Some(t) && self.since_ids.iter().any(|s| s == id)
     }
 }
 
@@ -374,4 +414,35 @@ pub struct CreateNote {
     /// The idempotency marker.
     #[serde(default)]
     pub marker: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(s, 0).single().expect("time")
+    }
+
+    #[test]
+    fn the_next_run_skips_exactly_the_records_read_at_the_boundary() {
+        let mut c = SyncCursor::full();
+        c.observe_record(t(10), "a");
+        c.observe_record(t(20), "b");
+        c.observe_record(t(20), "c");
+        c.observe_record(t(15), "d");
+        let next = c.next_run();
+        assert_eq!(next.since, Some(t(20)));
+        assert!(next.seen_at_since(t(20), "b") && next.seen_at_since(t(20), "c"));
+        assert!(!next.seen_at_since(t(20), "e"), "a new record at the boundary is not skipped");
+        assert!(!next.seen_at_since(t(21), "b"), "a later change of a boundary record is not skipped");
+
+        // A run that saw nothing newer keeps (and extends) the boundary set.
+        let mut quiet = next.clone();
+        quiet.observe_record(t(20), "e");
+        let after = quiet.next_run();
+        assert_eq!(after.since, Some(t(20)));
+        assert!(after.seen_at_since(t(20), "b") && after.seen_at_since(t(20), "e"));
+    }
 }
