@@ -211,6 +211,13 @@ impl TokenStore {
         Self::default()
     }
 
+    /// Every access token, refresh token and unredeemed authorization code string ever issued (live,
+    /// expired or revoked): tests search logs for them to prove no secret leaks.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let inner = self.inner.lock();
+        inner.access.keys().chain(inner.refresh.keys()).chain(inner.codes.keys()).cloned().collect()
+    }
+
     /// Records new tokens for `grant` (a pre-issued pair, a client-credentials grant, ...).
     pub fn issue(&self, grant: Grant, mint: Mint, now: Millis) -> Issued {
         let mut g = self.inner.lock();

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod auth;
 mod hubspot;
 // mod salesforce;
 

@@ -1,0 +1,280 @@
+//! The connect flow, as axum handlers the control-plane API mounts:
+//!
+//! * `GET /v1/oauth/{provider}/authorize?tenant_id=…` stores a single-use state row (PKCE
+//!   verifier encrypted, short TTL) and redirects to the provider's consent page with a state
+//!   parameter that names the row and carries an HMAC of it;
+//! * `GET /v1/oauth/callback?code=…&state=…` verifies the HMAC, claims the row (refusing an
+//!   expired or already-used state), exchanges the code with the verifier, and stores the
+//!   connection (encrypted tokens), answering with its id.
+//!
+//! A tampered, unknown, expired or replayed state gets a 400 with a JSON body naming the
+//! `state` field. Tokens never appear in responses or logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+use uuid::Uuid;
+
+use super::oauth::{self, GrantError};
+use super::{AuthError, Store, TokenManager};
+use crate::providers::Provider;
+
+/// How long an authorization may take (consent page to callback).
+pub const DEFAULT_STATE_TTL: Duration = Duration::from_secs(600);
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct ConnectState {
+    /// Connections and apps.
+    pub store: Store,
+    /// For token exchanges, and to forget cached credentials after re-authorisation.
+    pub tokens: TokenManager,
+    /// HTTP client for the token endpoint (redirects disabled).
+    pub http: reqwest::Client,
+    /// State lifetime.
+    pub state_ttl: Duration,
+}
+
+/// The routes, to merge into the API router.
+pub fn router(state: Arc<ConnectState>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/oauth/{provider}/authorize", get(authorize))
+        .route("/v1/oauth/callback", get(callback))
+        .with_state(state)
+}
+
+/// A 4xx/5xx with a JSON body naming the field.
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    field: Option<&'static str>,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(error: &'static str, field: &'static str, message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, error, field: Some(field), message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.error, "field": self.field, "message": self.message })))
+            .into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = match &e {
+            AuthError::Config(_) => StatusCode::NOT_FOUND,
+            AuthError::Transient(_) => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        tracing::warn!(message = "connect flow failed", error = %e);
+        Self { status, error: "connect_failed", field: None, message: e.to_string() }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        AuthError::from(e).into()
+    }
+}
+
+fn mac_key(store: &Store) -> [u8; 32] {
+    store.keys().derive("oauth-state")
+}
+
+fn sign(store: &Store, id: Uuid) -> String {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&mac_key(store)).unwrap_or_else(|_| unreachable_mac());
+    mac.update(id.as_bytes());
+    let tag = mac.finalize().into_bytes();
+    let mut raw = id.as_bytes().to_vec();
+    raw.extend_from_slice(&tag[..16]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn unreachable_mac() -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; this is never reached.
+    <Hmac<Sha256> as Mac>::new_from_slice(b"k").unwrap_or_else(|_| std::process::abort())
+}
+
+fn verify(store: &Store, state: &str) -> Option<Uuid> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(state).ok()?;
+    if raw.len() != 32 {
+        return None;
+    }
+    let id = Uuid::from_slice(&raw[..16]).ok()?;
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&mac_key(store)).ok()?;
+    mac.update(id.as_bytes());
+    mac.verify_truncated_left(&raw[16..]).ok()?;
+    Some(id)
+}
+
+#[derive(Deserialize)]
+struct AuthorizeQuery {
+    tenant_id: Option<String>,
+}
+
+async fn authorize(
+    State(s): State<Arc<ConnectState>>,
+    Path(provider): Path<String>,
+    Query(q): Query<AuthorizeQuery>,
+) -> Result<Response, ApiError> {
+    let provider: Provider =
+        provider.parse().map_err(|e: String| ApiError::bad("unknown_provider", "provider", e))?;
+    let tenant = q.tenant_id.filter(|t| !t.is_empty()).ok_or_else(|| {
+        ApiError::bad("missing_parameter", "tenant_id", "tenant_id is required: the tenant to connect")
+    })?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
+        .bind(&tenant)
+        .fetch_one(s.store.pool())
+        .await?;
+    if !exists {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "unknown_tenant",
+            field: Some("tenant_id"),
+            message: format!("no tenant {tenant:?}"),
+        });
+    }
+    let app = s.store.app(provider).await?;
+    let id = Uuid::new_v4();
+    let state = sign(&s.store, id);
+    let (url, verifier) = oauth::authorize_url(&app, &state).map_err(|e| AuthError::Config(e.to_string()))?;
+    let sealed = s.store.keys().seal(verifier.secret().as_bytes(), &format!("state:{id}:verifier"));
+    sqlx::query(
+        "INSERT INTO oauth_states (id, tenant_id, provider, pkce_verifier, key_id, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+    )
+    .bind(id)
+    .bind(&tenant)
+    .bind(provider.as_str())
+    .bind(sealed)
+    .bind(s.store.keys().current_id())
+    .bind(s.state_ttl.as_secs_f64())
+    .execute(s.store.pool())
+    .await?;
+    tracing::info!(message = "authorization started", tenant = %tenant, provider = %provider);
+    Ok(Redirect::to(url.as_str()).into_response())
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    #[serde(rename = "accounts-server")]
+    accounts_server: Option<String>,
+}
+
+async fn callback(
+    State(s): State<Arc<ConnectState>>,
+    Query(q): Query<CallbackQuery>,
+) -> Result<Response, ApiError> {
+    let state = q.state.ok_or_else(|| ApiError::bad("missing_parameter", "state", "state is required"))?;
+    let id = verify(&s.store, &state).ok_or_else(|| {
+        ApiError::bad("invalid_state", "state", "state is not one we issued (tampered or malformed)")
+    })?;
+    // Claim the state: single use, unexpired.
+    let mut tx = s.store.pool().begin().await?;
+    #[allow(clippy::type_complexity)]
+    let row: Option<(String, String, Vec<u8>, String, bool, bool)> = sqlx::query_as(
+        "SELECT tenant_id, provider, pkce_verifier, key_id, expires_at < now(), used_at IS NOT NULL \
+         FROM oauth_states WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((tenant, provider, sealed, key_id, expired, used)) = row else {
+        return Err(ApiError::bad("invalid_state", "state", "state is unknown"));
+    };
+    if used {
+        return Err(ApiError::bad(
+            "state_replayed",
+            "state",
+            "this state was already used; start the authorization again",
+        ));
+    }
+    if expired {
+        return Err(ApiError::bad(
+            "state_expired",
+            "state",
+            "this authorization took too long; start it again",
+        ));
+    }
+    sqlx::query("UPDATE oauth_states SET used_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    if let Some(err) = q.error {
+        return Err(ApiError::bad("authorization_denied", "code", format!("the provider reported {err:?}")));
+    }
+    let code = q.code.ok_or_else(|| ApiError::bad("missing_parameter", "code", "code is required"))?;
+    let provider: Provider = provider.parse().map_err(AuthError::Config)?;
+    let verifier =
+        s.store.keys().open(&key_id, &sealed, &format!("state:{id}:verifier")).map_err(AuthError::from)?;
+    let app = s.store.app(provider).await?;
+    let token_url = match q.accounts_server.as_deref() {
+        Some(server) => Some(allowed_token_url(&s.store, &app, server).await?),
+        None => None,
+    };
+    let grant = oauth::exchange_code(
+        &s.http,
+        &app,
+        token_url.as_deref().unwrap_or(&app.token_url),
+        &code,
+        oauth2::PkceCodeVerifier::new(verifier.expose_secret().to_owned()),
+    )
+    .await
+    .map_err(|e| match e {
+        GrantError::Rejected { code } => {
+            ApiError::bad("code_rejected", "code", format!("the provider rejected the code ({code})"))
+        }
+        GrantError::Transient(m) => AuthError::Transient(m).into(),
+        GrantError::Config(m) => AuthError::Config(m).into(),
+    })?;
+    let conn = s.store.save_grant(&tenant, &app, &grant, token_url.as_deref()).await?;
+    s.tokens.invalidate(conn.id);
+    tracing::info!(message = "connection authorised", connection = %conn.id, tenant = %tenant, provider = %provider,
+        account = %conn.account_id);
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "connection_id": conn.id, "tenant_id": conn.tenant_id, "provider": conn.provider,
+            "account_id": conn.account_id, "status": conn.status,
+        })),
+    )
+        .into_response())
+}
+
+/// A callback's `accounts-server` is used only when the app lists it.
+async fn allowed_token_url(store: &Store, app: &oauth::OAuthApp, server: &str) -> Result<String, ApiError> {
+    let allowed: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(extra_token_urls) FROM oauth_apps WHERE provider = $1")
+            .bind(app.provider.as_str())
+            .fetch_all(store.pool())
+            .await?;
+    let path = url::Url::parse(&app.token_url).map(|u| u.path().to_owned()).unwrap_or_default();
+    let candidate = format!("{}{}", server.trim_end_matches('/'), path);
+    if candidate == app.token_url || allowed.iter().any(|a| a == &candidate) {
+        Ok(candidate)
+    } else {
+        Err(ApiError::bad(
+            "invalid_accounts_server",
+            "accounts-server",
+            format!("{server:?} is not a known accounts server"),
+        ))
+    }
+}

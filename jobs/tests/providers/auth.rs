@@ -1,0 +1,382 @@
+//! The token lifecycle against the HubSpot imitation and a real PostgreSQL: encryption at rest,
+//! single-flight fenced refresh under concurrency, rotation, revoked grants, the connect flow,
+//! and no secrets in logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use crm_jobs::auth::call::CallError;
+use crm_jobs::auth::connect::{self, ConnectState};
+use crm_jobs::auth::oauth::{Grant, OAuthApp, ProviderTokenFields};
+use crm_jobs::auth::{AuthError, Keyring, Store, TokenManager};
+use crm_jobs::providers::{ObjectKind, Provider};
+use crm_jobs::testing::TestDb;
+use crm_sandbox::config::ProviderKind;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::Env;
+
+const HUB: &str = "20000001";
+
+struct Setup {
+    env: Env,
+    db: TestDb,
+    store: Store,
+    app: OAuthApp,
+    connection: Uuid,
+    account: Value,
+}
+
+fn manager(store: &Store) -> TokenManager {
+    TokenManager::new(store.clone(), crm_jobs::testing::http_client())
+}
+
+async fn setup(redirect_uri: &str) -> Setup {
+    let env = Env::start(&[ProviderKind::HubSpot], 3).await;
+    env.control
+        .patch(&format!("hubspot/accounts/{HUB}"), json!({ "burst": 1000000, "oauth_burst": 1000000 }))
+        .await;
+    let account = env.control.get(&format!("hubspot/accounts/{HUB}")).await;
+    let db = TestDb::new().await;
+    let keys = Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key"));
+    let store = Store::new(db.pool.clone(), keys);
+    let urls = env.sandbox.urls().hubspot().expect("hubspot");
+    let creds = &account["credentials"];
+    let app = OAuthApp {
+        provider: Provider::Hubspot,
+        client_id: creds["client_id"].as_str().expect("client id").to_owned(),
+        client_secret: SecretString::from(creds["client_secret"].as_str().expect("secret").to_owned()),
+        authorize_url: urls.authorize_url.clone(),
+        token_url: urls.token_url_v3.clone(),
+        revoke_url: None,
+        redirect_uri: redirect_uri.to_owned(),
+        scopes: "crm.objects.contacts.read crm.objects.contacts.write".into(),
+        api_base: Some(urls.api_base.clone()),
+    };
+    store.save_app(&app).await.expect("save app");
+    store.ensure_tenant("t1", "Tenant One").await.expect("tenant");
+    let oauth = &creds["oauth"];
+    let grant = Grant {
+        access_token: SecretString::from(oauth["access_token"].as_str().expect("access").to_owned()),
+        refresh_token: Some(SecretString::from(oauth["refresh_token"].as_str().expect("refresh").to_owned())),
+        expires_at: Some(Utc::now() + chrono::Duration::seconds(1800)),
+        scopes: String::new(),
+        fields: ProviderTokenFields { hub_id: Some(json!(20000001)), ..ProviderTokenFields::default() },
+    };
+    let connection = store.save_grant("t1", &app, &grant, None).await.expect("save grant").id;
+    Setup { env, db, store, app, connection, account }
+}
+
+impl Setup {
+    /// The access token expires now, at the sandbox and in our records.
+    async fn expire(&self) {
+        self.env.control.post(&format!("hubspot/accounts/{HUB}/expire-tokens"), json!({})).await;
+        sqlx::query("UPDATE connections SET expires_at = now() - interval '1 minute' WHERE id = $1")
+            .bind(self.connection)
+            .execute(&self.db.pool)
+            .await
+            .expect("expire");
+    }
+
+    async fn refreshes(&self) -> (u64, u64) {
+        let c = self.env.control.get(&format!("hubspot/accounts/{HUB}/counters")).await;
+        (c["token_refreshes"].as_u64().unwrap_or(0), c["token_refresh_failures"].as_u64().unwrap_or(0))
+    }
+
+    async fn get_contact(&self, tokens: &TokenManager) -> Result<(), CallError> {
+        let client = self.env.clients.get(Provider::Hubspot);
+        crm_jobs::auth::call(tokens, self.connection, |auth| async move {
+            client.get(&auth, ObjectKind::Contact, "1").await
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_encrypted_at_rest() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    let access = s.account["credentials"]["oauth"]["access_token"].as_str().expect("token").to_owned();
+    let refresh = s.account["credentials"]["oauth"]["refresh_token"].as_str().expect("token").to_owned();
+    let secret = s.account["credentials"]["client_secret"].as_str().expect("secret").to_owned();
+    let dump: Vec<String> = sqlx::query_scalar(
+        "SELECT row_to_json(c)::text FROM connections c UNION ALL SELECT row_to_json(a)::text FROM oauth_apps a",
+    )
+    .fetch_all(&s.db.pool)
+    .await
+    .expect("dump");
+    assert_eq!(dump.len(), 2);
+    for row in &dump {
+        for needle in [&access, &refresh, &secret] {
+            assert!(!row.contains(needle.as_str()), "plaintext secret in a stored row");
+        }
+        // bytea renders as hex: check the hex form too.
+        for needle in [&access, &refresh, &secret] {
+            assert!(!row.contains(&hex_of(needle)), "plaintext secret (hex) in a stored row");
+        }
+    }
+    // And the manager reads it back.
+    s.get_contact(&manager(&s.store)).await.expect("call works");
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn concurrent_calls_on_an_expired_token_refresh_exactly_once() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    s.expire().await;
+    // Two managers model two processes: separate caches, one database fence.
+    let (a, b) = (manager(&s.store), manager(&s.store));
+    let calls = (0..200).map(|i| {
+        let tokens = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let s = &s;
+        async move { s.get_contact(&tokens).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert_eq!(s.refreshes().await, (1, 0), "exactly one refresh");
+}
+
+#[tokio::test]
+async fn rotating_refresh_tokens_stay_healthy_through_fifty_refresh_cycles() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    s.env.control.patch("hubspot/settings", json!({ "rotate_refresh_tokens": true })).await;
+    let managers: Vec<TokenManager> = (0..3).map(|_| manager(&s.store)).collect();
+    for cycle in 0..50 {
+        s.expire().await;
+        let calls = (0..12).map(|i| {
+            let tokens = managers[i % 3].clone();
+            let s = &s;
+            async move { s.get_contact(&tokens).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        assert!(
+            results.iter().all(Result::is_ok),
+            "cycle {cycle}: {:?}",
+            results.iter().find(|r| r.is_err())
+        );
+    }
+    assert_eq!(s.refreshes().await, (50, 0), "one refresh per cycle, none with a used token");
+    let status: String = sqlx::query_scalar("SELECT status FROM connections WHERE id = $1")
+        .bind(s.connection)
+        .fetch_one(&s.db.pool)
+        .await
+        .expect("row");
+    assert_eq!(status, "active");
+}
+
+#[tokio::test]
+async fn a_401_refreshes_once_even_when_the_expiry_looked_fine() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    let tokens = manager(&s.store);
+    s.get_contact(&tokens).await.expect("first call");
+    // The provider expires the token early; our record still says it is valid.
+    s.env.control.post(&format!("hubspot/accounts/{HUB}/expire-tokens"), json!({})).await;
+    s.get_contact(&tokens).await.expect("refreshed after the 401");
+    assert_eq!(s.refreshes().await, (1, 0));
+}
+
+#[tokio::test]
+async fn a_revoked_grant_parks_the_connection_as_needs_reauth() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    let tokens = manager(&s.store);
+    s.env.control.post(&format!("hubspot/accounts/{HUB}/revoke"), json!({})).await;
+    s.expire().await;
+    let err = s.get_contact(&tokens).await.expect_err("revoked");
+    assert!(matches!(err, CallError::Auth(AuthError::InvalidGrant { .. })), "{err:?}");
+    let (status, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT status, status_reason FROM connections WHERE id = $1")
+            .bind(s.connection)
+            .fetch_one(&s.db.pool)
+            .await
+            .expect("row");
+    assert_eq!(status, "needs_reauth");
+    assert!(reason.unwrap_or_default().contains("re-authorise"));
+    // Further calls fail fast without touching the provider.
+    let before = s.env.control.get(&format!("hubspot/accounts/{HUB}/counters")).await["requests"].as_u64();
+    let again = s.get_contact(&tokens).await.expect_err("still parked");
+    assert!(matches!(again, CallError::Auth(AuthError::NeedsReauth { .. })), "{again:?}");
+    let after = s.env.control.get(&format!("hubspot/accounts/{HUB}/counters")).await["requests"].as_u64();
+    assert_eq!(before, after, "no provider request for a parked connection");
+}
+
+async fn serve_connect(store: Store) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let state = Arc::new(ConnectState {
+        tokens: manager(&store),
+        store,
+        http: crm_jobs::providers::Http::new().expect("http").client().clone(),
+        state_ttl: connect::DEFAULT_STATE_TTL,
+    });
+    let app = connect::router(state);
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, handle)
+}
+
+#[tokio::test]
+async fn authorize_consent_callback_stores_a_working_connection_and_refuses_bad_state() {
+    let s = setup("http://placeholder/cb").await;
+    let (base, _server) = serve_connect(s.store.clone()).await;
+    let mut app = s.app.clone();
+    app.redirect_uri = format!("{base}/v1/oauth/callback");
+    s.store.save_app(&app).await.expect("app");
+    s.store.ensure_tenant("t2", "Tenant Two").await.expect("tenant");
+
+    // A browser: follows the redirects (our authorize → sandbox consent → our callback).
+    let browser = crm_jobs::testing::http_client();
+    let resp =
+        browser.get(format!("{base}/v1/oauth/hubspot/authorize?tenant_id=t2")).send().await.expect("flow");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["tenant_id"], "t2");
+    assert_eq!(body["account_id"], "20000001");
+    let id: Uuid = body["connection_id"].as_str().expect("id").parse().expect("uuid");
+    let tokens = manager(&s.store);
+    let client = s.env.clients.get(Provider::Hubspot);
+    crm_jobs::auth::call(
+        &tokens,
+        id,
+        |auth| async move { client.get(&auth, ObjectKind::Contact, "1").await },
+    )
+    .await
+    .expect("the new connection works");
+
+    // Without following redirects, capture a real callback URL, then abuse it.
+    let manual =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let to_provider = manual
+        .get(format!("{base}/v1/oauth/hubspot/authorize?tenant_id=t2"))
+        .send()
+        .await
+        .expect("authorize");
+    assert_eq!(to_provider.status(), 303);
+    let consent = to_provider.headers()["location"].to_str().expect("location").to_owned();
+    assert!(consent.contains("code_challenge="), "PKCE: {consent}");
+    let back = manual.get(&consent).send().await.expect("consent");
+    let callback = back.headers()["location"].to_str().expect("location").to_owned();
+    let state = url::Url::parse(&callback)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+
+    let mut tampered = state.clone().into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("utf8");
+    let bad = manual.get(callback.replace(&state, &tampered)).send().await.expect("tampered");
+    assert_eq!(bad.status(), 400);
+    let err: Value = bad.json().await.expect("json");
+    assert_eq!(
+        (err["error"].as_str(), err["field"].as_str()),
+        (Some("invalid_state"), Some("state")),
+        "{err}"
+    );
+
+    assert_eq!(manual.get(&callback).send().await.expect("first").status(), 200);
+    let replay = manual.get(&callback).send().await.expect("replay");
+    assert_eq!(replay.status(), 400);
+    assert_eq!(replay.json::<Value>().await.expect("json")["error"], "state_replayed");
+
+    let unknown = manual
+        .get(format!("{base}/v1/oauth/hubspot/authorize?tenant_id=nobody"))
+        .send()
+        .await
+        .expect("unknown");
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<Value>().await.expect("json")["field"], "tenant_id");
+    let missing = manual.get(format!("{base}/v1/oauth/hubspot/authorize")).send().await.expect("missing");
+    assert_eq!(missing.status(), 400);
+    let bad_provider = manual
+        .get(format!("{base}/v1/oauth/nosuchcrm/authorize?tenant_id=t2"))
+        .send()
+        .await
+        .expect("provider");
+    assert_eq!(bad_provider.json::<Value>().await.expect("json")["field"], "provider");
+}
+
+/// Captures every log line of a full flow and searches it for secrets.
+#[tokio::test]
+async fn no_token_or_secret_appears_in_the_logs_of_a_full_flow() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let buf = Arc::new(parking_lot::Mutex::new(Vec::<u8>::new()));
+    let writer = {
+        let buf = buf.clone();
+        move || LogWriter(buf.clone())
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("trace"))
+        .with(tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(false));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let s = setup("http://placeholder/cb").await;
+    let (base, _server) = serve_connect(s.store.clone()).await;
+    let mut app = s.app.clone();
+    app.redirect_uri = format!("{base}/v1/oauth/callback");
+    s.store.save_app(&app).await.expect("app");
+    let browser = crm_jobs::testing::http_client();
+    let body: Value = browser
+        .get(format!("{base}/v1/oauth/hubspot/authorize?tenant_id=t1"))
+        .send()
+        .await
+        .expect("flow")
+        .json()
+        .await
+        .expect("json");
+    let id: Uuid = body["connection_id"].as_str().expect("id").parse().expect("uuid");
+    let tokens = manager(&s.store);
+    s.env.control.post(&format!("hubspot/accounts/{HUB}/expire-tokens"), json!({})).await;
+    let client = s.env.clients.get(Provider::Hubspot);
+    crm_jobs::auth::call(
+        &tokens,
+        id,
+        |auth| async move { client.get(&auth, ObjectKind::Contact, "1").await },
+    )
+    .await
+    .expect("refresh and call");
+    s.env.control.post(&format!("hubspot/accounts/{HUB}/revoke"), json!({})).await;
+    s.expire().await;
+    let _ = s.get_contact(&tokens).await;
+
+    // Every token the sandbox ever issued for this account, and the app secret.
+    let issued = s.env.sandbox.state().tokens.issued_secrets();
+    let logs = String::from_utf8_lossy(&buf.lock()).to_string();
+    assert!(logs.contains("token refreshed"), "the flow was logged");
+    assert!(!issued.is_empty());
+    for secret in issued.iter().chain(std::iter::once(&s.app.client_secret_string())) {
+        assert!(!logs.contains(secret.as_str()), "a secret appears in the logs");
+    }
+    let _ = Duration::ZERO;
+}
+
+struct LogWriter(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+trait SecretText {
+    fn client_secret_string(&self) -> String;
+}
+
+impl SecretText for OAuthApp {
+    fn client_secret_string(&self) -> String {
+        use secrecy::ExposeSecret;
+        self.client_secret.expose_secret().to_owned()
+    }
+}
