@@ -15,6 +15,10 @@ pub const DEFAULT_QUEUE: &str = "crm";
 pub enum CrmJob {
     /// A diagnostic job: smoke tests, benchmarks and `crmctl` checks of a live fleet.
     Probe(ProbeJob),
+    /// Sync one object of one connection into PostgreSQL.
+    Sync(SyncJob),
+    /// Carry out one outbound CRM action.
+    Action(ActionJob),
 }
 
 impl CrmJob {
@@ -22,6 +26,8 @@ impl CrmJob {
     pub fn job_type(&self) -> &'static str {
         match self {
             Self::Probe(_) => "probe",
+            Self::Sync(_) => "sync",
+            Self::Action(_) => "action",
         }
     }
 }
@@ -35,4 +41,40 @@ pub struct ProbeJob {
     /// Fail with a transient error while the attempt number is at most this.
     #[serde(default)]
     pub fail_times: u32,
+}
+
+/// Full or incremental.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// From the stored cursor (a full sync when there is none).
+    #[default]
+    Incremental,
+    /// From scratch, whatever the cursor says.
+    Full,
+}
+
+/// Sync (connection, object).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncJob {
+    /// The connection.
+    pub connection_id: uuid::Uuid,
+    /// Which object.
+    pub object: crate::providers::ObjectKind,
+    /// Full or incremental.
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// What asked for it: `schedule`, `api`, `cli`, `replay`.
+    #[serde(default)]
+    pub trigger: String,
+    /// The schedule tick that enqueued it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Run one action (its parameters and idempotency record live in PostgreSQL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionJob {
+    /// The action (also the job id).
+    pub action_id: uuid::Uuid,
 }

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod enqueue;
 pub mod job;
 pub mod ops;
 pub mod providers;

@@ -25,6 +25,11 @@ pub async fn handle(
 ) -> Result<(), JobError> {
     match job {
         CrmJob::Probe(p) => probe(p, attempt.current(), &worker).await,
+        CrmJob::Sync(_) | CrmJob::Action(_) => Err(JobError::defer(
+            Duration::from_secs(30),
+            "unsupported",
+            "this worker does not run this job type yet",
+        )),
     }
 }
 

@@ -1,17 +1,22 @@
--- Push n jobs. ARGV[2] = n, then 11 fields per job:
---   id, type, lane, budgets, weight key, class, payload, max attempts, unique key, delay ms, meta
--- Returns, per job, its id (enqueued) or "dup:<existing id>" (unique key held, or id taken).
+-- Push n jobs. ARGV[2] = n, then 13 fields per job:
+--   id, type, lane, budgets, weight key, class, payload, max attempts, unique key, delay ms, meta,
+--   dedupe key, dedupe ttl ms
+-- Returns, per job, its id (enqueued) or "dup:<existing id>" (id taken, dedupe key seen within
+-- its TTL, or unique key held by a queued or running job).
 local n = tonumber(ARGV[2])
 local now = now_ms()
 local out = {}
 local ready = 0
 for i = 0, n - 1 do
-  local o = 3 + i * 11
+  local o = 3 + i * 13
   local id, typ, lane, budgets, wk, cls = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
   local payload, maxa, uniq, delay, meta = ARGV[o + 6], ARGV[o + 7], ARGV[o + 8], tonumber(ARGV[o + 9]), ARGV[o + 10]
+  local dedupe, dedupe_ttl = ARGV[o + 11], tonumber(ARGV[o + 12])
   local jk = jkey(id)
   if redis.call('EXISTS', jk) == 1 then
     out[#out + 1] = 'dup:' .. id
+  elseif dedupe ~= '' and not redis.call('SET', base .. 'd:' .. dedupe, id, 'NX', 'PX', dedupe_ttl) then
+    out[#out + 1] = 'dup:' .. (redis.call('GET', base .. 'd:' .. dedupe) or id)
   elseif uniq ~= '' and not redis.call('SET', base .. 'u:' .. uniq, id, 'NX') then
     out[#out + 1] = 'dup:' .. (redis.call('GET', base .. 'u:' .. uniq) or '')
   else

@@ -193,7 +193,7 @@ impl Queue {
             job.validate()?;
         }
         let calls = jobs.chunks(PUSH_CHUNK).map(|chunk| {
-            let mut args: Vec<Vec<u8>> = Vec::with_capacity(1 + chunk.len() * 11);
+            let mut args: Vec<Vec<u8>> = Vec::with_capacity(1 + chunk.len() * 13);
             args.push(chunk.len().to_string().into_bytes());
             for job in chunk {
                 args.push(job.id.to_string().into_bytes());
@@ -211,6 +211,9 @@ impl Queue {
                 } else {
                     serde_json::to_vec(&job.meta).unwrap_or_default()
                 });
+                let (dedupe, ttl) = job.dedupe.clone().unwrap_or_default();
+                args.push(dedupe.into_bytes());
+                args.push(ttl.as_millis().to_string().into_bytes());
             }
             self.run(&self.inner.scripts.push, args)
         });

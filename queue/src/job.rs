@@ -173,6 +173,9 @@ pub struct NewJob {
     pub delay: Duration,
     /// Metadata.
     pub meta: JobMeta,
+    /// A key that makes later pushes with the same key duplicates for a time, whether or not
+    /// the job is still in the queue (a scheduler tick must enqueue at most once).
+    pub dedupe: Option<(String, Duration)>,
 }
 
 impl NewJob {
@@ -187,6 +190,7 @@ impl NewJob {
             unique_key: None,
             delay: Duration::ZERO,
             meta: JobMeta::new(),
+            dedupe: None,
         }
     }
 
@@ -215,6 +219,12 @@ impl NewJob {
         self
     }
 
+    /// Sets a dedupe key remembered for `ttl` after the push, whatever becomes of the job.
+    pub fn dedupe_key(mut self, key: impl Into<String>, ttl: Duration) -> Self {
+        self.dedupe = Some((key.into(), ttl));
+        self
+    }
+
     /// Sets the delay.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
@@ -236,6 +246,14 @@ impl NewJob {
             return Err(QueueError::InvalidJob {
                 field: "max_attempts",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if let Some((key, ttl)) = &self.dedupe
+            && (key.is_empty() || ttl.is_zero())
+        {
+            return Err(QueueError::InvalidJob {
+                field: "dedupe",
+                reason: "key and ttl must be non-empty".into(),
             });
         }
         if self.unique_key.as_deref() == Some("") {

@@ -370,3 +370,24 @@ async fn invalid_jobs_are_refused_with_the_field_named() {
     let err = env.queue.push(bad).await.expect_err("invalid");
     assert!(err.to_string().contains("max_attempts"), "{err}");
 }
+
+#[tokio::test]
+async fn a_dedupe_key_outlives_its_job() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let tick = || job("t").dedupe_key("tick:s1:contact:1700000000", Duration::from_secs(60));
+    let first = q.push(tick()).await.expect("push");
+    assert!(!first.is_duplicate());
+    assert_eq!(q.push(tick()).await.expect("push"), crm_queue::PushOutcome::Duplicate(first.id()));
+    let j = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+    q.ack(&[j.lease]).await.expect("ack");
+    // Finished and trimmed, yet the same tick is still refused.
+    assert!(q.push(tick()).await.expect("push").is_duplicate());
+    // A different tick goes through.
+    assert!(
+        !q.push(job("t").dedupe_key("tick:s1:contact:1700000005", Duration::from_secs(60)))
+            .await
+            .expect("push")
+            .is_duplicate()
+    );
+}

@@ -1,0 +1,188 @@
+//! How crm-fleet jobs map onto queue lanes and budgets — the one place that names them, so
+//! producers (scheduler, API, replay) and the limits machinery agree.
+//!
+//! A job's lane is (priority, provider, tenant): actions are `High`, syncs `Normal`. Its budgets:
+//!
+//! | Budget | Meaning | Set by |
+//! |---|---|---|
+//! | `c:provider:<p>` | fleet-wide concurrency per provider | limits config |
+//! | `c:tenant:<p>:<tenant>` | concurrency per tenant per provider | limits config (default `c:tenant:<p>:*`) |
+//! | `c:conn:<connection>` | concurrency per connection | limits config (default `c:conn:*`) |
+//! | `r:account:<p>:<account>` | rate (GCRA) of the provider account | seeded from documented quotas, adapted from responses |
+//! | `x:account:<p>:<account>` | pause of the provider account (throttled until reset) | set on a throttle response |
+//! | `x:conn:<connection>` | pause of a connection awaiting re-authorisation | set on an invalid grant |
+//! | `x:provider:<p>` | circuit breaker of a provider | set by the breaker |
+//!
+//! Lanes weigh tenants by `w:tenant:<tenant>`.
+
+use std::time::Duration;
+
+use crm_queue::{JobId, Lane, NewJob, Priority, QueueError};
+use uuid::Uuid;
+
+use crate::job::{ActionJob, CrmJob, SyncJob, SyncMode};
+use crate::providers::{ObjectKind, Provider};
+
+/// Default attempts for a sync: a sync resumes from its cursor, so retries are cheap.
+pub const SYNC_MAX_ATTEMPTS: u32 = 8;
+/// Default attempts for an action.
+pub const ACTION_MAX_ATTEMPTS: u32 = 10;
+
+/// Who a job works for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Tenant.
+    pub tenant: String,
+    /// Provider.
+    pub provider: Provider,
+    /// Connection.
+    pub connection: Uuid,
+    /// Provider account (portal, org, company…).
+    pub account: String,
+}
+
+/// Budget names.
+pub mod budget {
+    use super::*;
+
+    /// Fleet-wide concurrency of a provider.
+    pub fn provider(p: Provider) -> String {
+        format!("c:provider:{p}")
+    }
+    /// Concurrency of a tenant on a provider.
+    pub fn tenant(p: Provider, tenant: &str) -> String {
+        format!("c:tenant:{p}:{tenant}")
+    }
+    /// Concurrency of a connection.
+    pub fn connection(c: Uuid) -> String {
+        format!("c:conn:{c}")
+    }
+    /// Request rate of a provider account.
+    pub fn rate(p: Provider, account: &str) -> String {
+        format!("r:account:{p}:{}", sanitize(account))
+    }
+    /// Pause of a provider account.
+    pub fn account_pause(p: Provider, account: &str) -> String {
+        format!("x:account:{p}:{}", sanitize(account))
+    }
+    /// Pause of a connection (re-authorisation).
+    pub fn connection_pause(c: Uuid) -> String {
+        format!("x:conn:{c}")
+    }
+    /// Circuit breaker of a provider.
+    pub fn breaker(p: Provider) -> String {
+        format!("x:provider:{p}")
+    }
+    /// Weight key of a tenant.
+    pub fn weight(tenant: &str) -> String {
+        format!("tenant:{tenant}")
+    }
+
+    /// Budget names carry no whitespace (the queue splits on it); account ids may be URLs.
+    fn sanitize(s: &str) -> String {
+        s.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect()
+    }
+}
+
+/// The lane of a job for `target`.
+pub fn lane(target: &Target, priority: Priority) -> Lane {
+    Lane::new(target.provider.as_str(), &target.tenant, priority)
+        .budget(budget::breaker(target.provider))
+        .budget(budget::connection_pause(target.connection))
+        .budget(budget::account_pause(target.provider, &target.account))
+        .budget(budget::provider(target.provider))
+        .budget(budget::tenant(target.provider, &target.tenant))
+        .budget(budget::connection(target.connection))
+        .budget(budget::rate(target.provider, &target.account))
+        .weight_key(budget::weight(&target.tenant))
+}
+
+/// The unique key that keeps one sync of (connection, object) queued or running at a time.
+pub fn sync_unique_key(connection: Uuid, object: ObjectKind) -> String {
+    format!("sync:{connection}:{object}")
+}
+
+/// A sync job for `target` and `object`.
+pub fn sync_job(
+    target: &Target,
+    object: ObjectKind,
+    mode: SyncMode,
+    trigger: &str,
+) -> Result<NewJob, QueueError> {
+    sync_job_at(target, object, mode, trigger, None)
+}
+
+fn sync_job_at(
+    target: &Target,
+    object: ObjectKind,
+    mode: SyncMode,
+    trigger: &str,
+    tick: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<NewJob, QueueError> {
+    let job = CrmJob::Sync(SyncJob {
+        connection_id: target.connection,
+        object,
+        mode,
+        trigger: trigger.to_owned(),
+        tick,
+    });
+    Ok(NewJob::json(job.job_type(), lane(target, Priority::Normal), &job)?
+        .max_attempts(SYNC_MAX_ATTEMPTS)
+        .unique_key(sync_unique_key(target.connection, object)))
+}
+
+/// A scheduled tick's sync: as [`sync_job`], plus a dedupe key naming the tick so that the
+/// same tick is never enqueued twice, even by two schedulers across a failover.
+pub fn scheduled_sync_job(
+    target: &Target,
+    object: ObjectKind,
+    schedule: Uuid,
+    tick: chrono::DateTime<chrono::Utc>,
+) -> Result<NewJob, QueueError> {
+    let key = format!("tick:{schedule}:{object}:{}", tick.timestamp());
+    let id = JobId(Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes()));
+    Ok(sync_job_at(target, object, SyncMode::Incremental, "schedule", Some(tick))?
+        .with_id(id)
+        .dedupe_key(key, TICK_DEDUPE_TTL))
+}
+
+/// How long a tick's dedupe key lives: far longer than any failover.
+pub const TICK_DEDUPE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// An action job (the action's parameters live in PostgreSQL, keyed by `action`).
+pub fn action_job(target: &Target, action: Uuid, max_attempts: u32) -> Result<NewJob, QueueError> {
+    let job = CrmJob::Action(ActionJob { action_id: action });
+    Ok(NewJob::json(job.job_type(), lane(target, Priority::High), &job)?
+        .with_id(JobId(action))
+        .max_attempts(max_attempts))
+}
+
+/// Loads the [`Target`] of a connection.
+pub async fn target(pool: &sqlx::PgPool, connection: Uuid) -> Result<Option<Target>, sqlx::Error> {
+    let row: Option<(String, String, String)> =
+        sqlx::query_as("SELECT tenant_id, provider, account_id FROM connections WHERE id = $1")
+            .bind(connection)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.and_then(|(tenant, provider, account)| {
+        Some(Target { tenant, provider: provider.parse().ok()?, connection, account })
+    }))
+}
+
+/// Asks for one more run of (connection, object) after the one queued or running (overlap
+/// policy `buffer_one`); the running sync enqueues it when it finishes.
+pub async fn request_rerun(
+    pool: &sqlx::PgPool,
+    connection: Uuid,
+    object: ObjectKind,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sync_state (connection_id, object, cursor, rerun_requested) VALUES ($1, $2, '{}'::jsonb, true) \
+         ON CONFLICT (connection_id, object) DO UPDATE SET rerun_requested = true, updated_at = now()",
+    )
+    .bind(connection)
+    .bind(object.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
