@@ -11,9 +11,11 @@ pub mod auth;
 pub mod config;
 pub mod enqueue;
 pub mod job;
+pub mod limits;
 pub mod ops;
 pub mod providers;
 pub mod storage;
+pub mod sync;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -4,28 +4,50 @@ use std::time::Duration;
 
 use apalis_core::task::attempt::Attempt;
 use apalis_core::task::data::Data;
+use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use crm_queue::JobError;
 
 use crate::job::{CrmJob, ProbeJob};
 
 /// What handlers share: pools, clients, configuration. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct JobContext {
     /// PostgreSQL.
     pub pool: sqlx::PgPool,
+    /// The queue (pauses, rate tokens).
+    pub queue: crm_queue::Queue,
+    /// Valid credentials.
+    pub tokens: crate::auth::TokenManager,
+    /// Provider clients.
+    pub clients: crate::providers::Clients,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobContext")
+    }
 }
 
 /// Runs one job.
 pub async fn handle(
     job: CrmJob,
     attempt: Attempt,
+    id: TaskId,
     worker: WorkerContext,
-    _ctx: Data<JobContext>,
+    ctx: Data<JobContext>,
 ) -> Result<(), JobError> {
     match job {
         CrmJob::Probe(p) => probe(p, attempt.current(), &worker).await,
-        CrmJob::Sync(_) | CrmJob::Action(_) => Err(JobError::defer(
+        CrmJob::Sync(s) => {
+            let info = crate::sync::engine::AttemptInfo {
+                job_id: id.to_string().parse().ok(),
+                attempt: attempt.current() as u32,
+                max_attempts: crate::enqueue::SYNC_MAX_ATTEMPTS,
+            };
+            crate::sync::run(&ctx, &s, info, || worker.is_shutting_down()).await.map(|_| ())
+        }
+        CrmJob::Action(_) => Err(JobError::defer(
             Duration::from_secs(30),
             "unsupported",
             "this worker does not run this job type yet",

@@ -565,6 +565,14 @@ impl Queue {
         Ok(reply::int(&reply))
     }
 
+    /// Takes one token of a rate budget (or checks a pause) for a request inside a running job.
+    /// `None`: go ahead; `Some(wait)`: nothing taken, try again after `wait`.
+    pub async fn take_token(&self, budget: &str) -> Result<Option<Duration>, QueueError> {
+        let reply = self.run(&self.inner.scripts.take, vec![budget.as_bytes().to_vec()]).await?;
+        let wait = reply::int(&reply);
+        Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
+    }
+
     /// Current pauses: budget → end (ms since the epoch).
     pub async fn pauses(&self) -> Result<HashMap<String, i64>, QueueError> {
         let mut conn = self.inner.conn.clone();

@@ -28,6 +28,7 @@ pub(crate) struct Scripts {
     pub promote: Script,
     pub stats: Script,
     pub pause: Script,
+    pub take: Script,
 }
 
 impl Scripts {
@@ -46,6 +47,7 @@ impl Scripts {
             promote: script(include_str!("../lua/promote.lua")),
             stats: script(include_str!("../lua/stats.lua")),
             pause: script(include_str!("../lua/pause.lua")),
+            take: script(include_str!("../lua/take.lua")),
         }
     }
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod hubspot;
+mod sync;
 // mod salesforce;
 
 // mod pipedrive;

@@ -391,3 +391,19 @@ async fn a_dedupe_key_outlives_its_job() {
             .is_duplicate()
     );
 }
+
+#[tokio::test]
+async fn in_job_requests_take_rate_tokens_and_respect_pauses() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let b = "r:account:hubspot:9";
+    assert_eq!(q.take_token(b).await.expect("take"), None, "no limit: go");
+    q.set_limit(b, Limit::Rate { count: 2, per: Duration::from_secs(10), burst: 2 }).await.expect("limit");
+    assert_eq!(q.take_token(b).await.expect("take"), None);
+    assert_eq!(q.take_token(b).await.expect("take"), None);
+    let wait = q.take_token(b).await.expect("take").expect("must wait");
+    assert!(wait > Duration::from_secs(4) && wait <= Duration::from_secs(5), "{wait:?}");
+    q.pause("x:account:hubspot:9", Duration::from_secs(30)).await.expect("pause");
+    let wait = q.take_token("x:account:hubspot:9").await.expect("take").expect("paused");
+    assert!(wait > Duration::from_secs(29), "{wait:?}");
+}

@@ -1,0 +1,319 @@
+//! The sync run loop. See the module docs of [`crate::sync`].
+//!
+//! 1. Load the (connection, object) state; resume its running run, or start a new one from
+//!    the stored cursor (a full sync when there is none, or when a full sync was asked).
+//! 2. Before each page after the first, take a token from the account's rate budget; a short
+//!    wait is slept, a long one ends the attempt with a deferral (no worker held, no attempt).
+//! 3. Fetch the page (with a valid token; one refresh on a 401).
+//! 4. In one transaction: apply the page, store the next cursor, add to the run's counters,
+//!    and on the last page close the run.
+//! 5. Between pages, stop if the worker is shutting down (the job comes back and resumes).
+//! 6. On the last page, if another run was requested meanwhile (`buffer_one`), start it.
+//!
+//! Provider errors map to decisions in [`outcome`]: a throttle pauses the provider account
+//! fleet-wide until its reset and defers the job; a connection that needs re-authorisation is
+//! parked (its lanes sleep; its jobs spend no attempts); transient failures retry with backoff
+//! and resume from the cursor; rejections fail the run.
+
+use std::time::Duration;
+
+use crm_queue::JobError;
+use uuid::Uuid;
+
+use super::store::{self, PageCounts, Scope};
+use crate::auth::call::CallError;
+use crate::enqueue::{Target, budget};
+use crate::job::{SyncJob, SyncMode};
+use crate::ops::JobContext;
+use crate::providers::{SyncCursor, ThrottleScope};
+
+/// Waits for a rate token shorter than this are slept inside the job; longer ones defer it.
+pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(1);
+/// How long a connection awaiting re-authorisation stays parked before it is checked again
+/// (re-authorising lifts the pause at once).
+pub const REAUTH_PARK: Duration = Duration::from_secs(24 * 3600);
+
+/// What a finished sync did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Pages committed by this attempt.
+    pub pages: i64,
+    /// Totals of this attempt.
+    pub counts: PageCounts,
+}
+
+/// Where the attempt is in the job's life, for the failure bookkeeping.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptInfo {
+    /// The job id.
+    pub job_id: Option<Uuid>,
+    /// This attempt's number.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+}
+
+/// Runs a sync job. `stopping` reports whether the worker is shutting down.
+pub async fn run(
+    ctx: &JobContext,
+    job: &SyncJob,
+    info: AttemptInfo,
+    stopping: impl Fn() -> bool,
+) -> Result<RunSummary, JobError> {
+    let target =
+        crate::enqueue::target(&ctx.pool, job.connection_id).await.map_err(db)?.ok_or_else(|| {
+            JobError::permanent("not_found", format!("connection {} no longer exists", job.connection_id))
+        })?;
+    let object = job.object;
+    let client = ctx.clients.get(target.provider);
+    let rate = budget::rate(target.provider, &target.account);
+    let mut summary = RunSummary::default();
+    let (mut run_id, mut cursor) = start_or_resume(ctx, &target, job, info).await?;
+    let mut first_request = true;
+    loop {
+        if stopping() {
+            return Err(JobError::defer(
+                Duration::ZERO,
+                "shutdown",
+                "worker stopping; resumes from the saved cursor",
+            ));
+        }
+        if !first_request {
+            wait_for_token(ctx, &rate).await?;
+        }
+        first_request = false;
+        let result = crate::auth::call(&ctx.tokens, target.connection, |auth| {
+            let cursor = cursor.clone();
+            async move { client.sync_page(&auth, object, &cursor).await }
+        })
+        .await;
+        let page = match result {
+            Ok(reply) => {
+                crate::limits::observe(ctx, &target, reply.quota.as_ref()).await;
+                reply.value
+            }
+            Err(e) => return Err(outcome(ctx, &target, run_id, info, e).await),
+        };
+        let done = !page.has_more;
+        let scope = Scope {
+            tenant: &target.tenant,
+            provider: target.provider.as_str(),
+            connection: target.connection,
+            run: run_id,
+        };
+        let mut tx = ctx.pool.begin().await.map_err(db)?;
+        let counts =
+            store::apply_page(&mut tx, &scope, object, page.records, &page.deleted).await.map_err(db)?;
+        let cursor_json = serde_json::to_value(&page.next).unwrap_or_default();
+        let rerun: bool = sqlx::query_scalar(
+            "UPDATE sync_state SET cursor = $3, run_id = CASE WHEN $4 THEN NULL ELSE run_id END, \
+               last_success_at = CASE WHEN $4 THEN now() ELSE last_success_at END, \
+               rerun_requested = CASE WHEN $4 THEN false ELSE rerun_requested END, updated_at = now() \
+             WHERE connection_id = $1 AND object = $2 \
+             RETURNING (SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = $2)",
+            // The sub-select sees the row as it was before this statement: whether a rerun was
+            // requested while the run went on.
+        )
+        .bind(target.connection)
+        .bind(object.as_str())
+        .bind(&cursor_json)
+        .bind(done)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "UPDATE sync_runs SET pages = pages + 1, processed = processed + $2, created = created + $3, \
+               updated = updated + $4, deleted = deleted + $5, unchanged = unchanged + $6, \
+               status = CASE WHEN $7 THEN 'succeeded' ELSE status END, \
+               finished_at = CASE WHEN $7 THEN now() ELSE finished_at END WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(counts.processed as i32)
+        .bind(counts.created as i32)
+        .bind(counts.updated as i32)
+        .bind(counts.deleted as i32)
+        .bind(counts.unchanged as i32)
+        .bind(done)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        record_metrics(&target, &counts);
+        summary.pages += 1;
+        add(&mut summary.counts, &counts);
+        cursor = page.next;
+        if done {
+            tracing::info!(message = "sync run finished", run = %run_id, connection = %target.connection,
+                provider = %target.provider, object = %object, pages = summary.pages);
+            if !rerun {
+                return Ok(summary);
+            }
+            // buffer_one: another run was asked for while this one ran; start it now.
+            (run_id, cursor) = new_run(ctx, &target, job, info, SyncMode::Incremental).await?;
+            first_request = false;
+        }
+    }
+}
+
+fn add(total: &mut PageCounts, page: &PageCounts) {
+    total.processed += page.processed;
+    total.created += page.created;
+    total.updated += page.updated;
+    total.unchanged += page.unchanged;
+    total.deleted += page.deleted;
+    total.conflicts += page.conflicts;
+}
+
+fn record_metrics(target: &Target, c: &PageCounts) {
+    let p = target.provider.as_str();
+    for (op, n) in
+        [("created", c.created), ("updated", c.updated), ("deleted", c.deleted), ("unchanged", c.unchanged)]
+    {
+        if n > 0 {
+            metrics::counter!("crm_fleet_sync_records_total", "provider" => p, "op" => op)
+                .increment(n as u64);
+        }
+    }
+}
+
+fn db(e: sqlx::Error) -> JobError {
+    JobError::transient("database", format!("database: {e}"))
+}
+
+async fn start_or_resume(
+    ctx: &JobContext,
+    target: &Target,
+    job: &SyncJob,
+    info: AttemptInfo,
+) -> Result<(Uuid, SyncCursor), JobError> {
+    let state: Option<(serde_json::Value, Option<Uuid>, Option<String>)> = sqlx::query_as(
+        "SELECT s.cursor, s.run_id, r.status FROM sync_state s LEFT JOIN sync_runs r ON r.id = s.run_id \
+         WHERE s.connection_id = $1 AND s.object = $2",
+    )
+    .bind(target.connection)
+    .bind(job.object.as_str())
+    .fetch_optional(&ctx.pool)
+    .await
+    .map_err(db)?;
+    if let Some((cursor, Some(run), Some(status))) = &state
+        && status == "running"
+        && job.mode != SyncMode::Full
+    {
+        let cursor: SyncCursor = serde_json::from_value(cursor.clone()).unwrap_or_default();
+        tracing::info!(message = "resuming sync run", run = %run, connection = %target.connection, object = %job.object);
+        return Ok((*run, cursor));
+    }
+    new_run(ctx, target, job, info, job.mode).await
+}
+
+async fn new_run(
+    ctx: &JobContext,
+    target: &Target,
+    job: &SyncJob,
+    info: AttemptInfo,
+    mode: SyncMode,
+) -> Result<(Uuid, SyncCursor), JobError> {
+    let stored: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE connection_id = $1 AND object = $2")
+            .bind(target.connection)
+            .bind(job.object.as_str())
+            .fetch_optional(&ctx.pool)
+            .await
+            .map_err(db)?;
+    let stored: Option<SyncCursor> =
+        stored.and_then(|v| serde_json::from_value(v).ok()).filter(|c: &SyncCursor| {
+            // An empty row (created by a rerun request before any sync) carries no position.
+            c.since.is_some() || !c.at_start()
+        });
+    let (cursor, mode) = match (mode, stored) {
+        // A completed run stored the next run's cursor; a failed one its last position: both go on.
+        (SyncMode::Incremental, Some(c)) => (c, SyncMode::Incremental),
+        _ => (SyncCursor::full(), SyncMode::Full),
+    };
+    let run = Uuid::now_v7();
+    let mut tx = ctx.pool.begin().await.map_err(db)?;
+    sqlx::query(
+        "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, trigger, job_id, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')",
+    )
+    .bind(run)
+    .bind(target.connection)
+    .bind(&target.tenant)
+    .bind(target.provider.as_str())
+    .bind(job.object.as_str())
+    .bind(if mode == SyncMode::Full { "full" } else { "incremental" })
+    .bind(&job.trigger)
+    .bind(info.job_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    sqlx::query(
+        "INSERT INTO sync_state (connection_id, object, cursor, run_id) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (connection_id, object) DO UPDATE SET cursor = $3, run_id = $4, updated_at = now()",
+    )
+    .bind(target.connection)
+    .bind(job.object.as_str())
+    .bind(serde_json::to_value(&cursor).unwrap_or_default())
+    .bind(run)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok((run, cursor))
+}
+
+/// Takes a rate token for the next request, sleeping briefly or deferring the job.
+async fn wait_for_token(ctx: &JobContext, rate: &str) -> Result<(), JobError> {
+    loop {
+        match ctx.queue.take_token(rate).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(wait)) if wait <= MAX_INLINE_WAIT => {
+                metrics::histogram!("crm_fleet_limiter_wait_seconds").record(wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+            }
+            Ok(Some(wait)) => {
+                return Err(JobError::defer(
+                    wait,
+                    "rate_limited",
+                    "account rate budget exhausted; resumes from the cursor",
+                ));
+            }
+            Err(e) => return Err(JobError::transient("queue", e.to_string())),
+        }
+    }
+}
+
+/// Turns a failed page into the job's decision, with its side effects (pauses, run status).
+pub(crate) async fn outcome(
+    ctx: &JobContext,
+    target: &Target,
+    run: Uuid,
+    info: AttemptInfo,
+    error: CallError,
+) -> JobError {
+    let decision = crate::limits::on_error(ctx, target, &error).await;
+    let last_attempt = info.attempt >= info.max_attempts;
+    let fails_run = matches!(decision.kind, crm_queue::FailureKind::Permanent)
+        || (last_attempt
+            && matches!(
+                decision.kind,
+                crm_queue::FailureKind::Transient | crm_queue::FailureKind::RetryAfter(_)
+            ));
+    if fails_run {
+        let _ = sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = now(), failed = failed + 1, error = $2 WHERE id = $1")
+            .bind(run)
+            .bind(&decision.message)
+            .execute(&ctx.pool)
+            .await;
+        let _ = sqlx::query("UPDATE sync_state SET run_id = NULL WHERE run_id = $1")
+            .bind(run)
+            .execute(&ctx.pool)
+            .await;
+    }
+    decision
+}
+
+/// Throttle scopes that pause the whole account (as opposed to a short search window).
+pub fn pauses_account(scope: ThrottleScope) -> bool {
+    !matches!(scope, ThrottleScope::Search)
+}

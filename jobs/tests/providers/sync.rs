@@ -1,0 +1,284 @@
+//! The sync engine against the HubSpot imitation and a real PostgreSQL and Redis.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crm_jobs::auth::{AuthKind, Keyring, Store, TokenManager};
+use crm_jobs::job::{SyncJob, SyncMode};
+use crm_jobs::ops::JobContext;
+use crm_jobs::providers::{ObjectKind, Provider};
+use crm_jobs::sync::engine::AttemptInfo;
+use crm_jobs::testing::{REDIS_URL, TestDb, purge_redis_prefix, unique};
+use crm_queue::{FailureKind, Queue, QueueConfig};
+use crm_sandbox::config::ProviderKind;
+use crm_sandbox::hubspot::schema::ObjectType;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::Env;
+
+struct SyncEnv {
+    env: Env,
+    db: TestDb,
+    ctx: JobContext,
+    connection: Uuid,
+    hub: u64,
+    prefix: String,
+}
+
+impl Drop for SyncEnv {
+    fn drop(&mut self) {
+        purge_redis_prefix(&self.prefix);
+    }
+}
+
+async fn setup(contacts: usize, others: usize) -> SyncEnv {
+    let env = Env::start(&[ProviderKind::HubSpot], 1).await;
+    let account = env
+        .control
+        .post(
+            "hubspot/accounts",
+            json!({ "objects": { "contacts": contacts, "companies": others, "deals": others, "tasks": 0, "calls": 0, "notes": 0 },
+                    "quota": { "search_per_second": 1000000, "burst": 1000000 } }),
+        )
+        .await;
+    let hub = account["hub_id"].as_u64().expect("hub id");
+    let db = TestDb::new().await;
+    let keys = Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key"));
+    let store = Store::new(db.pool.clone(), keys);
+    store.ensure_tenant("acme", "Acme").await.expect("tenant");
+    let token = account["credentials"]["private_app_token"].as_str().expect("pat").to_owned();
+    let api_base = env.sandbox.urls().hubspot().expect("urls").api_base;
+    let connection = store
+        .save_key(
+            "acme",
+            Provider::Hubspot,
+            AuthKind::StaticToken,
+            &SecretString::from(token),
+            &api_base,
+            &hub.to_string(),
+        )
+        .await
+        .expect("connection")
+        .id;
+    let prefix = unique("crmtest-");
+    let queue = Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
+    let ctx = JobContext {
+        pool: db.pool.clone(),
+        queue,
+        tokens: TokenManager::new(store, crm_jobs::testing::http_client()),
+        clients: env.clients.clone(),
+    };
+    SyncEnv { env, db, ctx, connection, hub, prefix }
+}
+
+fn info() -> AttemptInfo {
+    AttemptInfo { job_id: None, attempt: 1, max_attempts: 8 }
+}
+
+impl SyncEnv {
+    fn job(&self, object: ObjectKind, mode: SyncMode) -> SyncJob {
+        SyncJob { connection_id: self.connection, object, mode, trigger: "test".into(), tick: None }
+    }
+
+    async fn sync(&self, object: ObjectKind) -> Result<crm_jobs::sync::RunSummary, crm_queue::JobError> {
+        crm_jobs::sync::run(&self.ctx, &self.job(object, SyncMode::Incremental), info(), || false).await
+    }
+
+    /// Live records in our table: id → email (contacts) or name.
+    async fn local(&self, object: ObjectKind) -> BTreeMap<String, Option<String>> {
+        let (table, col) = match object {
+            ObjectKind::Contact => ("crm_contacts", "email"),
+            ObjectKind::Company => ("crm_companies", "name"),
+            ObjectKind::Deal => ("crm_deals", "name"),
+        };
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT external_id, {col} FROM {table} WHERE deleted_at IS NULL"
+        )))
+        .fetch_all(&self.db.pool)
+        .await
+        .expect("rows");
+        rows.into_iter().collect()
+    }
+
+    /// Live records at the sandbox: id → email or name.
+    fn remote(&self, object: ObjectKind) -> BTreeMap<String, Option<String>> {
+        let hs = self.env.sandbox.hubspot().expect("hubspot");
+        let account = hs.account_by_id(self.hub).expect("account");
+        let data = account.data.read();
+        let (t, prop) = match object {
+            ObjectKind::Contact => (ObjectType::Contacts, "email"),
+            ObjectKind::Company => (ObjectType::Companies, "name"),
+            ObjectKind::Deal => (ObjectType::Deals, "dealname"),
+        };
+        data.table(t).active.values().map(|r| (r.id.to_string(), r.props.get(prop).cloned())).collect()
+    }
+
+    async fn last_run(&self, object: ObjectKind) -> (String, i32, i32, i32, i32, i32) {
+        sqlx::query_as(
+            "SELECT status, pages, created, updated, deleted, unchanged FROM sync_runs \
+             WHERE connection_id = $1 AND object = $2 ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(self.connection)
+        .bind(object.as_str())
+        .fetch_one(&self.db.pool)
+        .await
+        .expect("run")
+    }
+
+    async fn search_requests(&self) -> usize {
+        let log = self.env.control.get(&format!("requests?account={}&limit=100000", self.hub)).await;
+        log["requests"]
+            .as_array()
+            .map(|a| a.iter().filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/search"))).count())
+            .unwrap_or(0)
+    }
+}
+
+fn ids(v: &Value) -> HashSet<String> {
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_then_incremental_sync_matches_the_sandbox_exactly() {
+    let s = setup(10_000, 2_000).await;
+    for object in ObjectKind::ALL {
+        let summary = s.sync(object).await.expect("full sync");
+        assert_eq!(s.local(object).await, s.remote(object), "{object}: table matches the sandbox");
+        let (status, _, created, updated, deleted, _) = s.last_run(object).await;
+        assert_eq!(status, "succeeded");
+        assert_eq!(created as usize, s.remote(object).len());
+        assert_eq!((updated, deleted), (0, 0));
+        assert!(summary.pages > 1);
+    }
+
+    let changes = s
+        .env
+        .control
+        .post(
+            &format!("hubspot/accounts/{}/mutations", s.hub),
+            json!({ "seed": 11, "creates": 0, "updates": 500, "deletes": 50, "objects": ["contacts"], "step_ms": 5 }),
+        )
+        .await;
+    let deleted = ids(&changes["deleted"]["contacts"]);
+    let updated: HashSet<String> =
+        ids(&changes["updated"]["contacts"]).difference(&deleted).cloned().collect();
+    assert_eq!(deleted.len(), 50);
+    s.sync(ObjectKind::Contact).await.expect("incremental sync");
+    let (status, _, created, upd, del, unchanged) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!(status, "succeeded");
+    assert_eq!(
+        (created, upd as usize, del as usize, unchanged),
+        (0, updated.len(), 50, 0),
+        "counts match the change log"
+    );
+    assert_eq!(
+        s.local(ObjectKind::Contact).await,
+        s.remote(ObjectKind::Contact),
+        "content matches after the changes"
+    );
+    let gone: i64 = sqlx::query_scalar("SELECT count(*) FROM crm_contacts WHERE deleted_at IS NOT NULL")
+        .fetch_one(&s.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(gone, 50);
+    // Nothing changed since: an empty run.
+    s.sync(ObjectKind::Contact).await.expect("quiet sync");
+    let (_, _, c, u, d, _) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!((c, u, d), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_sync_resumes_after_its_last_committed_page() {
+    let s = setup(2_000, 0).await;
+    let checks = AtomicUsize::new(0);
+    // Stop before the fourth page: three pages committed.
+    let err = crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || {
+        checks.fetch_add(1, Ordering::SeqCst) >= 3
+    })
+    .await
+    .expect_err("stopped");
+    assert_eq!(err.kind, FailureKind::Defer(Duration::ZERO), "a stop spends no attempt");
+    let (status, pages, created, ..) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!((status.as_str(), pages, created), ("running", 3, 600));
+    let before = s.search_requests().await;
+    assert_eq!(before, 3);
+    s.sync(ObjectKind::Contact).await.expect("resumed");
+    let (status, pages, created, ..) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!(
+        (status.as_str(), pages as usize, created),
+        ("succeeded", 2_000 / 200 + 1, 2_000),
+        "same run continued"
+    );
+    assert_eq!(s.search_requests().await, 10, "no committed page fetched again");
+    assert_eq!(s.local(ObjectKind::Contact).await, s.remote(ObjectKind::Contact));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_change_that_collides_with_a_local_pending_change_is_recorded() {
+    let s = setup(20, 0).await;
+    s.sync(ObjectKind::Contact).await.expect("full");
+    let (id, _) = s.local(ObjectKind::Contact).await.into_iter().next().expect("a contact");
+    let mut pending = serde_json::Map::new();
+    pending.insert("email".into(), json!("mine@example.com"));
+    crm_jobs::sync::store::mark_pending(&s.db.pool, "acme", "hubspot", ObjectKind::Contact, &id, &pending)
+        .await
+        .expect("pending");
+    s.env
+        .control
+        .patch(
+            &format!("hubspot/accounts/{}/objects/contacts/{id}", s.hub),
+            json!({ "properties": { "email": "theirs@example.com" } }),
+        )
+        .await;
+    s.sync(ObjectKind::Contact).await.expect("incremental");
+    let (field, local, remote): (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT field, local_value, remote_value FROM sync_conflicts WHERE external_id = $1")
+            .bind(&id)
+            .fetch_one(&s.db.pool)
+            .await
+            .expect("conflict recorded");
+    assert_eq!(
+        (field.as_str(), local.as_deref(), remote.as_deref()),
+        ("email", Some("mine@example.com"), Some("theirs@example.com"))
+    );
+    assert_eq!(
+        s.local(ObjectKind::Contact).await[&id].as_deref(),
+        Some("mine@example.com"),
+        "not silently overwritten"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttle_pauses_the_account_fleet_wide_and_defers_the_job() {
+    let s = setup(1_000, 0).await;
+    s.env.control.fault("hubspot", json!({ "after": 2, "times": 1, "action": { "type": "throttle", "policy": "TEN_SECONDLY_ROLLING", "retry_after_secs": 30 } })).await;
+    let err = s.sync(ObjectKind::Contact).await.expect_err("throttled");
+    assert_eq!((err.kind.clone(), err.class.as_str()), (FailureKind::Defer(Duration::ZERO), "throttled"));
+    let pauses = s.ctx.queue.pauses().await.expect("pauses");
+    let key = format!("x:account:hubspot:{}", s.hub);
+    let until = pauses.get(&key).copied().expect("account paused");
+    let left = until - chrono::Utc::now().timestamp_millis();
+    assert!((25_000..=30_500).contains(&left), "paused for the Retry-After ({left} ms)");
+    let (status, pages, ..) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!((status.as_str(), pages), ("running", 2), "progress kept");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_credentials_park_the_connection() {
+    let s = setup(10, 0).await;
+    s.env.control.post(&format!("hubspot/accounts/{}/revoke", s.hub), json!({})).await;
+    let err = s.sync(ObjectKind::Contact).await.expect_err("parked");
+    assert_eq!(err.class, "needs_reauth");
+    assert!(matches!(err.kind, FailureKind::Defer(_)), "no attempt spent");
+    let status: String = sqlx::query_scalar("SELECT status FROM connections WHERE id = $1")
+        .bind(s.connection)
+        .fetch_one(&s.db.pool)
+        .await
+        .expect("status");
+    assert_eq!(status, "needs_reauth");
+    assert!(s.ctx.queue.pauses().await.expect("pauses").contains_key(&format!("x:conn:{}", s.connection)));
+}
