@@ -43,10 +43,16 @@ pub struct WorkerArgs {
     /// Log format: text or json.
     #[arg(long, env = "CRM_FLEET_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Token encryption key: base64 of 32 bytes (`crmctl keys generate` makes one).
+    #[arg(long, env = "CRM_FLEET_TOKEN_KEY", default_value = "", hide_env_values = true)]
+    pub token_key: String,
+    /// Previous token keys, comma-separated, still accepted for decryption during a rotation.
+    #[arg(long, env = "CRM_FLEET_TOKEN_KEYS_PREVIOUS", default_value = "", hide_env_values = true)]
+    pub token_keys_previous: String,
 }
 
 /// Validated settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// PostgreSQL URL.
     pub database_url: String,
@@ -68,6 +74,18 @@ pub struct WorkerConfig {
     pub migrate: bool,
     /// Log format.
     pub log_format: LogFormat,
+    /// Token keys.
+    pub keys: std::sync::Arc<crm_jobs::auth::Keyring>,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("metrics_addr", &self.metrics_addr)
+            .field("queue", &self.queue)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
 }
 
 fn duration(problems: &mut ConfigProblems, name: &str, raw: &str) -> Duration {
@@ -117,12 +135,39 @@ impl WorkerArgs {
             p.add("CRM_FLEET_LOG_FORMAT", e);
             LogFormat::Text
         });
+        let previous: Vec<String> = self
+            .token_keys_previous
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let keys = if self.token_key.is_empty() {
+            p.add(
+                "CRM_FLEET_TOKEN_KEY",
+                "is required (base64 of 32 bytes; `crmctl keys generate` prints one)",
+            );
+            None
+        } else {
+            match crm_jobs::auth::Keyring::from_base64(&self.token_key, &previous) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    p.add("CRM_FLEET_TOKEN_KEY", e);
+                    None
+                }
+            }
+        };
         let queue_config =
             crm_queue::QueueConfig::new(&self.redis_url, &self.queue).with_prefix(&self.redis_prefix);
         if let Err(problems) = queue_config.validate() {
             p.extend(problems);
         }
         p.into_result()?;
+        let keys = std::sync::Arc::new(keys.ok_or_else(|| {
+            let mut p = ConfigProblems::new();
+            p.add("CRM_FLEET_TOKEN_KEY", "is required");
+            p
+        })?);
         Ok(WorkerConfig {
             database_url: self.database_url,
             redis_url: self.redis_url,
@@ -134,6 +179,7 @@ impl WorkerArgs {
             lease_ttl,
             migrate: !self.no_migrate,
             log_format,
+            keys,
         })
     }
 }

@@ -84,7 +84,14 @@ impl App {
             server::State { metrics, pool: pool.clone(), queue: consumer.queue().clone() },
             server_stop.clone(),
         ));
-        let ctx = JobContext { pool };
+        let store = crm_jobs::auth::Store::new(pool.clone(), config.keys.clone());
+        let http = crm_jobs::providers::Http::new().context("building the HTTP client")?;
+        let ctx = JobContext {
+            pool,
+            queue: consumer.queue().clone(),
+            tokens: crm_jobs::auth::TokenManager::new(store, http.client().clone()),
+            clients: crm_jobs::providers::Clients::new(http),
+        };
         let c = consumer.clone();
         let monitor = Monitor::new()
             .register(move |_restarts| {

@@ -25,6 +25,7 @@ struct Env {
     db: TestDb,
     prefix: String,
     queue: Queue,
+    key: String,
 }
 
 impl Env {
@@ -33,7 +34,7 @@ impl Env {
         let prefix = unique("crmtest-");
         let queue =
             Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
-        Self { db, prefix, queue }
+        Self { db, prefix, queue, key: crm_jobs::auth::Keyring::generate_base64() }
     }
 
     fn spawn(&self, extra: &[(&str, &str)]) -> Worker {
@@ -45,6 +46,7 @@ impl Env {
             .env("CRM_FLEET_REDIS_PREFIX", &self.prefix)
             .env("CRM_FLEET_METRICS_ADDR", "127.0.0.1:0")
             .env("CRM_FLEET_LOG_FORMAT", "json")
+            .env("CRM_FLEET_TOKEN_KEY", &self.key)
             .env("RUST_LOG", "info");
         for (k, v) in extra {
             cmd.env(k, v);
@@ -149,4 +151,115 @@ async fn sigterm_drains_within_the_grace_period_and_releases_the_rest() {
     let info = env.queue.job(long).await.expect("job").expect("long job kept");
     assert_eq!(info.state, "ready");
     assert_eq!(info.attempts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_sync_resumes_from_the_last_committed_page() {
+    use crm_jobs::auth::{AuthKind, Keyring, Store};
+    use crm_jobs::providers::{ObjectKind, Provider};
+    use serde_json::json;
+
+    let env = Env::new().await;
+    let sandbox = crm_sandbox::Sandbox::start(
+        crm_sandbox::SandboxConfig::default()
+            .with_providers([crm_sandbox::config::ProviderKind::HubSpot])
+            .with_records(1)
+            .with_frozen_clock(),
+    )
+    .await
+    .expect("sandbox");
+    let control = sandbox.urls().control.clone();
+    let http = http_client();
+    let account: serde_json::Value = http
+        .post(format!("{control}/_sandbox/hubspot/accounts"))
+        .json(&json!({ "objects": { "contacts": 4000, "companies": 0, "deals": 0, "tasks": 0, "calls": 0, "notes": 0 },
+                       "quota": { "search_per_second": 1000000, "burst": 1000000 } }))
+        .send()
+        .await
+        .expect("account")
+        .json()
+        .await
+        .expect("json");
+    let hub = account["hub_id"].as_u64().expect("hub");
+    // Slow pages, so the kill lands mid-run.
+    http.post(format!("{control}/_sandbox/hubspot/faults"))
+        .json(&json!({ "path": "*/search", "action": { "type": "latency", "ms": 250 } }))
+        .send()
+        .await
+        .expect("fault");
+    let store = Store::new(
+        env.db.pool.clone(),
+        std::sync::Arc::new(Keyring::from_base64(&env.key, &[]).expect("key")),
+    );
+    store.ensure_tenant("acme", "Acme").await.expect("tenant");
+    let token = account["credentials"]["private_app_token"].as_str().expect("pat").to_owned();
+    let conn = store
+        .save_key(
+            "acme",
+            Provider::Hubspot,
+            AuthKind::StaticToken,
+            &secrecy::SecretString::from(token),
+            &sandbox.urls().hubspot().expect("urls").api_base,
+            &hub.to_string(),
+        )
+        .await
+        .expect("connection");
+    let target = crm_jobs::enqueue::target(&env.db.pool, conn.id).await.expect("db").expect("target");
+    let job = crm_jobs::enqueue::sync_job(
+        &target,
+        ObjectKind::Contact,
+        crm_jobs::job::SyncMode::Incremental,
+        "test",
+    )
+    .expect("job");
+    env.queue.push(job).await.expect("push");
+
+    let pages = || async {
+        sqlx::query_scalar::<_, i32>("SELECT coalesce(max(pages), 0) FROM sync_runs")
+            .fetch_one(&env.db.pool)
+            .await
+            .expect("pages")
+    };
+    let mut first = env.spawn(&[("CRM_FLEET_LEASE_TTL", "2s")]);
+    eventually(Duration::from_secs(30), "three pages committed", || async { pages().await >= 3 }).await;
+    first.child.kill().expect("SIGKILL");
+    let _ = first.child.wait();
+    let at_kill = pages().await;
+    assert!(at_kill < 21, "killed mid-run, not after it");
+
+    let _second = env.spawn(&[("CRM_FLEET_LEASE_TTL", "2s")]);
+    eventually(Duration::from_secs(60), "the run finished", || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM sync_runs LIMIT 1")
+            .fetch_one(&env.db.pool)
+            .await
+            .is_ok_and(|s| s == "succeeded")
+    })
+    .await;
+    let (runs, total_pages, created): (i64, i64, i64) =
+        sqlx::query_as("SELECT count(*), sum(pages)::bigint, sum(created)::bigint FROM sync_runs")
+            .fetch_one(&env.db.pool)
+            .await
+            .expect("runs");
+    assert_eq!(runs, 1, "the retried job resumed the same run");
+    assert_eq!(created, 4000, "no record lost, none counted twice");
+    let local: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM crm_contacts").fetch_one(&env.db.pool).await.expect("count");
+    assert_eq!(local, 4000);
+    let log: serde_json::Value = http
+        .get(format!("{control}/_sandbox/requests?account={hub}&limit=100000"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    let searches = log["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/search")) && r["status"] == 200)
+        .count() as i64;
+    // 20 pages of 200; only the page in flight at the kill (never committed) may be fetched again.
+    assert_eq!(total_pages, 21);
+    assert!(searches <= 20 + 1, "{searches} searches for 20 pages: a committed page was fetched again");
 }
