@@ -7,6 +7,7 @@
 //! Invariants: job handlers never sleep or retry on their own (the queue owns retry policy);
 //! every handler error is a [`crm_queue::JobError`] that carries its decision.
 
+pub mod actions;
 pub mod auth;
 pub mod config;
 pub mod enqueue;

@@ -47,11 +47,15 @@ pub async fn handle(
             };
             crate::sync::run(&ctx, &s, info, || worker.is_shutting_down()).await.map(|_| ())
         }
-        CrmJob::Action(_) => Err(JobError::defer(
-            Duration::from_secs(30),
-            "unsupported",
-            "this worker does not run this job type yet",
-        )),
+        CrmJob::Action(a) => {
+            crate::actions::exec::run(
+                &ctx,
+                a.action_id,
+                attempt.current() as u32,
+                crate::enqueue::ACTION_MAX_ATTEMPTS,
+            )
+            .await
+        }
     }
 }
 

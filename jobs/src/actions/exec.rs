@@ -1,0 +1,220 @@
+//! Running an action exactly once at the provider, as far as the provider allows.
+//!
+//! 1. An action already succeeded is done (a replayed or duplicated job does nothing).
+//! 2. A create whose last attempt recorded an intent but no result is **outcome-unknown**: the
+//!    object may exist. Reconcile first — find it by the action's marker (the provider's unique
+//!    property, external id, or a search, per client) — and adopt it if found.
+//! 3. Record the intent (committed), call the provider with the action id as marker, record the
+//!    result. A conflict that names the existing object (HubSpot's duplicate email, a duplicate
+//!    marker) is adopted as the result; an outcome-unknown error leaves the intent in place so
+//!    the next attempt reconciles.
+//!
+//! Residual risk, per provider, is documented in `docs/actions.md`.
+
+use std::time::Duration;
+
+use crm_queue::{FailureKind, JobError};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::model::Action;
+use super::store;
+use crate::auth::call::CallError;
+use crate::enqueue::Target;
+use crate::ops::JobContext;
+use crate::providers::{ActionObject, CrmClient, CrmRecord, ExternalRef, ProviderError, Reply};
+
+fn db(e: sqlx::Error) -> JobError {
+    JobError::transient("database", format!("database: {e}"))
+}
+
+fn object_of(a: &Action) -> Option<ActionObject> {
+    match a {
+        Action::CreateTask(_) => Some(ActionObject::Task),
+        Action::LogCall(_) => Some(ActionObject::Call),
+        Action::CreateNote(_) => Some(ActionObject::Note),
+        Action::CreateContact(_) => Some(ActionObject::Contact),
+        _ => None,
+    }
+}
+
+fn with_marker(a: &Action, marker: &str) -> Action {
+    let mut a = a.clone();
+    match &mut a {
+        Action::CreateTask(t) => t.marker = marker.to_owned(),
+        Action::LogCall(c) => c.marker = marker.to_owned(),
+        Action::CreateNote(n) => n.marker = marker.to_owned(),
+        Action::CreateContact(c) => c.marker = marker.to_owned(),
+        _ => {}
+    }
+    a
+}
+
+/// The outcome of one provider call, normalised.
+enum Outcome {
+    Ref(ExternalRef),
+    Found(Option<CrmRecord>),
+}
+
+async fn perform(
+    client: &dyn CrmClient,
+    auth: &crate::providers::Auth,
+    a: &Action,
+) -> Result<Reply<Outcome>, ProviderError> {
+    Ok(match a {
+        Action::CreateTask(t) => client.create_task(auth, t).await?.map(Outcome::Ref),
+        Action::UpdateDeal(u) => client.update_deal(auth, u).await?.map(Outcome::Ref),
+        Action::LogCall(c) => client.log_call(auth, c).await?.map(Outcome::Ref),
+        Action::CreateContact(c) => client.create_contact(auth, c).await?.map(Outcome::Ref),
+        Action::UpdateContact(u) => {
+            client.update_contact(auth, &u.contact_id, &u.fields).await?.map(Outcome::Ref)
+        }
+        Action::CreateNote(n) => client.create_note(auth, n).await?.map(Outcome::Ref),
+        Action::SearchContactByEmail(s) => {
+            client.search_contact_by_email(auth, &s.email).await?.map(Outcome::Found)
+        }
+    })
+}
+
+/// Runs action `id` (attempt `attempt` of `max`).
+pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(), JobError> {
+    let row = store::get(&ctx.pool, id)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| JobError::permanent("not_found", format!("action {id} does not exist")))?;
+    if row.state == "succeeded" {
+        return Ok(());
+    }
+    let target =
+        crate::enqueue::target(&ctx.pool, row.connection_id).await.map_err(db)?.ok_or_else(|| {
+            JobError::permanent("not_found", format!("connection {} no longer exists", row.connection_id))
+        })?;
+    let action: Action = serde_json::from_value(json!({ "action": row.action, "params": row.params }))
+        .map_err(|e| JobError::permanent("invalid_action", format!("stored action cannot be read: {e}")))?;
+    let client = ctx.clients.get(target.provider);
+    let marker = id.to_string();
+
+    if action.creates()
+        && row.intent_at.is_some()
+        && row.external_id.is_none()
+        && let Some(found) = reconcile(ctx, &target, &action, &marker).await?
+    {
+        tracing::info!(message = "outcome-unknown action reconciled: adopting the object created earlier",
+            action = %id, external_id = %found.id);
+        store::succeed(
+            &ctx.pool,
+            id,
+            Some(&found.id),
+            &json!({ "external_id": found.id, "created": true }),
+            true,
+        )
+        .await
+        .map_err(db)?;
+        return Ok(());
+    }
+
+    store::intent(&ctx.pool, id).await.map_err(db)?;
+    let to_send = with_marker(&action, &marker);
+    let result = crate::auth::call(&ctx.tokens, target.connection, |auth| {
+        let to_send = to_send.clone();
+        async move { perform(client, &auth, &to_send).await }
+    })
+    .await;
+    match result {
+        Ok(reply) => {
+            crate::limits::observe(ctx, &target, reply.quota.as_ref()).await;
+            let (external, value) = match reply.value {
+                Outcome::Ref(r) => (Some(r.id.clone()), json!({ "external_id": r.id, "created": r.created })),
+                Outcome::Found(rec) => (
+                    rec.as_ref().map(|r| r.external_id.clone()),
+                    json!({ "found": rec.is_some(), "contact": rec.map(|r| json!({
+                        "external_id": r.external_id, "email": r.email, "name": r.name, "phone": r.phone,
+                    })) }),
+                ),
+            };
+            store::succeed(&ctx.pool, id, external.as_deref(), &value, false).await.map_err(db)?;
+            Ok(())
+        }
+        Err(CallError::Provider(ProviderError::Conflict { existing_id: Some(existing), .. }))
+            if action.creates() =>
+        {
+            // The object exists already: our own earlier create (duplicate marker) or, for a
+            // contact, the same person (duplicate email). Either way the action's goal holds.
+            store::succeed(
+                &ctx.pool,
+                id,
+                Some(&existing),
+                &json!({ "external_id": existing, "created": false }),
+                false,
+            )
+            .await
+            .map_err(db)?;
+            Ok(())
+        }
+        Err(CallError::Provider(ProviderError::Conflict { existing_id: None, .. })) if action.creates() => {
+            match reconcile(ctx, &target, &action, &marker).await? {
+                Some(found) => {
+                    store::succeed(
+                        &ctx.pool,
+                        id,
+                        Some(&found.id),
+                        &json!({ "external_id": found.id, "created": false }),
+                        true,
+                    )
+                    .await
+                    .map_err(db)?;
+                    Ok(())
+                }
+                None => Err(failed(
+                    ctx,
+                    id,
+                    JobError::permanent("conflict", "the provider reports a duplicate it does not name"),
+                    true,
+                )
+                .await),
+            }
+        }
+        Err(e) => {
+            let decision = crate::limits::on_error(ctx, &target, &e).await;
+            let last = matches!(decision.kind, FailureKind::Permanent)
+                || (attempt >= max
+                    && matches!(decision.kind, FailureKind::Transient | FailureKind::RetryAfter(_)));
+            Err(failed(ctx, id, decision, last).await)
+        }
+    }
+}
+
+async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool) -> JobError {
+    if let Err(e) = store::fail(&ctx.pool, id, &decision.class, &decision.message, last).await {
+        tracing::warn!(message = "could not record an action failure", action = %id, %e);
+    }
+    decision
+}
+
+/// Looks for the object an earlier attempt may have created.
+async fn reconcile(
+    ctx: &JobContext,
+    target: &Target,
+    action: &Action,
+    marker: &str,
+) -> Result<Option<ExternalRef>, JobError> {
+    let Some(kind) = object_of(action) else { return Ok(None) };
+    let client = ctx.clients.get(target.provider);
+    let found = crate::auth::call(&ctx.tokens, target.connection, |auth| async move {
+        client.find_by_marker(&auth, kind, marker).await
+    })
+    .await;
+    match found {
+        Ok(reply) => Ok(reply.value),
+        Err(e) => {
+            let decision = crate::limits::on_error(ctx, target, &e).await;
+            let decision = if matches!(decision.kind, FailureKind::Permanent) {
+                // A reconciliation lookup that is refused must not become a blind re-create.
+                JobError::retry_after(Duration::from_secs(60), "reconcile_failed", decision.message)
+            } else {
+                decision
+            };
+            Err(decision)
+        }
+    }
+}

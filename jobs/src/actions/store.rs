@@ -1,0 +1,191 @@
+//! Actions in PostgreSQL. Creating one is idempotent per (tenant, idempotency key): the same
+//! key with the same request returns the existing action; the same key with a different request
+//! is a conflict the API answers with 422.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::model::Action;
+
+/// An action as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct ActionRow {
+    /// Id (also the job id).
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Connection.
+    pub connection_id: Uuid,
+    /// Provider.
+    pub provider: String,
+    /// Action name.
+    pub action: String,
+    /// Parameters.
+    pub params: Value,
+    /// Idempotency key.
+    pub idempotency_key: String,
+    /// Hash of the request.
+    #[serde(skip)]
+    pub request_hash: String,
+    /// queued, running, succeeded, failed.
+    pub state: String,
+    /// Attempts that reached the provider.
+    pub attempts: i32,
+    /// Last intent (before a provider call).
+    pub intent_at: Option<DateTime<Utc>>,
+    /// The provider object's id.
+    pub external_id: Option<String>,
+    /// The result.
+    pub result: Option<Value>,
+    /// Whether the result was found by reconciliation after an outcome-unknown attempt.
+    pub reconciled: bool,
+    /// Last error message (redacted).
+    pub last_error: Option<String>,
+    /// Last error class.
+    pub last_error_class: Option<String>,
+    /// W3C trace context of the request that created it.
+    pub traceparent: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Finished.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, tenant_id, connection_id, provider, action, params, idempotency_key, request_hash, state, \
+    attempts, intent_at, external_id, result, reconciled, last_error, last_error_class, traceparent, created_at, completed_at";
+
+/// A request to create an action.
+#[derive(Debug, Clone)]
+pub struct NewAction {
+    /// Tenant.
+    pub tenant: String,
+    /// Connection.
+    pub connection: Uuid,
+    /// Provider.
+    pub provider: String,
+    /// The parsed action.
+    pub action: Action,
+    /// Caller's idempotency key.
+    pub idempotency_key: String,
+    /// W3C traceparent of the request.
+    pub traceparent: Option<String>,
+}
+
+/// What a create did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// A new action.
+    New(ActionRow),
+    /// The same request was made before with this key.
+    Existing(ActionRow),
+    /// This key was used before for a different request.
+    Conflict(ActionRow),
+}
+
+fn request_hash(a: &NewAction) -> String {
+    let canonical = serde_json::json!({ "connection": a.connection, "action": a.action });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// Creates an action, or finds the one this idempotency key already made.
+pub async fn create(pool: &PgPool, a: &NewAction) -> Result<Created, sqlx::Error> {
+    let hash = request_hash(a);
+    let id = Uuid::now_v7();
+    let params = match serde_json::to_value(&a.action) {
+        Ok(Value::Object(mut m)) => m.remove("params").unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    let inserted = sqlx::query_as::<_, ActionRow>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO actions (id, tenant_id, connection_id, provider, action, params, idempotency_key, request_hash, traceparent) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(&a.tenant)
+    .bind(a.connection)
+    .bind(&a.provider)
+    .bind(a.action.name())
+    .bind(&params)
+    .bind(&a.idempotency_key)
+    .bind(&hash)
+    .bind(&a.traceparent)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = inserted {
+        return Ok(Created::New(row));
+    }
+    let existing = sqlx::query_as::<_, ActionRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM actions WHERE tenant_id = $1 AND idempotency_key = $2"
+    )))
+    .bind(&a.tenant)
+    .bind(&a.idempotency_key)
+    .fetch_one(pool)
+    .await?;
+    Ok(if existing.request_hash == hash { Created::Existing(existing) } else { Created::Conflict(existing) })
+}
+
+/// One action.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ActionRow>, sqlx::Error> {
+    sqlx::query_as::<_, ActionRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM actions WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records the intent of an attempt, before the provider call (committed on its own).
+pub(crate) async fn intent(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE actions SET intent_at = now(), attempts = attempts + 1, state = 'running', updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records success.
+pub(crate) async fn succeed(
+    pool: &PgPool,
+    id: Uuid,
+    external_id: Option<&str>,
+    result: &Value,
+    reconciled: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE actions SET state = 'succeeded', external_id = $2, result = $3, reconciled = $4, completed_at = now(), \
+           last_error = NULL, last_error_class = NULL, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(external_id)
+    .bind(result)
+    .bind(reconciled)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt; `last` marks the action failed for good.
+pub(crate) async fn fail(
+    pool: &PgPool,
+    id: Uuid,
+    class: &str,
+    message: &str,
+    last: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE actions SET last_error = $2, last_error_class = $3, \
+           state = CASE WHEN $4 THEN 'failed' ELSE state END, \
+           completed_at = CASE WHEN $4 THEN now() ELSE completed_at END, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(message)
+    .bind(class)
+    .bind(last)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Actions end to end at the executor level against the HubSpot imitation: every action lands,
+//! idempotency keys, outcome-unknown reconciliation, duplicate adoption.
+
+use std::sync::Arc;
+
+use crm_jobs::actions::{Created, NewAction, parse, store};
+use crm_jobs::auth::{AuthKind, Keyring, Store, TokenManager};
+use crm_jobs::ops::JobContext;
+use crm_jobs::providers::Provider;
+use crm_jobs::testing::{REDIS_URL, TestDb, purge_redis_prefix, unique};
+use crm_queue::{FailureKind, Queue, QueueConfig};
+use crm_sandbox::config::ProviderKind;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::Env;
+
+const HUB: &str = "20000001";
+
+struct A {
+    env: Env,
+    db: TestDb,
+    ctx: JobContext,
+    connection: Uuid,
+    prefix: String,
+}
+
+impl Drop for A {
+    fn drop(&mut self) {
+        purge_redis_prefix(&self.prefix);
+    }
+}
+
+async fn setup() -> A {
+    let env = Env::start(&[ProviderKind::HubSpot], 5).await;
+    env.control
+        .patch(&format!("hubspot/accounts/{HUB}"), json!({ "search_per_second": 100000, "burst": 100000 }))
+        .await;
+    let account = env.control.get(&format!("hubspot/accounts/{HUB}")).await;
+    let db = TestDb::new().await;
+    let store = Store::new(
+        db.pool.clone(),
+        Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key")),
+    );
+    store.ensure_tenant("acme", "Acme").await.expect("tenant");
+    let token = account["credentials"]["private_app_token"].as_str().expect("pat").to_owned();
+    let connection = store
+        .save_key(
+            "acme",
+            Provider::Hubspot,
+            AuthKind::StaticToken,
+            &SecretString::from(token),
+            &env.sandbox.urls().hubspot().expect("urls").api_base,
+            HUB,
+        )
+        .await
+        .expect("connection")
+        .id;
+    let prefix = unique("crmtest-");
+    let queue = Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
+    let ctx = JobContext {
+        pool: db.pool.clone(),
+        queue,
+        tokens: TokenManager::new(store, crm_jobs::testing::http_client()),
+        clients: env.clients.clone(),
+    };
+    A { env, db, ctx, connection, prefix }
+}
+
+impl A {
+    async fn create(&self, key: &str, action: &str, params: Value) -> Created {
+        let parsed = parse(action, &params).expect("valid");
+        store::create(
+            &self.db.pool,
+            &NewAction {
+                tenant: "acme".into(),
+                connection: self.connection,
+                provider: "hubspot".into(),
+                action: parsed,
+                idempotency_key: key.into(),
+                traceparent: None,
+            },
+        )
+        .await
+        .expect("create")
+    }
+
+    async fn new_action(&self, key: &str, action: &str, params: Value) -> Uuid {
+        match self.create(key, action, params).await {
+            Created::New(row) => row.id,
+            other => panic!("expected a new action: {other:?}"),
+        }
+    }
+
+    async fn run(&self, id: Uuid, attempt: u32) -> Result<(), crm_queue::JobError> {
+        crm_jobs::actions::exec::run(&self.ctx, id, attempt, 10).await
+    }
+
+    async fn row(&self, id: Uuid) -> store::ActionRow {
+        store::get(&self.db.pool, id).await.expect("get").expect("row")
+    }
+}
+
+#[tokio::test]
+async fn every_action_lands_and_records_its_result() {
+    let a = setup().await;
+    let contact = a
+        .new_action(
+            "k-contact",
+            "create_contact",
+            json!({"email": "grace@example.com", "first_name": "Grace", "last_name": "Hopper"}),
+        )
+        .await;
+    a.run(contact, 1).await.expect("create_contact");
+    let row = a.row(contact).await;
+    assert_eq!(row.state, "succeeded");
+    let contact_id = row.external_id.clone().expect("external id");
+    let stored = a.env.control.get(&format!("hubspot/accounts/{HUB}/objects/contacts/{contact_id}")).await;
+    assert_eq!(stored["properties"]["email"], "grace@example.com");
+
+    let cases = [
+        (
+            "create_task",
+            json!({"subject": "Follow up", "contact_id": contact_id, "due_at": "2026-02-01T09:00:00Z"}),
+            "tasks",
+            "hs_task_subject",
+            "Follow up",
+        ),
+        (
+            "log_call",
+            json!({"subject": "Intro call", "occurred_at": "2026-01-05T10:00:00Z", "duration_secs": 60, "contact_id": contact_id}),
+            "calls",
+            "hs_call_title",
+            "Intro call",
+        ),
+        (
+            "create_note",
+            json!({"body": "Met at the expo", "contact_id": contact_id}),
+            "notes",
+            "hs_note_body",
+            "Met at the expo",
+        ),
+    ];
+    for (i, (action, params, object, prop, expected)) in cases.into_iter().enumerate() {
+        let id = a.new_action(&format!("k-{i}"), action, params).await;
+        a.run(id, 1).await.unwrap_or_else(|e| panic!("{action}: {e}"));
+        let row = a.row(id).await;
+        assert_eq!(row.state, "succeeded", "{action}");
+        let ext = row.external_id.expect("external id");
+        let stored = a.env.control.get(&format!("hubspot/accounts/{HUB}/objects/{object}/{ext}")).await;
+        assert_eq!(stored["properties"][prop], expected, "{action}: {stored}");
+        assert_eq!(
+            stored["properties"]["crm_fleet_action_id"],
+            id.to_string(),
+            "{action} carries its marker"
+        );
+    }
+
+    let update = a
+        .new_action("k-upd", "update_contact", json!({"contact_id": contact_id, "phone": "+15550199"}))
+        .await;
+    a.run(update, 1).await.expect("update_contact");
+    let stored = a.env.control.get(&format!("hubspot/accounts/{HUB}/objects/contacts/{contact_id}")).await;
+    assert_eq!(stored["properties"]["phone"], "+15550199");
+
+    let search =
+        a.new_action("k-search", "search_contact_by_email", json!({"email": "grace@example.com"})).await;
+    a.run(search, 1).await.expect("search");
+    let row = a.row(search).await;
+    assert_eq!(row.result.expect("result")["contact"]["external_id"], contact_id);
+}
+
+#[tokio::test]
+async fn the_same_key_returns_the_same_action_and_a_different_body_conflicts() {
+    let a = setup().await;
+    let params = json!({"subject": "Once"});
+    let first = a.new_action("dup-key", "create_task", params.clone()).await;
+    match a.create("dup-key", "create_task", params).await {
+        Created::Existing(row) => assert_eq!(row.id, first),
+        other => panic!("{other:?}"),
+    }
+    match a.create("dup-key", "create_task", json!({"subject": "Twice"})).await {
+        Created::Conflict(row) => assert_eq!(row.id, first),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_outcome_unknown_create_is_reconciled_not_repeated() {
+    let a = setup().await;
+    let id = a.new_action("k-lost", "create_task", json!({"subject": "Lost answer"})).await;
+    a.env.control.fault("hubspot", json!({"times": 1, "method": "POST", "path": "/crm/v3/objects/tasks", "action": {"type": "drop_after_commit"}})).await;
+    let err = a.run(id, 1).await.expect_err("answer lost");
+    assert_eq!((err.kind.clone(), err.class.as_str()), (FailureKind::Transient, "outcome_unknown"));
+    let row = a.row(id).await;
+    assert!(row.intent_at.is_some() && row.external_id.is_none(), "intent without result");
+    a.run(id, 2).await.expect("reconciled");
+    let row = a.row(id).await;
+    assert_eq!((row.state.as_str(), row.reconciled), ("succeeded", true));
+    let created = a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await;
+    assert_eq!(created["count"], 1, "exactly one task");
+    // A duplicate job for the same action does nothing.
+    a.run(id, 1).await.expect("already done");
+    assert_eq!(a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await["count"], 1);
+}
+
+#[tokio::test]
+async fn a_duplicate_contact_is_adopted_and_a_rejection_fails_the_action() {
+    let a = setup().await;
+    let first = a.new_action("c1", "create_contact", json!({"email": "dup@example.com"})).await;
+    a.run(first, 1).await.expect("first");
+    let existing = a.row(first).await.external_id.expect("id");
+    let second = a
+        .new_action("c2", "create_contact", json!({"email": "dup@example.com", "first_name": "Again"}))
+        .await;
+    a.run(second, 1).await.expect("adopted");
+    let row = a.row(second).await;
+    assert_eq!(row.external_id.as_deref(), Some(existing.as_str()));
+    assert_eq!(row.result.expect("result")["created"], false);
+
+    let bad = a.new_action("d1", "update_deal", json!({"deal_id": "does-not-exist", "amount": 10})).await;
+    let err = a.run(bad, 1).await.expect_err("rejected");
+    assert_eq!(err.kind, FailureKind::Permanent);
+    let row = a.row(bad).await;
+    assert_eq!((row.state.as_str(), row.last_error_class.as_deref()), ("failed", Some("not_found")));
+}
