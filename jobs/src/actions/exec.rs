@@ -53,7 +53,7 @@ fn with_marker(a: &Action, marker: &str) -> Action {
 /// The outcome of one provider call, normalised.
 enum Outcome {
     Ref(ExternalRef),
-    Found(Option<CrmRecord>),
+    Found(Option<Box<CrmRecord>>),
 }
 
 async fn perform(
@@ -71,7 +71,7 @@ async fn perform(
         }
         Action::CreateNote(n) => client.create_note(auth, n).await?.map(Outcome::Ref),
         Action::SearchContactByEmail(s) => {
-            client.search_contact_by_email(auth, &s.email).await?.map(Outcome::Found)
+            client.search_contact_by_email(auth, &s.email).await?.map(|r| Outcome::Found(r.map(Box::new)))
         }
     })
 }
