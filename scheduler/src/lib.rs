@@ -4,5 +4,6 @@
 //! `crm-scheduler` reads per-tenant sync schedules from PostgreSQL, enqueues sync jobs, and
 //! serves the control-plane HTTP API; `crmctl` is the operator's command line.
 
+pub mod api;
 pub mod cli;
 pub mod server;

@@ -5,15 +5,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State as AxumState;
-use axum::http::StatusCode;
-use axum::routing::get;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 /// Scheduler settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SchedulerConfig {
     /// PostgreSQL URL.
     pub database_url: String,
@@ -27,19 +22,14 @@ pub struct SchedulerConfig {
     pub redis_prefix: String,
     /// Apply migrations at start.
     pub migrate: bool,
-}
-
-#[derive(Clone)]
-struct State {
-    metrics: PrometheusHandle,
-    pool: sqlx::PgPool,
-    queue: crm_queue::Queue,
+    /// Token keys (the connect flow stores tokens).
+    pub keys: std::sync::Arc<crm_jobs::auth::Keyring>,
 }
 
 /// A built scheduler, ready to run.
 pub struct Scheduler {
     listener: TcpListener,
-    state: State,
+    state: crate::api::ApiState,
 }
 
 impl Scheduler {
@@ -60,7 +50,15 @@ impl Scheduler {
         let listener = TcpListener::bind(config.api_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.api_addr))?;
-        Ok(Self { listener, state: State { metrics, pool, queue } })
+        let store = crm_jobs::auth::Store::new(pool.clone(), config.keys.clone());
+        let http = crm_jobs::providers::Http::new().context("building the HTTP client")?;
+        let connect = std::sync::Arc::new(crm_jobs::auth::connect::ConnectState {
+            tokens: crm_jobs::auth::TokenManager::new(store.clone(), http.client().clone()),
+            store,
+            http: http.client().clone(),
+            state_ttl: crm_jobs::auth::connect::DEFAULT_STATE_TTL,
+        });
+        Ok(Self { listener, state: crate::api::ApiState { pool, queue, metrics, connect } })
     }
 
     /// The bound API address.
@@ -70,18 +68,13 @@ impl Scheduler {
 
     /// Serves until `shutdown` resolves.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let app = Router::new()
-            .route("/metrics", get(|AxumState(s): AxumState<State>| async move { s.metrics.render() }))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .with_state(self.state);
+        let (app, _) = crate::api::router(self.state);
         axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
         Ok(())
     }
-}
 
-async fn readyz(AxumState(s): AxumState<State>) -> (StatusCode, &'static str) {
-    let redis = s.queue.ping().await.is_ok();
-    let pg = sqlx::query("SELECT 1").execute(&s.pool).await.is_ok();
-    if redis && pg { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+    /// The API state (for tests that drive it in-process).
+    pub fn state(&self) -> &crate::api::ApiState {
+        &self.state
+    }
 }

@@ -29,6 +29,12 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = "CRM_FLEET_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Token encryption key: base64 of 32 bytes.
+    #[arg(long, env = "CRM_FLEET_TOKEN_KEY", default_value = "", hide_env_values = true)]
+    token_key: String,
+    /// Previous token keys, comma-separated (decryption only, during a rotation).
+    #[arg(long, env = "CRM_FLEET_TOKEN_KEYS_PREVIOUS", default_value = "", hide_env_values = true)]
+    token_keys_previous: String,
 }
 
 fn validate(a: Args) -> Result<(SchedulerConfig, crm_jobs::telemetry::LogFormat), ConfigProblems> {
@@ -51,7 +57,33 @@ fn validate(a: Args) -> Result<(SchedulerConfig, crm_jobs::telemetry::LogFormat)
         p.add("CRM_FLEET_LOG_FORMAT", e);
         crm_jobs::telemetry::LogFormat::Text
     });
+    let previous: Vec<String> = a
+        .token_keys_previous
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let keys = match crm_jobs::auth::Keyring::from_base64(&a.token_key, &previous) {
+        Ok(k) => Some(std::sync::Arc::new(k)),
+        Err(e) => {
+            if a.token_key.is_empty() {
+                p.add(
+                    "CRM_FLEET_TOKEN_KEY",
+                    "is required (base64 of 32 bytes; `crmctl keys generate` prints one)",
+                );
+            } else {
+                p.add("CRM_FLEET_TOKEN_KEY", e);
+            }
+            None
+        }
+    };
     p.into_result()?;
+    let Some(keys) = keys else {
+        let mut p = ConfigProblems::new();
+        p.add("CRM_FLEET_TOKEN_KEY", "is required");
+        return Err(p);
+    };
     Ok((
         SchedulerConfig {
             database_url: a.database_url,
@@ -60,6 +92,7 @@ fn validate(a: Args) -> Result<(SchedulerConfig, crm_jobs::telemetry::LogFormat)
             queue: a.queue,
             redis_prefix: a.redis_prefix,
             migrate: !a.no_migrate,
+            keys,
         },
         log_format,
     ))

@@ -1,0 +1,121 @@
+//! The control-plane HTTP API served by `crm-scheduler`.
+//!
+//! Routes are registered through utoipa-axum's `OpenApiRouter`, so each handler's route and its
+//! OpenAPI description are declared together and `/openapi.json` cannot drift from what is
+//! served (a test also checks every served route is documented). Every error is a 4xx/5xx with
+//! a JSON body naming the field at fault ([`error::ErrorBody`]). Authentication: bearer API keys
+//! with scopes `enqueue` and `admin` ([`keys`]); `/healthz`, `/readyz`, `/metrics`,
+//! `/openapi.json` and the OAuth browser flow are public.
+
+pub mod actions;
+pub mod error;
+pub mod keys;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use keys::Scope;
+
+/// Largest request body accepted (bytes).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    /// PostgreSQL.
+    pub pool: sqlx::PgPool,
+    /// The queue.
+    pub queue: crm_queue::Queue,
+    /// Prometheus rendering.
+    pub metrics: PrometheusHandle,
+    /// The OAuth connect flow.
+    pub connect: Arc<crm_jobs::auth::connect::ConnectState>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "crm-fleet control plane", description = "Enqueue CRM actions, follow jobs, operate the fleet."),
+    modifiers(&Security),
+    tags(
+        (name = "actions", description = "Outbound CRM actions"),
+        (name = "jobs", description = "Job state"),
+        (name = "health", description = "Probes"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("cf_<prefix>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: PostgreSQL and Redis answer.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Ready", body = String),
+    (status = 503, description = "A dependency is down", body = String)))]
+async fn readyz(State(s): State<ApiState>) -> (StatusCode, String) {
+    let redis = s.queue.ping().await;
+    let pg = sqlx::query("SELECT 1").execute(&s.pool).await;
+    match (redis, pg) {
+        (Ok(()), Ok(_)) => (StatusCode::OK, "ready".into()),
+        (r, p) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "redis: {}; postgres: {}",
+                if r.is_ok() { "ok" } else { "down" },
+                if p.is_ok() { "ok" } else { "down" }
+            ),
+        ),
+    }
+}
+
+/// Builds the API router and its OpenAPI document.
+pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let enqueue = OpenApiRouter::new()
+        .routes(routes!(actions::post_action))
+        .routes(routes!(actions::get_job))
+        .route_layer(from_fn_with_state((state.pool.clone(), Scope::Enqueue), keys::require));
+    let public = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz));
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(enqueue)
+        .merge(public)
+        .with_state(state.clone())
+        .split_for_parts();
+    let doc = api.clone();
+    let metrics = state.metrics.clone();
+    let router = router
+        .route("/openapi.json", get(move || async move { Json(doc.clone()) }))
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .merge(crm_jobs::auth::connect::router(state.connect.clone()))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    (router, api)
+}

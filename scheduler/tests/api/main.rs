@@ -1,0 +1,289 @@
+//! The control-plane API, served for real on port 0 against a fresh database and Redis prefix.
+
+use std::sync::Arc;
+
+use crm_jobs::auth::{AuthKind, Keyring, Store};
+use crm_jobs::providers::Provider;
+use crm_jobs::testing::{REDIS_URL, TestDb, http_client, purge_redis_prefix, unique};
+use crm_scheduler::api::keys::{self, Scope};
+use crm_scheduler::server::{Scheduler, SchedulerConfig};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+struct App {
+    base: String,
+    db: TestDb,
+    queue: crm_queue::Queue,
+    enqueue_key: String,
+    admin_key: String,
+    prefix: String,
+    http: reqwest::Client,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        purge_redis_prefix(&self.prefix);
+    }
+}
+
+async fn spawn_app() -> App {
+    let db = TestDb::new().await;
+    let prefix = unique("crmtest-");
+    let keys = Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key"));
+    let config = SchedulerConfig {
+        database_url: db.url.clone(),
+        redis_url: REDIS_URL.into(),
+        api_addr: "127.0.0.1:0".parse().expect("addr"),
+        queue: "crm".into(),
+        redis_prefix: prefix.clone(),
+        migrate: false,
+        keys: keys.clone(),
+    };
+    let scheduler = Scheduler::build(config).await.expect("build");
+    let base = format!("http://{}", scheduler.api_addr());
+    let queue = scheduler.state().queue.clone();
+    tokio::spawn(scheduler.run_until(std::future::pending()));
+    let store = Store::new(db.pool.clone(), keys);
+    store.ensure_tenant("acme", "Acme").await.expect("tenant");
+    store.ensure_tenant("empty", "No connections").await.expect("tenant");
+    store
+        .save_key(
+            "acme",
+            Provider::Hubspot,
+            AuthKind::StaticToken,
+            &SecretString::from("pat-na1-x".to_owned()),
+            "http://127.0.0.1:9",
+            "1",
+        )
+        .await
+        .expect("connection");
+    let (enqueue_key, _) = keys::create(&db.pool, "svc", &[Scope::Enqueue]).await.expect("key");
+    let (admin_key, _) = keys::create(&db.pool, "ops", &[Scope::Admin]).await.expect("key");
+    App { base, db, queue, enqueue_key, admin_key, prefix, http: http_client() }
+}
+
+impl App {
+    async fn post_action(&self, key: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let mut req =
+            self.http.post(format!("{}/v1/actions", self.base)).bearer_auth(&self.enqueue_key).json(&body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn task(subject: &str) -> Value {
+    json!({"tenant_id": "acme", "provider": "hubspot", "action": "create_task", "params": {"subject": subject}})
+}
+
+#[tokio::test]
+async fn an_action_is_accepted_and_its_job_is_visible() {
+    let app = spawn_app().await;
+    let (status, body) = app.post_action(Some("k1"), task("Call back")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["duplicate"], false);
+    let id = body["job_id"].as_str().expect("id").to_owned();
+    assert_eq!(app.queue.stats().await.expect("stats").ready, 1);
+    let job: Value = app
+        .http
+        .get(format!("{}/v1/jobs/{id}", app.base))
+        .bearer_auth(&app.enqueue_key)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!((job["kind"].as_str(), job["state"].as_str()), (Some("action"), Some("queued")), "{job}");
+    let missing = app
+        .http
+        .get(format!("{}/v1/jobs/{}", app.base, uuid::Uuid::new_v4()))
+        .bearer_auth(&app.enqueue_key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(missing.json::<Value>().await.expect("json")["field"], "id");
+}
+
+#[tokio::test]
+async fn one_idempotency_key_posted_ten_times_concurrently_makes_one_job() {
+    let app = spawn_app().await;
+    let posts = (0..10).map(|_| app.post_action(Some("same-key"), task("Only once")));
+    let results = futures::future::join_all(posts).await;
+    let ids: std::collections::HashSet<String> = results
+        .iter()
+        .map(|(s, b)| {
+            assert_eq!(*s, StatusCode::ACCEPTED, "{b}");
+            b["job_id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one job id");
+    assert_eq!(results.iter().filter(|(_, b)| b["duplicate"] == false).count(), 1, "one original");
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM actions").fetch_one(&app.db.pool).await.expect("count");
+    assert_eq!(rows, 1);
+    assert_eq!(app.queue.stats().await.expect("stats").ready, 1, "one queued job");
+    let (status, body) = app.post_action(Some("same-key"), task("Something else")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        (body["error"].as_str(), body["field"].as_str()),
+        (Some("idempotency_key_reused"), Some("Idempotency-Key"))
+    );
+}
+
+#[tokio::test]
+async fn every_invalid_request_gets_a_4xx_naming_the_field() {
+    let app = spawn_app().await;
+    let cases: Vec<(Option<&str>, Value, StatusCode, &str)> = vec![
+        (None, task("x"), StatusCode::BAD_REQUEST, "Idempotency-Key"),
+        (
+            Some("a"),
+            json!({"tenant_id": "acme", "provider": "hubspot", "action": "launch", "params": {}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "action",
+        ),
+        (
+            Some("b"),
+            json!({"tenant_id": "acme", "provider": "hubspot", "action": "create_task", "params": {"subject": 5}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "params.subject",
+        ),
+        (
+            Some("c"),
+            json!({"tenant_id": "acme", "provider": "hubspot", "action": "create_task", "params": {}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "params.subject",
+        ),
+        (
+            Some("d"),
+            json!({"tenant_id": "acme", "provider": "myspace", "action": "create_task", "params": {"subject": "x"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "provider",
+        ),
+        (
+            Some("e"),
+            json!({"tenant_id": "empty", "provider": "hubspot", "action": "create_task", "params": {"subject": "x"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "provider",
+        ),
+        (
+            Some("f"),
+            json!({"tenant_id": "nobody", "provider": "hubspot", "action": "create_task", "params": {"subject": "x"}}),
+            StatusCode::NOT_FOUND,
+            "tenant_id",
+        ),
+        (
+            Some("g"),
+            json!({"provider": "hubspot", "action": "create_task", "params": {"subject": "x"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tenant_id",
+        ),
+        (
+            Some("h"),
+            json!({"tenant_id": "acme", "provider": "hubspot", "action": "create_task", "params": {"subject": "x"}, "colour": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "colour",
+        ),
+        (
+            Some("i"),
+            json!({"tenant_id": "acme", "provider": "hubspot", "connection_id": uuid::Uuid::new_v4(), "action": "create_task", "params": {"subject": "x"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "connection_id",
+        ),
+    ];
+    for (key, body, status, field) in cases {
+        let (got, err) = app.post_action(key, body.clone()).await;
+        assert_eq!(got, status, "{body} → {err}");
+        assert_eq!(err["field"].as_str(), Some(field), "{body} → {err}");
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let big = json!({"tenant_id": "acme", "provider": "hubspot", "action": "create_note", "params": {"body": "x".repeat(100_000), "contact_id": "1"}});
+    let (status, err) = app.post_action(Some("big"), big).await;
+    assert_eq!((status, err["field"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("body")), "{err}");
+    let not_json = app
+        .http
+        .post(format!("{}/v1/actions", app.base))
+        .bearer_auth(&app.enqueue_key)
+        .header("Idempotency-Key", "nj")
+        .body("subject=x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(not_json.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(app.queue.stats().await.expect("stats").ready, 0, "nothing enqueued by bad requests");
+}
+
+#[tokio::test]
+async fn keys_and_scopes_are_enforced() {
+    let app = spawn_app().await;
+    let none = app.http.post(format!("{}/v1/actions", app.base)).json(&task("x")).send().await.expect("post");
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(none.json::<Value>().await.expect("json")["field"], "Authorization");
+    let bad = app
+        .http
+        .post(format!("{}/v1/actions", app.base))
+        .bearer_auth("cf_deadbeef_nope")
+        .json(&task("x"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    let admin = app
+        .http
+        .post(format!("{}/v1/actions", app.base))
+        .bearer_auth(&app.admin_key)
+        .header("Idempotency-Key", "adm")
+        .json(&task("x"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(admin.status(), StatusCode::ACCEPTED, "admin implies enqueue");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_served_route() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let paths = doc["paths"].as_object().expect("paths");
+    for p in ["/v1/actions", "/v1/jobs/{id}", "/healthz", "/readyz"] {
+        assert!(paths.contains_key(p), "{p} undocumented");
+    }
+    // Every documented operation answers with one of its documented statuses.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("item") {
+            let url = format!("{}{}", app.base, path.replace("{id}", &uuid::Uuid::new_v4().to_string()));
+            let req = match method.as_str() {
+                "get" => app.http.get(&url),
+                "post" => app.http.post(&url).header("Idempotency-Key", "doc").json(&json!({})),
+                other => panic!("undocumented method {other}"),
+            };
+            let status = req.bearer_auth(&app.enqueue_key).send().await.expect("call").status();
+            let documented = op["responses"].as_object().expect("responses");
+            assert!(
+                documented.contains_key(status.as_str()),
+                "{method} {path} answered {status}, documented {:?}",
+                documented.keys()
+            );
+        }
+    }
+    assert_eq!(
+        app.http.get(format!("{}/readyz", app.base)).send().await.expect("ready").status(),
+        StatusCode::OK
+    );
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.expect("metrics");
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let _ = &app.admin_key;
+}
