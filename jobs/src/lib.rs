@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod auth;
 pub mod config;
+pub mod dlq;
 pub mod enqueue;
 pub mod job;
 pub mod limits;

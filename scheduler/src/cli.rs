@@ -65,6 +65,312 @@ pub enum Command {
     /// Token encryption keys.
     #[command(subcommand)]
     Keys(KeyCmd),
+    /// Dead letters: list, show, replay, purge.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+}
+
+/// Filters shared by the `dlq` subcommands (lists are comma-separated).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DlqFilterArgs {
+    /// Providers.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Tenants.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Job types (action, sync, probe).
+    #[arg(long)]
+    pub job_type: Option<String>,
+    /// Error classes; `auth` = unauthorized, forbidden, invalid_grant, needs_reauth.
+    #[arg(long)]
+    pub error_class: Option<String>,
+    /// Why they died (max_attempts, permanent, poison, undecodable).
+    #[arg(long)]
+    pub dead_reason: Option<String>,
+    /// Died at or after: RFC 3339, or a duration back from now (1h, 30m, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Died before.
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+impl DlqFilterArgs {
+    fn filter(&self) -> anyhow::Result<crm_jobs::dlq::Filter> {
+        let list = |v: &Option<String>| -> Vec<String> {
+            v.as_deref()
+                .map(|s| s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let when =
+            |name: &str, v: &Option<String>| -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+                v.as_deref()
+                    .map(|s| crm_jobs::dlq::parse_when(s).map_err(|e| anyhow::anyhow!("--{name}: {e}")))
+                    .transpose()
+            };
+        Ok(crm_jobs::dlq::Filter {
+            provider: list(&self.provider),
+            tenant: list(&self.tenant),
+            job_type: list(&self.job_type),
+            error_class: list(&self.error_class),
+            reason: list(&self.dead_reason),
+            since: when("since", &self.since)?,
+            until: when("until", &self.until)?,
+            replayed: None,
+        })
+    }
+}
+
+/// `crmctl dlq …`
+#[derive(Debug, Subcommand)]
+pub enum DlqCmd {
+    /// List dead letters, newest first (or the tenants concerned, with --group-by tenant).
+    List {
+        /// Filters.
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Not yet replayed only.
+        #[arg(long)]
+        unreplayed: bool,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Continue from a previous page's cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// `tenant`: one line per (tenant, provider) with a count.
+        #[arg(long)]
+        group_by: Option<String>,
+    },
+    /// Show one dead letter: payload (secrets redacted), every attempt, every replay.
+    Show {
+        /// Dead-letter id.
+        id: uuid::Uuid,
+    },
+    /// Replay dead letters by id, or every one matching --filter (counted first; asks unless --yes).
+    Replay {
+        /// Dead-letter ids.
+        ids: Vec<uuid::Uuid>,
+        /// Replay by the filter flags instead of ids.
+        #[arg(long)]
+        filter: bool,
+        /// Filters (with --filter).
+        #[command(flatten)]
+        f: DlqFilterArgs,
+        /// Why (audited).
+        #[arg(long)]
+        reason: String,
+        /// Edit a field: `params.subject=…` for actions, `mode=full` for syncs (repeatable).
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// Count only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Delete dead letters older than an age (audited; asks unless --yes).
+    Purge {
+        /// Age: a duration (30d) or an RFC 3339 time.
+        #[arg(long)]
+        older_than: String,
+        /// Further filters.
+        #[command(flatten)]
+        f: DlqFilterArgs,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Exit code when nothing matched or the id is unknown.
+pub const EXIT_NOTHING: i32 = 3;
+
+fn actor() -> String {
+    std::env::var("CRM_FLEET_ACTOR")
+        .or_else(|_| std::env::var("USER"))
+        .map(|u| format!("cli:{u}"))
+        .unwrap_or_else(|_| "cli".to_owned())
+}
+
+fn confirm(question: &str, yes: bool) -> anyhow::Result<bool> {
+    use std::io::{IsTerminal, Write};
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question} — refusing without --yes (stdin is not a terminal)");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
+    use crm_jobs::dlq;
+    let pool = pool(cli).await?;
+    match cmd {
+        DlqCmd::List { filter, unreplayed, limit, cursor, group_by } => {
+            let mut f = filter.filter()?;
+            if *unreplayed {
+                f.replayed = Some(false);
+            }
+            match group_by.as_deref() {
+                Some("tenant") => {
+                    let rows = dlq::tenants(&pool, &f).await?;
+                    let v: Vec<_> = rows
+                        .iter()
+                        .map(|(t, p, n)| serde_json::json!({"tenant": t, "provider": p, "count": n}))
+                        .collect();
+                    print(cli.json, &v, || {
+                        println!("{:<32} {:<12} DEAD LETTERS", "TENANT", "PROVIDER");
+                        for (t, p, n) in &rows {
+                            println!("{t:<32} {p:<12} {n}");
+                        }
+                    });
+                    Ok(if rows.is_empty() { EXIT_NOTHING } else { 0 })
+                }
+                Some(other) => anyhow::bail!("--group-by {other:?}: only `tenant` is supported"),
+                None => {
+                    let (items, next) = dlq::list(&pool, &f, *limit, cursor.as_deref()).await?;
+                    print(cli.json, &serde_json::json!({"items": items, "next_cursor": next}), || {
+                        println!(
+                            "{:<36} {:<20} {:<10} {:<16} {:<14} {:<12} {:>3}  LAST ERROR",
+                            "ID", "DEAD AT", "PROVIDER", "TENANT", "CLASS", "REASON", "ATT"
+                        );
+                        for d in &items {
+                            let mut err = d.last_error.clone();
+                            err.truncate(60);
+                            println!(
+                                "{:<36} {:<20} {:<10} {:<16} {:<14} {:<12} {:>3}  {}{}",
+                                d.id,
+                                d.dead_at.format("%Y-%m-%d %H:%M:%S"),
+                                d.provider,
+                                d.tenant,
+                                d.error_class,
+                                d.reason,
+                                d.attempts,
+                                err,
+                                if d.replayed_at.is_some() { "  (replayed)" } else { "" }
+                            );
+                        }
+                        if let Some(n) = &next {
+                            println!("more: --cursor {n}");
+                        }
+                    });
+                    Ok(if items.is_empty() { EXIT_NOTHING } else { 0 })
+                }
+            }
+        }
+        DlqCmd::Show { id } => match dlq::show(&pool, *id).await? {
+            Some(d) => {
+                print(cli.json, &d, || {
+                    println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                });
+                Ok(0)
+            }
+            None => {
+                eprintln!("crmctl: no dead letter {id}");
+                Ok(EXIT_NOTHING)
+            }
+        },
+        DlqCmd::Replay { ids, filter, f, reason, set, dry_run, yes } => {
+            if reason.trim().is_empty() {
+                anyhow::bail!("--reason is required (it is audited)");
+            }
+            let mut changes = std::collections::BTreeMap::new();
+            for kv in set {
+                let (k, v) =
+                    kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {kv:?}: expected key=value"))?;
+                changes.insert(k.to_owned(), v.to_owned());
+            }
+            let req = dlq::ReplayRequest { actor: actor(), reason: reason.clone(), changes };
+            let queue = queue(cli).await?;
+            if *filter {
+                if !ids.is_empty() {
+                    anyhow::bail!("give ids or --filter, not both");
+                }
+                let f = f.filter()?;
+                let planned = dlq::replay_matching(&pool, &queue, &f, &req, true).await?;
+                eprintln!("{} dead letters match and have not been replayed.", planned.matched);
+                if planned.matched == 0 {
+                    return Ok(EXIT_NOTHING);
+                }
+                if *dry_run {
+                    print(cli.json, &planned, || println!("dry run: {} would be replayed", planned.matched));
+                    return Ok(0);
+                }
+                if !confirm(&format!("Replay {} dead letters?", planned.matched), *yes)? {
+                    eprintln!("nothing replayed");
+                    return Ok(1);
+                }
+                let done = dlq::replay_matching(&pool, &queue, &f, &req, false).await?;
+                print(cli.json, &done, || {
+                    println!(
+                        "replayed: {} enqueued, {} merged into queued jobs, {} skipped",
+                        done.enqueued, done.merged, done.skipped
+                    );
+                    for r in &done.skip_reasons {
+                        println!("  skipped {r}");
+                    }
+                });
+                Ok(if done.skipped > 0 { 1 } else { 0 })
+            } else {
+                if ids.is_empty() {
+                    anyhow::bail!("give dead-letter ids, or --filter with filter flags");
+                }
+                if *dry_run {
+                    println!("dry run: {} dead letters would be replayed", ids.len());
+                    return Ok(0);
+                }
+                let mut code = 0;
+                let mut out = Vec::new();
+                for id in ids {
+                    match dlq::replay_one(&pool, &queue, *id, &req).await {
+                        Ok(o) => {
+                            if matches!(o, dlq::ReplayOutcome::Unreplayable { .. }) {
+                                code = 1;
+                            }
+                            out.push(serde_json::json!({"id": id, "result": o}));
+                        }
+                        Err(dlq::DlqError::Invalid { message, .. }) => {
+                            code = EXIT_NOTHING;
+                            out.push(serde_json::json!({"id": id, "error": message}));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                print(cli.json, &out, || {
+                    for o in &out {
+                        println!("{o}");
+                    }
+                });
+                Ok(code)
+            }
+        }
+        DlqCmd::Purge { older_than, f, yes } => {
+            let cutoff =
+                crm_jobs::dlq::parse_when(older_than).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
+            let mut filter = f.filter()?;
+            filter.until = Some(filter.until.map_or(cutoff, |u| u.min(cutoff)));
+            let n = dlq::count(&pool, &filter).await?;
+            eprintln!("{n} dead letters died before {cutoff}.");
+            if n == 0 {
+                return Ok(EXIT_NOTHING);
+            }
+            if !confirm(&format!("Delete {n} dead letters?"), *yes)? {
+                eprintln!("nothing deleted");
+                return Ok(1);
+            }
+            let done = dlq::purge(&pool, &filter, cutoff, &actor()).await?;
+            print(cli.json, &serde_json::json!({"purged": done}), || println!("purged {done} dead letters"));
+            Ok(0)
+        }
+    }
 }
 
 /// `crmctl tenants …`
@@ -375,6 +681,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             });
             Ok(0)
         }
+        Command::Dlq(cmd) => dlq_command(&cli, cmd).await,
         Command::Keys(KeyCmd::Generate) => {
             println!("{}", crm_jobs::auth::Keyring::generate_base64());
             Ok(0)
@@ -447,5 +754,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }

@@ -8,6 +8,7 @@
 //! `/openapi.json` and the OAuth browser flow are public.
 
 pub mod actions;
+pub mod dlq;
 pub mod error;
 pub mod keys;
 
@@ -49,6 +50,7 @@ pub struct ApiState {
     tags(
         (name = "actions", description = "Outbound CRM actions"),
         (name = "jobs", description = "Job state"),
+        (name = "dead-letters", description = "Find, inspect, replay and purge dead letters (admin)"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -103,9 +105,16 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(actions::post_action))
         .routes(routes!(actions::get_job))
         .route_layer(from_fn_with_state((state.pool.clone(), Scope::Enqueue), keys::require));
+    let admin = OpenApiRouter::new()
+        .routes(routes!(dlq::list))
+        .routes(routes!(dlq::show, dlq::delete))
+        .routes(routes!(dlq::replay))
+        .routes(routes!(dlq::replay_bulk))
+        .route_layer(from_fn_with_state((state.pool.clone(), Scope::Admin), keys::require));
     let public = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz));
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(enqueue)
+        .merge(admin)
         .merge(public)
         .with_state(state.clone())
         .split_for_parts();

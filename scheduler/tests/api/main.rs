@@ -1,5 +1,7 @@
 //! The control-plane API, served for real on port 0 against a fresh database and Redis prefix.
 
+mod dlq;
+
 use std::sync::Arc;
 
 use crm_jobs::auth::{AuthKind, Keyring, Store};
@@ -11,14 +13,15 @@ use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-struct App {
-    base: String,
-    db: TestDb,
-    queue: crm_queue::Queue,
-    enqueue_key: String,
-    admin_key: String,
-    prefix: String,
-    http: reqwest::Client,
+pub(crate) struct App {
+    pub(crate) base: String,
+    pub(crate) db: TestDb,
+    pub(crate) queue: crm_queue::Queue,
+    pub(crate) enqueue_key: String,
+    pub(crate) admin_key: String,
+    pub(crate) prefix: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) keys: Arc<Keyring>,
 }
 
 impl Drop for App {
@@ -27,7 +30,7 @@ impl Drop for App {
     }
 }
 
-async fn spawn_app() -> App {
+pub(crate) async fn spawn_app() -> App {
     let db = TestDb::new().await;
     let prefix = unique("crmtest-");
     let keys = Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key"));
@@ -60,7 +63,7 @@ async fn spawn_app() -> App {
         .expect("connection");
     let (enqueue_key, _) = keys::create(&db.pool, "svc", &[Scope::Enqueue]).await.expect("key");
     let (admin_key, _) = keys::create(&db.pool, "ops", &[Scope::Admin]).await.expect("key");
-    App { base, db, queue, enqueue_key, admin_key, prefix, http: http_client() }
+    App { base, db, queue, enqueue_key, admin_key, prefix, http: http_client(), keys: store.keys().clone() }
 }
 
 impl App {
