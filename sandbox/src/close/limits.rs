@@ -148,6 +148,10 @@ fn bucket<K: std::hash::Hash + Eq>(
     b
 }
 
+/// What one request takes from a bucket: a hair under one token, so that refills accumulated in
+/// floating point over several steps (0.995 + 0.005) admit exactly when a whole token is back.
+const COST: f64 = 1.0 - 1e-9;
+
 /// Formats the `RateLimit` header.
 pub fn header(limit: u64, remaining: u64, reset_secs: f64) -> String {
     format!("limit={limit}, remaining={remaining}, reset={:.3}", reset_secs.max(0.0))
@@ -155,7 +159,7 @@ pub fn header(limit: u64, remaining: u64, reset_secs: f64) -> String {
 
 fn until_one(b: &mut TokenBucket, now: Millis) -> f64 {
     let have = b.available(now);
-    if have >= 1.0 || b.refill_per_sec <= 0.0 { 0.0 } else { (1.0 - have) / b.refill_per_sec }
+    if have >= COST || b.refill_per_sec <= 0.0 { 0.0 } else { (1.0 - have) / b.refill_per_sec }
 }
 
 impl AccountLimits {
@@ -171,7 +175,7 @@ impl AccountLimits {
         let org_limit = limit.saturating_mul(self.quota.org_multiplier);
         if let Some(strict) = self.quota.stricter.get(class).copied().filter(|n| *n > 0) {
             let b = bucket(&mut self.strict, (group.to_owned(), key.to_owned()), strict, window);
-            if b.available(now) < 1.0 {
+            if b.available(now) < COST {
                 return Err(Refusal {
                     kind: "stricter",
                     limit: strict,
@@ -183,7 +187,7 @@ impl AccountLimits {
             }
         }
         let kb = bucket(&mut self.keys, (group.to_owned(), key.to_owned()), limit, window);
-        if kb.available(now) < 1.0 {
+        if kb.available(now) < COST {
             let reset = until_one(kb, now);
             return Err(Refusal {
                 kind: "key",
@@ -195,7 +199,7 @@ impl AccountLimits {
             });
         }
         let ob = bucket(&mut self.orgs, group.to_owned(), org_limit, window);
-        if ob.available(now) < 1.0 {
+        if ob.available(now) < COST {
             let reset = until_one(ob, now);
             return Err(Refusal {
                 kind: "org",
@@ -206,25 +210,25 @@ impl AccountLimits {
                 group: group.to_owned(),
             });
         }
-        let _ = ob.try_take(now, 1.0);
+        let _ = ob.try_take(now, COST);
         let org_left = ob.available(now);
         let org_reset = ob.seconds_until_full(now);
         let kb = bucket(&mut self.keys, (group.to_owned(), key.to_owned()), limit, window);
-        let _ = kb.try_take(now, 1.0);
+        let _ = kb.try_take(now, COST);
         let key_left = kb.available(now);
         let key_reset = kb.seconds_until_full(now);
         if self.quota.stricter.get(class).is_some_and(|n| *n > 0) {
             let strict = self.quota.stricter[class];
             let _ = bucket(&mut self.strict, (group.to_owned(), key.to_owned()), strict, window)
-                .try_take(now, 1.0);
+                .try_take(now, COST);
         }
         // Report the limit closest to being hit.
         let key_ratio = key_left / limit.max(1) as f64;
         let org_ratio = org_left / org_limit.max(1) as f64;
         Ok(if org_ratio < key_ratio {
-            header(org_limit, org_left.floor() as u64, org_reset)
+            header(org_limit, (org_left + 1e-6).floor() as u64, org_reset)
         } else {
-            header(limit, key_left.floor() as u64, key_reset)
+            header(limit, (key_left + 1e-6).floor() as u64, key_reset)
         })
     }
 
@@ -300,7 +304,7 @@ mod tests {
         assert!(l.admit(g, "read", "k1", 0).is_ok());
         let r = l.admit(g, "read", "k1", 0).expect_err("key limit");
         assert_eq!((r.kind, r.limit), ("key", 2));
-        assert!((r.reset_secs - 0.5).abs() < 1e-9);
+        assert!((r.reset_secs - 0.5).abs() < 1e-6);
         for k in ["k2", "k2", "k3", "k3"] {
             assert!(l.admit(g, "read", k, 0).is_ok());
         }
