@@ -11,4 +11,4 @@ mod hubspot;
 
 // mod zoho;
 
-// mod close;
+mod close;
