@@ -29,7 +29,7 @@ use crate::server::with_operation;
 use crate::tokens::{AuthCode, Grant, RefreshError};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
@@ -142,13 +142,12 @@ fn client_ok(c: &Close, p: &Params) -> bool {
 }
 
 /// `POST /oauth2/token/`: form body with client credentials in it.
-pub(crate) async fn token(State(c): State<Arc<Close>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn token(State(c): State<Arc<Close>>, body: Bytes) -> Response {
     let p = Params::parse(std::str::from_utf8(&body).ok());
     let grant_type = p.get("grant_type").unwrap_or("");
     let op = format!("oauth.token.{}", if grant_type.is_empty() { "missing" } else { grant_type });
     if !client_ok(&c, &p) {
         // Close wants the client credentials in the body; Basic client authentication is refused.
-        let _ = headers;
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &op);
     }
     let now = c.state.clock.now_ms();
