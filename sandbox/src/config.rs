@@ -89,7 +89,30 @@ pub enum PortPlan {
 
 // config type: zoho
 
-// config type: close
+/// Close defaults (runtime changes go through `PATCH /_sandbox/close/settings`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CloseConfig {
+    /// `expires_in` of issued OAuth access tokens, seconds. Close documents 3600 (one hour).
+    pub access_token_ttl_secs: i64,
+    /// Whether 429 bodies carry the legacy `{"error": {"rate_reset", ...}}` JSON (Close deprecated it
+    /// in favour of the `RateLimit` header; off sends an empty body).
+    pub rate_limit_legacy_body: bool,
+    /// Advanced Filtering cursors expire this many seconds after their last use (documented: 30).
+    pub search_cursor_ttl_secs: i64,
+    /// Updates of one object within this many milliseconds merge into one event (0 = never).
+    pub event_consolidation_ms: Millis,
+}
+
+impl Default for CloseConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_secs: 3600,
+            rate_limit_legacy_body: true,
+            search_cursor_ttl_secs: 30,
+            event_consolidation_ms: 1_000,
+        }
+    }
+}
 
 /// HubSpot defaults (per-account values can be changed later through the control plane).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -185,8 +208,9 @@ pub struct SandboxConfig {
     // config field: pipedrive
 
     // config field: zoho
-
-    // config field: close
+    /// Close defaults.
+    #[serde(default)]
+    pub close: CloseConfig,
 }
 
 /// 2026-01-05T09:00:00Z, the default logical start: a Monday morning, so seeded "last 90 days" data
@@ -211,8 +235,7 @@ impl Default for SandboxConfig {
             // config default: pipedrive
 
             // config default: zoho
-
-            // config default: close
+            close: CloseConfig::default(),
         }
     }
 }
@@ -284,5 +307,9 @@ impl SandboxConfig {
 
     // config setter: zoho
 
-    // config setter: close
+    /// Replaces the Close defaults.
+    pub fn with_close(mut self, close: CloseConfig) -> Self {
+        self.close = close;
+        self
+    }
 }

@@ -192,8 +192,12 @@ pub const REGISTRY: &[Registration] = &[
     // registry: pipedrive
 
     // registry: zoho
-
-    // registry: close
+    Registration {
+        kind: ProviderKind::Close,
+        hosts: &["api", "app"],
+        port_offset: 50,
+        build: crate::close::build,
+    },
 ];
 
 /// The registration of a provider, if it is implemented.

@@ -59,7 +59,10 @@ impl SandboxUrls {
 
     // urls accessor: zoho
 
-    // urls accessor: close
+    /// Close's URLs, typed.
+    pub fn close(&self) -> Option<crate::close::CloseUrls> {
+        crate::close::CloseUrls::from_map(self.providers.get(&ProviderKind::Close)?)
+    }
 }
 
 /// Why a sandbox could not start.
@@ -214,7 +217,12 @@ impl SandboxHandle {
 
     // handle accessor: zoho
 
-    // handle accessor: close
+    /// The running Close imitation, typed (accounts, settings, direct record access).
+    pub fn close(&self) -> Option<Arc<crate::close::Close>> {
+        let p = self.providers.get(&ProviderKind::Close)?.clone();
+        let any: Arc<dyn Any + Send + Sync> = p.into_any();
+        any.downcast::<crate::close::Close>().ok()
+    }
 
     /// Stops every listener and generator, waiting up to two seconds for in-flight requests.
     pub async fn shutdown(mut self) {

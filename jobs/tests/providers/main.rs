@@ -14,4 +14,4 @@ mod sync;
 
 // mod zoho;
 
-// mod close;
+mod close;

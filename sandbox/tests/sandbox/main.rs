@@ -14,4 +14,8 @@ mod support;
 
 // tests: zoho
 
-// tests: close
+mod close_limits;
+mod close_oauth;
+mod close_objects;
+mod close_search;
+mod close_support;
