@@ -7,7 +7,7 @@ mod support;
 mod hubspot;
 // mod salesforce;
 
-// mod pipedrive;
+mod pipedrive;
 
 // mod zoho;
 
