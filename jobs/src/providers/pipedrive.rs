@@ -41,9 +41,14 @@
 //! and note scans miss an object once more than 500 others were updated after it; a retry in
 //! that window creates a duplicate. Updates (`PATCH` with absolute values) are idempotent.
 //!
-//! Invariant: one HTTP request per call, except the first create or reconciliation of a
-//! connection (one more to look the marker field up) and never sleeping or retrying; tokens are
-//! never logged or kept (the field-key cache is keyed by a SHA-256 of the credential).
+//! The marker field is not part of [`Auth`], so the client looks it up by name the first time a
+//! credential creates or reconciles (one extra `GET`; again after an OAuth refresh, since the cache
+//! is keyed by a SHA-256 of the credential) unless [`PipedriveClient::remember_marker_field`] was
+//! told the key. Pipedrive's real activities and notes have no custom fields (see the sandbox
+//! docs): live, the marker needs another home there.
+//!
+//! Invariant: one HTTP request per call (plus the marker-field lookup above), never sleeping or
+//! retrying; tokens are never logged or kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;

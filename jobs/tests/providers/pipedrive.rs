@@ -24,6 +24,7 @@ struct Pd {
     api_base: String,
     api_token: String,
     access_token: String,
+    marker_key: String,
 }
 
 impl Pd {
@@ -37,6 +38,7 @@ impl Pd {
             api_base: s(&a["credentials"]["api_domain"]),
             api_token: s(&a["credentials"]["api_token"]),
             access_token: s(&a["credentials"]["oauth"]["access_token"]),
+            marker_key: s(&a["credentials"]["marker_field_key"]),
             env,
         };
         // The real numbers (40 requests per 2 s, 60,000 tokens a day) are exercised by the fault
@@ -492,6 +494,31 @@ async fn a_create_whose_answer_was_lost_is_found_by_its_marker_not_duplicated() 
         assert!(!found.created);
         assert_eq!(pd.created_with(marker).await, 1, "{kind:?}: exists exactly once");
     }
+}
+
+#[tokio::test]
+async fn a_remembered_marker_field_skips_the_lookup() {
+    let pd = Pd::start(2).await;
+    let client = PipedriveClient::new(Http::new().expect("http"));
+    let auth = pd.auth();
+    client.remember_marker_field(&auth, &pd.marker_key);
+    let task = CreateTask {
+        subject: "Remembered".into(),
+        body: None,
+        due_at: None,
+        contact_id: None,
+        deal_id: Some("1".into()),
+        company_id: None,
+        priority: None,
+        owner_id: None,
+        marker: "act-remembered".into(),
+    };
+    let created = client.create_task(&auth, &task).await.expect("create_task");
+    let t = pd.record("activities", &created.value.id).await;
+    assert_eq!(t["custom_field_values"][&pd.marker_key], json!("act-remembered"));
+    let c = pd.ctl().get(&pd.path("/counters")).await;
+    assert!(c["by_operation"].get("activityFields.list").is_none(), "no lookup: {c}");
+    assert_eq!(c["requests"], json!(1), "one request per call");
 }
 
 /// What a fault-table row calls.
