@@ -85,7 +85,40 @@ pub enum PortPlan {
 
 // config type: salesforce
 
-// config type: pipedrive
+/// Pipedrive defaults (per-company values can be changed later through the control plane).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PipedriveConfig {
+    /// `expires_in` of issued OAuth access tokens, in seconds. Pipedrive answers 3599.
+    pub access_token_ttl_secs: i64,
+    /// Refresh tokens expire after this many days unused (60, from a third-party quote of the docs).
+    pub refresh_token_idle_days: i64,
+    /// Whether the refresh grant returns a new refresh token and retires the old one (UNCONFIRMED;
+    /// off by default).
+    pub rotate_refresh_tokens: bool,
+    /// Whether 429 responses carry `Retry-After` (UNCONFIRMED; off by default).
+    pub retry_after: bool,
+    /// Plan of seeded companies: sets the burst limits and the daily token budget multiplier.
+    pub plan: crate::pipedrive::Plan,
+    /// Seats of seeded companies (the daily budget is 30,000 × multiplier × seats).
+    pub seats: u64,
+    /// IANA time zone of the "server" midnight that resets the daily budget (not named by
+    /// Pipedrive; `Europe/Tallinn` by default so clients cannot assume UTC).
+    pub time_zone: String,
+}
+
+impl Default for PipedriveConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_secs: 3599,
+            refresh_token_idle_days: 60,
+            rotate_refresh_tokens: false,
+            retry_after: false,
+            plan: crate::pipedrive::Plan::Growth,
+            seats: 1,
+            time_zone: "Europe/Tallinn".to_owned(),
+        }
+    }
+}
 
 // config type: zoho
 
@@ -206,6 +239,10 @@ pub struct SandboxConfig {
     // config field: salesforce
 
     // config field: pipedrive
+    /// Pipedrive defaults.
+    #[serde(default)]
+    pub pipedrive: PipedriveConfig,
+    // end config field: pipedrive
 
     // config field: zoho
     /// Close defaults.
@@ -233,6 +270,8 @@ impl Default for SandboxConfig {
             // config default: salesforce
 
             // config default: pipedrive
+            pipedrive: PipedriveConfig::default(),
+            // end config default: pipedrive
 
             // config default: zoho
             close: CloseConfig::default(),
@@ -303,7 +342,11 @@ impl SandboxConfig {
 
     // config setter: salesforce
 
-    // config setter: pipedrive
+    /// Replaces the Pipedrive defaults.
+    pub fn with_pipedrive(mut self, pipedrive: PipedriveConfig) -> Self {
+        self.pipedrive = pipedrive;
+        self
+    }
 
     // config setter: zoho
 

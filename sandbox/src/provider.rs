@@ -190,6 +190,13 @@ pub const REGISTRY: &[Registration] = &[
     // registry: salesforce
 
     // registry: pipedrive
+    Registration {
+        kind: ProviderKind::Pipedrive,
+        hosts: &["api", "oauth"],
+        port_offset: 30,
+        build: crate::pipedrive::build,
+    },
+    // end registry: pipedrive
 
     // registry: zoho
     Registration {

@@ -55,7 +55,10 @@ impl SandboxUrls {
 
     // urls accessor: salesforce
 
-    // urls accessor: pipedrive
+    /// Pipedrive's URLs, typed.
+    pub fn pipedrive(&self) -> Option<crate::pipedrive::PipedriveUrls> {
+        crate::pipedrive::PipedriveUrls::from_map(self.providers.get(&ProviderKind::Pipedrive)?)
+    }
 
     // urls accessor: zoho
 
@@ -213,7 +216,12 @@ impl SandboxHandle {
 
     // handle accessor: salesforce
 
-    // handle accessor: pipedrive
+    /// The running Pipedrive imitation, typed (companies, settings, direct record access).
+    pub fn pipedrive(&self) -> Option<Arc<crate::pipedrive::Pipedrive>> {
+        let p = self.providers.get(&ProviderKind::Pipedrive)?.clone();
+        let any: Arc<dyn Any + Send + Sync> = p.into_any();
+        any.downcast::<crate::pipedrive::Pipedrive>().ok()
+    }
 
     // handle accessor: zoho
 

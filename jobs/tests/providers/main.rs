@@ -10,7 +10,7 @@ mod hubspot;
 mod sync;
 // mod salesforce;
 
-// mod pipedrive;
+mod pipedrive;
 
 // mod zoho;
 

@@ -10,7 +10,10 @@ mod hubspot_search;
 mod support;
 // tests: salesforce
 
-// tests: pipedrive
+mod pipedrive_limits;
+mod pipedrive_oauth;
+mod pipedrive_objects;
+mod pipedrive_support;
 
 // tests: zoho
 
