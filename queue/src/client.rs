@@ -552,6 +552,38 @@ impl Queue {
         Ok(n)
     }
 
+    /// Concurrency budgets currently held, with their holders (single Redis server; on a
+    /// cluster the queue's slot is scanned on the node that owns it).
+    pub async fn slots(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        let mut conn = self.inner.conn.clone();
+        let prefix = self.inner.keys.key("slots:");
+        let pattern = format!("{}*", escape_glob(&prefix));
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            for k in keys {
+                let n: u64 = redis::cmd("ZCARD").arg(&k).query_async(&mut conn).await?;
+                if n > 0 {
+                    out.push((k.trim_start_matches(&prefix).to_owned(), n));
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Pauses a budget fleet-wide for `duration` (zero lifts the pause). Lanes needing it sleep
     /// until then without holding workers or spending attempts. Returns the pause end (ms since
     /// the epoch, Redis clock), or 0 when lifted.

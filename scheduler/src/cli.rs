@@ -68,6 +68,158 @@ pub enum Command {
     /// Dead letters: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(DlqCmd),
+    /// Fleet-wide limits: show budgets, their use and pauses; set or unset a limit.
+    #[command(subcommand)]
+    Limits(LimitsCmd),
+}
+
+/// `crmctl limits …`
+#[derive(Debug, Subcommand)]
+pub enum LimitsCmd {
+    /// Every configured budget, the learned per-account rates, the slots in use and the pauses.
+    Show,
+    /// Set a limit (applied fleet-wide within a second): `c:tenant:hubspot:acme 5`,
+    /// `r:account:hubspot:* 100/10s`, `w:tenant:acme 3`.
+    Set {
+        /// Budget name (may end in `:*`).
+        budget: String,
+        /// `N` for concurrency and weights, `N/PERIOD` (10s, 1m, 24h) for rates.
+        value: String,
+        /// Burst for rates (default 1).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// A note (why).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Remove a limit.
+    Unset {
+        /// Budget name.
+        budget: String,
+    },
+    /// Lift a pause now (a throttled account, a parked connection, an open breaker).
+    Resume {
+        /// Budget name (`x:account:hubspot:123`, `x:conn:<id>`, `x:provider:hubspot`).
+        budget: String,
+    },
+}
+
+fn parse_limit(budget: &str, value: &str, burst: Option<u32>) -> anyhow::Result<crm_queue::Limit> {
+    let bad = |m: &str| anyhow::anyhow!("{value:?} for {budget}: {m}");
+    if budget.starts_with("r:") {
+        let (n, per) = value.split_once('/').ok_or_else(|| bad("a rate is N/PERIOD, like 100/10s"))?;
+        let count: u32 = n.trim().parse().map_err(|_| bad("N must be a whole number"))?;
+        let per =
+            humantime::parse_duration(per.trim()).map_err(|_| bad("PERIOD must be a duration like 10s"))?;
+        if count == 0 || per.is_zero() {
+            return Err(bad("must be positive"));
+        }
+        Ok(crm_queue::Limit::Rate { count, per, burst: burst.unwrap_or(1).max(1) })
+    } else {
+        let n: u32 = value.trim().parse().map_err(|_| bad("must be a whole number"))?;
+        if n == 0 {
+            return Err(bad("must be at least 1"));
+        }
+        if budget.starts_with("w:") {
+            Ok(crm_queue::Limit::Weight(n))
+        } else if budget.starts_with("c:") {
+            Ok(crm_queue::Limit::Concurrency(n))
+        } else {
+            Err(bad("budget names start with c: (concurrency), r: (rate) or w: (weight)"))
+        }
+    }
+}
+
+fn describe(l: &crm_queue::Limit) -> String {
+    match l {
+        crm_queue::Limit::Concurrency(n) => format!("{n} at once"),
+        crm_queue::Limit::Weight(n) => format!("weight {n}"),
+        crm_queue::Limit::Rate { count, per, burst } => {
+            format!("{count} per {} (burst {burst})", humantime::format_duration(*per))
+        }
+    }
+}
+
+async fn limits_command(cli: &Cli, cmd: &LimitsCmd) -> anyhow::Result<i32> {
+    match cmd {
+        LimitsCmd::Show => {
+            let pool = pool(cli).await?;
+            let queue = queue(cli).await?;
+            let rows = crm_jobs::limits::load(&pool).await?;
+            let live = queue.limits().await?;
+            let slots = queue.slots().await?;
+            let pauses = queue.pauses().await?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let configured: std::collections::HashSet<&str> =
+                rows.iter().map(|r| r.budget.as_str()).collect();
+            let learned: Vec<(&String, &crm_queue::Limit)> =
+                live.iter().filter(|(k, _)| !configured.contains(k.as_str())).collect();
+            let json = serde_json::json!({
+                "configured": rows.iter().map(|r| serde_json::json!({"budget": r.budget, "limit": describe(&r.limit), "source": r.source, "note": r.note})).collect::<Vec<_>>(),
+                "learned": learned.iter().map(|(k, l)| serde_json::json!({"budget": k, "limit": describe(l)})).collect::<Vec<_>>(),
+                "in_use": slots.iter().map(|(b, n)| serde_json::json!({"budget": b, "slots": n})).collect::<Vec<_>>(),
+                "pauses": pauses.iter().filter(|(_, until)| **until > now).map(|(b, until)| serde_json::json!({"budget": b, "until_ms": until, "remaining_s": (until - now) / 1000})).collect::<Vec<_>>(),
+            });
+            print(cli.json, &json, || {
+                println!("{:<40} {:<28} {:<9} NOTE", "BUDGET", "LIMIT", "SOURCE");
+                for r in &rows {
+                    println!("{:<40} {:<28} {:<9} {}", r.budget, describe(&r.limit), r.source, r.note);
+                }
+                if !learned.is_empty() {
+                    println!("\nlearned from provider responses:");
+                    for (k, l) in &learned {
+                        println!("  {k:<38} {}", describe(l));
+                    }
+                }
+                println!("\nin use:");
+                if slots.is_empty() {
+                    println!("  (no concurrency slot held)");
+                }
+                for (b, n) in &slots {
+                    let limit = live.get(b).map(describe).unwrap_or_else(|| "see wildcard".into());
+                    println!("  {b:<38} {n} held ({limit})");
+                }
+                println!("\npauses:");
+                let mut any = false;
+                for (b, until) in &pauses {
+                    if *until > now {
+                        any = true;
+                        let end = chrono::DateTime::from_timestamp_millis(*until)
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default();
+                        println!("  {b:<38} until {end} ({}s)", (until - now) / 1000);
+                    }
+                }
+                if !any {
+                    println!("  (none)");
+                }
+            });
+            Ok(0)
+        }
+        LimitsCmd::Set { budget, value, burst, note } => {
+            let limit = parse_limit(budget, value, *burst)?;
+            let pool = pool(cli).await?;
+            crm_jobs::limits::set(&pool, budget, limit, note).await?;
+            println!("{budget}: {} (applied within a second)", describe(&limit));
+            Ok(0)
+        }
+        LimitsCmd::Unset { budget } => {
+            let pool = pool(cli).await?;
+            if crm_jobs::limits::unset(&pool, budget).await? {
+                println!("{budget}: removed");
+                Ok(0)
+            } else {
+                eprintln!("crmctl: no limit {budget}");
+                Ok(EXIT_NOTHING)
+            }
+        }
+        LimitsCmd::Resume { budget } => {
+            let queue = queue(cli).await?;
+            queue.pause(budget, Duration::ZERO).await?;
+            println!("{budget}: resumed");
+            Ok(0)
+        }
+    }
 }
 
 /// Filters shared by the `dlq` subcommands (lists are comma-separated).
@@ -682,6 +834,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Dlq(cmd) => dlq_command(&cli, cmd).await,
+        Command::Limits(cmd) => limits_command(&cli, cmd).await,
         Command::Keys(KeyCmd::Generate) => {
             println!("{}", crm_jobs::auth::Keyring::generate_base64());
             Ok(0)

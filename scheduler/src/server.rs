@@ -68,8 +68,16 @@ impl Scheduler {
 
     /// Serves until `shutdown` resolves.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let mut limits = crm_jobs::limits::Syncer::start(
+            self.state.pool.clone(),
+            self.state.queue.clone(),
+            crm_jobs::limits::DEFAULT_RELOAD,
+        );
         let (app, _) = crate::api::router(self.state);
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+        let served =
+            axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("serving the API");
+        limits.stop().await;
+        served?;
         Ok(())
     }
 
