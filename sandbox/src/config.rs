@@ -87,7 +87,8 @@ pub enum PortPlan {
 
 // config type: pipedrive
 
-// config type: zoho
+/// Zoho CRM defaults (defined with the imitation in `crate::zoho`).
+pub use crate::zoho::ZohoConfig;
 
 // config type: close
 
@@ -183,9 +184,8 @@ pub struct SandboxConfig {
     // config field: salesforce
 
     // config field: pipedrive
-
-    // config field: zoho
-
+    /// Zoho CRM defaults.
+    pub zoho: ZohoConfig,
     // config field: close
 }
 
@@ -209,9 +209,7 @@ impl Default for SandboxConfig {
             // config default: salesforce
 
             // config default: pipedrive
-
-            // config default: zoho
-
+            zoho: ZohoConfig::default(),
             // config default: close
         }
     }
@@ -282,7 +280,11 @@ impl SandboxConfig {
 
     // config setter: pipedrive
 
-    // config setter: zoho
+    /// Replaces the Zoho CRM defaults.
+    pub fn with_zoho(mut self, zoho: ZohoConfig) -> Self {
+        self.zoho = zoho;
+        self
+    }
 
     // config setter: close
 }

@@ -190,9 +190,12 @@ pub const REGISTRY: &[Registration] = &[
     // registry: salesforce
 
     // registry: pipedrive
-
-    // registry: zoho
-
+    Registration {
+        kind: ProviderKind::Zoho,
+        hosts: &["us_accounts", "us_api", "eu_accounts", "eu_api"],
+        port_offset: 40,
+        build: crate::zoho::build,
+    },
     // registry: close
 ];
 

@@ -57,7 +57,10 @@ impl SandboxUrls {
 
     // urls accessor: pipedrive
 
-    // urls accessor: zoho
+    /// Zoho CRM's URLs, typed.
+    pub fn zoho(&self) -> Option<crate::zoho::ZohoUrls> {
+        crate::zoho::ZohoUrls::from_map(self.providers.get(&ProviderKind::Zoho)?)
+    }
 
     // urls accessor: close
 }
@@ -212,7 +215,12 @@ impl SandboxHandle {
 
     // handle accessor: pipedrive
 
-    // handle accessor: zoho
+    /// The running Zoho CRM imitation, typed (orgs, settings, direct record access).
+    pub fn zoho(&self) -> Option<Arc<crate::zoho::Zoho>> {
+        let p = self.providers.get(&ProviderKind::Zoho)?.clone();
+        let any: Arc<dyn Any + Send + Sync> = p.into_any();
+        any.downcast::<crate::zoho::Zoho>().ok()
+    }
 
     // handle accessor: close
 

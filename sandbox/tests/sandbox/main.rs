@@ -12,6 +12,11 @@ mod support;
 
 // tests: pipedrive
 
-// tests: zoho
+mod zoho_determinism;
+mod zoho_limits;
+mod zoho_oauth;
+mod zoho_query;
+mod zoho_records;
+mod zoho_support;
 
 // tests: close
