@@ -9,6 +9,6 @@ mod hubspot;
 
 // mod pipedrive;
 
-// mod zoho;
+mod zoho;
 
 // mod close;
