@@ -23,7 +23,8 @@
 //!    at the new `since` second, so the next run neither loses a record modified later in that same
 //!    second nor repeats the ones it has.
 //!
-//! Each page's `next` resumes exactly after that page. Residual risks: inside one crowded second
+//! Each page's `next` resumes exactly after that page (a run resumed after its page token expired
+//! restarts the crowded second at `page=1`, re-delivering rather than skipping). Residual risks: inside one crowded second
 //! (more than 200 records sharing a `Modified_Time`) pages are offsets, so a record of that second
 //! changed between two of its pages can shift another one out of the page; deletions at the `since`
 //! second may be reported twice (deletes are idempotent); a record modified twice within one second
@@ -355,6 +356,14 @@ fn ims_header(start_ms: i64) -> Option<String> {
     DateTime::<Utc>::from_timestamp_millis(start_ms - 1000).map(zoho_time)
 }
 
+/// Whether a 400 says the `page_token` expired or no longer fits the request.
+fn token_expired(resp: &RawResponse) -> bool {
+    matches!(
+        resp.value().get("code").and_then(Value::as_str),
+        Some("EXPIRED_VALUE" | "TOKEN_BOUND_DATA_MISMATCH")
+    )
+}
+
 fn escape_coql(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\'', "\\'")
 }
@@ -471,6 +480,17 @@ impl ZohoClient {
                 let more = v.pointer("/info/more_records").and_then(Value::as_bool).unwrap_or(false);
                 let token = v.pointer("/info/next_page_token").and_then(Value::as_str).map(str::to_owned);
                 (rows, more, token)
+            }
+            400 if cursor.token.is_some() && token_expired(&resp) => {
+                // A run resumed after its page token expired: start the crowded second over from its
+                // first page (its records may be delivered again, none is skipped).
+                let mut next = cursor.clone();
+                next.token = None;
+                next.extra = Window { page: 1, ..win }.to_json();
+                return Ok(Reply::new(
+                    SyncPage { records: Vec::new(), deleted: Vec::new(), next, has_more: true },
+                    q,
+                ));
             }
             _ => return Err(error(&resp)),
         };

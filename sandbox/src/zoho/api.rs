@@ -38,6 +38,8 @@ pub const PER_PAGE_MAX: usize = 200;
 pub const DISCRETE_LIMIT: usize = 2_000;
 /// Token pages stop at this many records.
 pub const TOKEN_LIMIT: usize = 100_000;
+/// Page tokens kept before expired ones are swept.
+const PAGE_TOKENS_KEPT: usize = 10_000;
 /// Most fields a `fields` parameter may name.
 pub const FIELDS_MAX: usize = 50;
 
@@ -388,7 +390,11 @@ fn list_page(
             page: page + 1,
             expires_at,
         };
-        z.page_tokens.lock().insert(token_str.clone(), state);
+        let mut tokens = z.page_tokens.lock();
+        if tokens.len() >= PAGE_TOKENS_KEPT {
+            tokens.retain(|_, t| t.expires_at > now);
+        }
+        tokens.insert(token_str.clone(), state);
         (Value::String(token_str), json!(view::format_time(expires_at, account.tz)))
     } else {
         (Value::Null, Value::Null)
