@@ -120,7 +120,8 @@ impl Default for PipedriveConfig {
     }
 }
 
-// config type: zoho
+/// Zoho CRM defaults (defined with the imitation in `crate::zoho`).
+pub use crate::zoho::ZohoConfig;
 
 /// Close defaults (runtime changes go through `PATCH /_sandbox/close/settings`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -242,9 +243,8 @@ pub struct SandboxConfig {
     /// Pipedrive defaults.
     #[serde(default)]
     pub pipedrive: PipedriveConfig,
-    // end config field: pipedrive
-
-    // config field: zoho
+    /// Zoho CRM defaults.
+    pub zoho: ZohoConfig,
     /// Close defaults.
     #[serde(default)]
     pub close: CloseConfig,
@@ -271,10 +271,8 @@ impl Default for SandboxConfig {
 
             // config default: pipedrive
             pipedrive: PipedriveConfig::default(),
-            // end config default: pipedrive
-
-            // config default: zoho
             close: CloseConfig::default(),
+            zoho: ZohoConfig::default(),
         }
     }
 }
@@ -348,7 +346,11 @@ impl SandboxConfig {
         self
     }
 
-    // config setter: zoho
+    /// Replaces the Zoho CRM defaults.
+    pub fn with_zoho(mut self, zoho: ZohoConfig) -> Self {
+        self.zoho = zoho;
+        self
+    }
 
     /// Replaces the Close defaults.
     pub fn with_close(mut self, close: CloseConfig) -> Self {

@@ -196,9 +196,12 @@ pub const REGISTRY: &[Registration] = &[
         port_offset: 30,
         build: crate::pipedrive::build,
     },
-    // end registry: pipedrive
-
-    // registry: zoho
+    Registration {
+        kind: ProviderKind::Zoho,
+        hosts: &["us_accounts", "us_api", "eu_accounts", "eu_api"],
+        port_offset: 40,
+        build: crate::zoho::build,
+    },
     Registration {
         kind: ProviderKind::Close,
         hosts: &["api", "app"],

@@ -60,7 +60,10 @@ impl SandboxUrls {
         crate::pipedrive::PipedriveUrls::from_map(self.providers.get(&ProviderKind::Pipedrive)?)
     }
 
-    // urls accessor: zoho
+    /// Zoho CRM's URLs, typed.
+    pub fn zoho(&self) -> Option<crate::zoho::ZohoUrls> {
+        crate::zoho::ZohoUrls::from_map(self.providers.get(&ProviderKind::Zoho)?)
+    }
 
     /// Close's URLs, typed.
     pub fn close(&self) -> Option<crate::close::CloseUrls> {
@@ -223,7 +226,12 @@ impl SandboxHandle {
         any.downcast::<crate::pipedrive::Pipedrive>().ok()
     }
 
-    // handle accessor: zoho
+    /// The running Zoho CRM imitation, typed (orgs, settings, direct record access).
+    pub fn zoho(&self) -> Option<Arc<crate::zoho::Zoho>> {
+        let p = self.providers.get(&ProviderKind::Zoho)?.clone();
+        let any: Arc<dyn Any + Send + Sync> = p.into_any();
+        any.downcast::<crate::zoho::Zoho>().ok()
+    }
 
     /// The running Close imitation, typed (accounts, settings, direct record access).
     pub fn close(&self) -> Option<Arc<crate::close::Close>> {

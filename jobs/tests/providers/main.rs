@@ -12,6 +12,6 @@ mod sync;
 
 mod pipedrive;
 
-// mod zoho;
+mod zoho;
 
 mod close;

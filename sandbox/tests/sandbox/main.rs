@@ -15,7 +15,12 @@ mod pipedrive_oauth;
 mod pipedrive_objects;
 mod pipedrive_support;
 
-// tests: zoho
+mod zoho_determinism;
+mod zoho_limits;
+mod zoho_oauth;
+mod zoho_query;
+mod zoho_records;
+mod zoho_support;
 
 mod close_limits;
 mod close_oauth;
