@@ -16,6 +16,7 @@ pub mod job;
 pub mod limits;
 pub mod ops;
 pub mod providers;
+pub mod sandbox_link;
 pub mod storage;
 pub mod sync;
 pub mod telemetry;

@@ -209,8 +209,24 @@ impl Store {
         grant: &Grant,
         token_url: Option<&str>,
     ) -> Result<Connection, AuthError> {
+        self.save_grant_for(tenant_id, app, grant, token_url, None).await
+    }
+
+    /// As [`Store::save_grant`], naming the provider account when the token response does not
+    /// (a Zoho org is only known from its API).
+    pub async fn save_grant_for(
+        &self,
+        tenant_id: &str,
+        app: &OAuthApp,
+        grant: &Grant,
+        token_url: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<Connection, AuthError> {
         let provider = app.provider;
-        let account = account_id(provider, &grant.fields).unwrap_or_else(|| "default".to_owned());
+        let account = account
+            .map(str::to_owned)
+            .or_else(|| account_id(provider, &grant.fields))
+            .unwrap_or_else(|| "default".to_owned());
         let base = api_base(app, &grant.fields)
             .ok_or_else(|| AuthError::Config(format!("{provider}: the token response named no API host")))?;
         let mut tx = self.pool.begin().await?;

@@ -1,6 +1,8 @@
 //! End-to-end tests of the real `crm-worker` binary: configuration errors, processing jobs,
 //! serving metrics and readiness, and the graceful shutdown sequence.
 
+mod fleet;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +11,7 @@ use crm_jobs::job::{CrmJob, ProbeJob};
 use crm_jobs::testing::{REDIS_URL, TestDb, eventually, http_client, purge_redis_prefix, unique};
 use crm_queue::{Lane, NewJob, Priority, Queue, QueueConfig};
 
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
     metrics: String,
 }
@@ -21,15 +23,15 @@ impl Drop for Worker {
     }
 }
 
-struct Env {
-    db: TestDb,
-    prefix: String,
-    queue: Queue,
-    key: String,
+pub(crate) struct Env {
+    pub(crate) db: TestDb,
+    pub(crate) prefix: String,
+    pub(crate) queue: Queue,
+    pub(crate) key: String,
 }
 
 impl Env {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let db = TestDb::new().await;
         let prefix = unique("crmtest-");
         let queue =
@@ -37,7 +39,7 @@ impl Env {
         Self { db, prefix, queue, key: crm_jobs::auth::Keyring::generate_base64() }
     }
 
-    fn spawn(&self, extra: &[(&str, &str)]) -> Worker {
+    pub(crate) fn spawn(&self, extra: &[(&str, &str)]) -> Worker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_crm-worker"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
