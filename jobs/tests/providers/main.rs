@@ -5,7 +5,7 @@
 mod support;
 
 mod hubspot;
-// mod salesforce;
+mod salesforce;
 
 // mod pipedrive;
 

@@ -1101,6 +1101,13 @@ impl Provider for Salesforce {
                         self.throttle_response(Refusal::TotalRequests, usage, None)
                     }
                     404 => errors::not_found().response(),
+                    // The core REST API throttles with 403; 429 is what the Connect (Chatter) REST API
+                    // sends, so a fault can exercise that path too.
+                    429 => mark_throttled(errors::error(
+                        code,
+                        "REQUEST_LIMIT_EXCEEDED",
+                        "Request limit exceeded",
+                    )),
                     400 if kind == "UNABLE_TO_LOCK_ROW" => errors::error(
                         code,
                         "UNABLE_TO_LOCK_ROW",
