@@ -474,10 +474,11 @@ impl SalesforceClient {
         } else {
             format!("/services/data/{API_VERSION}{path}")
         };
-        let mut req = self
-            .http
-            .request(method, auth, &full)?
-            .header("Sforce-Query-Options", format!("batchSize={BATCH_SIZE}"));
+        let query = method == Method::GET;
+        let mut req = self.http.request(method, auth, &full)?;
+        if query {
+            req = req.header("Sforce-Query-Options", format!("batchSize={BATCH_SIZE}"));
+        }
         if let Some(b) = body {
             req = req.json(b);
         }

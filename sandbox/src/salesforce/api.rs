@@ -16,7 +16,7 @@ use super::oauth::Params;
 use super::query::{self, RecordView};
 use super::schema::{self, API_VERSIONS, FieldDef, SObject};
 use super::store::{self, Tx};
-use super::{Authed, HostState, Salesforce, WriteMode};
+use super::{Actor, Authed, HostState, Salesforce, WriteMode};
 use crate::clock::Millis;
 use crate::server::with_operation;
 use axum::body::Bytes;
@@ -135,6 +135,10 @@ impl Req<'_> {
 
     fn only(&self, m: Method, op: &str) -> Option<Response> {
         (*self.method != m).then(|| method_not_allowed(self.authed, self.method, m.as_str(), op))
+    }
+
+    fn who(&self) -> Actor<'_> {
+        Actor { user: &self.authed.user_id, version: self.version }
     }
 
     fn url(&self, obj: SObject, id: &str) -> String {
@@ -306,7 +310,7 @@ fn describe(r: &Req<'_>, obj: SObject) -> Value {
                 ),
                 _ => (0, Vec::new(), Vec::new()),
             };
-            let createable = f.createable && !(f.name == "TaskSubtype" && !subtype);
+            let createable = f.createable && (f.name != "TaskSubtype" || subtype);
             json!({
                 "name": f.name,
                 "label": f.label,
@@ -389,7 +393,7 @@ fn create(r: &Req<'_>, obj: SObject) -> Response {
     let a = &r.authed.account;
     let mut data = a.data.write();
     let mut tx = Tx::new();
-    match r.sf.create_in(&mut data, &mut tx, obj, fields, &r.authed.user_id, r.version) {
+    match r.sf.create_in(&mut data, &mut tx, obj, fields, r.who()) {
         Ok(id) => {
             r.sf.commit(a, &mut data, tx, "api");
             r.json(StatusCode::CREATED, &created_body(&id, None), &op)
@@ -475,7 +479,7 @@ fn update_by_id(r: &Req<'_>, obj: SObject, raw: &str) -> Response {
     let a = &r.authed.account;
     let mut data = a.data.write();
     let mut tx = Tx::new();
-    match r.sf.update_in(&mut data, &mut tx, obj, &id, &fields, &r.authed.user_id, r.version) {
+    match r.sf.update_in(&mut data, &mut tx, obj, &id, &fields, r.who()) {
         Ok(()) => {
             r.sf.commit(a, &mut data, tx, "api");
             r.finish(StatusCode::NO_CONTENT.into_response(), &op)
@@ -604,11 +608,11 @@ fn upsert(r: &Req<'_>, obj: SObject, field: &str, value: &str) -> Response {
             let v = schema::parse_value(def, &json!(value))
                 .map_err(|e| SfError::fields(e.code, e.message, e.fields))?;
             fields.insert(def.name, v);
-            let id = r.sf.create_in(&mut data, &mut tx, obj, fields, &r.authed.user_id, r.version)?;
+            let id = r.sf.create_in(&mut data, &mut tx, obj, fields, r.who())?;
             Ok((StatusCode::CREATED, Some(created_body(&id, new_api.then_some(true)))))
         }),
         [id] => r.sf.parse_fields(obj, &body, WriteMode::Update).and_then(|fields| {
-            r.sf.update_in(&mut data, &mut tx, obj, id, &fields, &r.authed.user_id, r.version)?;
+            r.sf.update_in(&mut data, &mut tx, obj, id, &fields, r.who())?;
             Ok(if new_api {
                 (StatusCode::OK, Some(created_body(id, Some(false))))
             } else {
@@ -918,11 +922,11 @@ fn composite_one(r: &Req<'_>, data: &mut store::OrgData, tx: &mut Tx, rec: &Valu
         Err(e) => return Outcome::Failed(id, e),
     };
     match id {
-        Some(id) => match r.sf.update_in(data, tx, obj, &id, &fields, &r.authed.user_id, r.version) {
+        Some(id) => match r.sf.update_in(data, tx, obj, &id, &fields, r.who()) {
             Ok(()) => Outcome::Ok(id),
             Err(e) => Outcome::Failed(Some(id), e),
         },
-        None => match r.sf.create_in(data, tx, obj, fields, &r.authed.user_id, r.version) {
+        None => match r.sf.create_in(data, tx, obj, fields, r.who()) {
             Ok(id) => Outcome::Ok(id),
             Err(e) => Outcome::Failed(None, e),
         },

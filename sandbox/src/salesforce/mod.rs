@@ -232,6 +232,15 @@ impl Drop for Authed {
     }
 }
 
+/// Who writes, through which API version (for error bodies that carry URLs).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Actor<'a> {
+    /// The user the session speaks for (`CreatedById`, `LastModifiedById`).
+    pub(crate) user: &'a str,
+    /// The request's API version.
+    pub(crate) version: u32,
+}
+
 /// How a body is being written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WriteMode {
@@ -294,12 +303,12 @@ pub struct AccountSpec {
 /// Base of org id counters.
 const ORG_ID_BASE: u64 = 4_000_000;
 
-fn http_date_layer_value(ms: Millis) -> Option<HeaderValue> {
+fn date_header(ms: Millis) -> Option<HeaderValue> {
     HeaderValue::from_str(&errors::http_date(ms)).ok()
 }
 
 async fn logical_date(State(sf): State<Arc<Salesforce>>, mut resp: Response) -> Response {
-    if let Some(v) = http_date_layer_value(sf.state.clock.now_ms()) {
+    if let Some(v) = date_header(sf.state.clock.now_ms()) {
         resp.headers_mut().insert(header::DATE, v);
     }
     resp
@@ -767,7 +776,7 @@ impl Salesforce {
                 ));
             };
             let writable = match mode {
-                WriteMode::Create => def.createable && !(def.name == "TaskSubtype" && !subtype_createable),
+                WriteMode::Create => def.createable && (def.name != "TaskSubtype" || subtype_createable),
                 WriteMode::Update => def.updateable,
             };
             if !writable {
@@ -867,13 +876,12 @@ impl Salesforce {
         tx: &mut Tx,
         obj: SObject,
         fields: BTreeMap<&'static str, Option<Val>>,
-        user: &str,
-        version: u32,
+        who: Actor<'_>,
     ) -> Result<String, SfError> {
         data.check_write(obj, &fields, None, &self.write_options())
-            .map_err(|e| self.write_error(obj, &e, version))?;
+            .map_err(|e| self.write_error(obj, &e, who.version))?;
         let values = fields.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
-        Ok(data.create(tx, obj, values, self.state.clock.now_ms(), user))
+        Ok(data.create(tx, obj, values, self.state.clock.now_ms(), who.user))
     }
 
     /// Validates and updates a live record in `tx`.
@@ -884,8 +892,7 @@ impl Salesforce {
         obj: SObject,
         id: &str,
         fields: &BTreeMap<&'static str, Option<Val>>,
-        user: &str,
-        version: u32,
+        who: Actor<'_>,
     ) -> Result<(), SfError> {
         let existing = match data.table(obj).records.get(id) {
             None => return Err(errors::not_found()),
@@ -893,9 +900,9 @@ impl Salesforce {
             Some(r) => r.clone(),
         };
         data.check_write(obj, fields, Some(&existing), &self.write_options())
-            .map_err(|e| self.write_error(obj, &e, version))?;
-        data.update(tx, obj, id, fields, self.state.clock.now_ms(), user)
-            .map_err(|e| self.write_error(obj, &e, version))
+            .map_err(|e| self.write_error(obj, &e, who.version))?;
+        data.update(tx, obj, id, fields, self.state.clock.now_ms(), who.user)
+            .map_err(|e| self.write_error(obj, &e, who.version))
     }
 
     /// Commits `tx` and records every create it made in the org's counters.
@@ -1147,7 +1154,7 @@ impl Provider for Salesforce {
             }
             _ => errors::error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN_EXCEPTION", "internal error"),
         };
-        if let Some(v) = http_date_layer_value(now) {
+        if let Some(v) = date_header(now) {
             resp.headers_mut().insert(header::DATE, v);
         }
         resp
@@ -1261,7 +1268,14 @@ impl Provider for Salesforce {
         let mut d = a.data.write();
         let user = d.users.get(1).cloned().unwrap_or_else(|| a.user_id.clone());
         let mut tx = Tx::new();
-        match self.update_in(&mut d, &mut tx, obj, &rid, &values, &user, DEFAULT_API_VERSION) {
+        match self.update_in(
+            &mut d,
+            &mut tx,
+            obj,
+            &rid,
+            &values,
+            Actor { user: &user, version: DEFAULT_API_VERSION },
+        ) {
             Ok(()) => {
                 self.commit(&a, &mut d, tx, "control");
             }

@@ -855,8 +855,7 @@ pub fn execute(q: &Query, t: &Table, all_rows: bool, now: Millis) -> Vec<Arc<Rec
     let floor = q.filter.as_ref().and_then(modstamp_floor);
     let keep = |r: &Record| q.filter.as_ref().is_none_or(|c| eval(c, r));
     let mut rows: Vec<Arc<Record>> = Vec::new();
-    let presorted;
-    match floor {
+    let presorted = match floor {
         Some(f) => {
             for (_, id) in t.by_modstamp.range((f, String::new())..) {
                 if let Some(r) = t.records.get(id)
@@ -865,7 +864,7 @@ pub fn execute(q: &Query, t: &Table, all_rows: bool, now: Millis) -> Vec<Arc<Rec
                     rows.push(r.clone());
                 }
             }
-            presorted = true;
+            true
         }
         None => {
             for r in t.records.values() {
@@ -873,9 +872,9 @@ pub fn execute(q: &Query, t: &Table, all_rows: bool, now: Millis) -> Vec<Arc<Rec
                     rows.push(r.clone());
                 }
             }
-            presorted = false;
+            false
         }
-    }
+    };
     let mut merged_deleted = false;
     if all_rows {
         for (at, id) in &t.deleted {

@@ -934,7 +934,7 @@ mod tests {
         f2.insert("Name", Val::Str("Other".into()));
         let other = d.create(&mut tx, SObject::Account, f2, 5_000, "005");
         tx.rollback(&mut d);
-        assert!(d.table(SObject::Account).records.get(&other).is_none());
+        assert!(!d.table(SObject::Account).records.contains_key(&other));
         let r = d.table(SObject::Account).live(&id).expect("still there");
         assert_eq!(r.get("Name"), Some(Val::Str("Acme".into())));
         assert_eq!(d.table(SObject::Account).by_modstamp.len(), 1);

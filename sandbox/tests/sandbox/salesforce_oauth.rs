@@ -32,6 +32,7 @@ async fn token_responses_have_no_expires_in_and_name_the_instance() {
     );
     assert_eq!(oauth["token_type"], json!("Bearer"));
     assert_eq!(oauth["scope"], json!("api refresh_token"));
+    assert_eq!(env.org, "00D5g000000Gma8EAC", "org ids are deterministic 18-character ids");
     assert_eq!(env.instance, env.urls.instance_base);
     assert_ne!(env.instance, env.urls.login_base, "the instance is a different host from login");
     let id = oauth["id"].as_str().expect("id");
