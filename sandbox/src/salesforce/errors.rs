@@ -81,15 +81,35 @@ impl SfError {
         v
     }
 
-    /// The response: a one-element array.
+    /// The response: a one-element array, keys in Salesforce's order (`message`, `errorCode`,
+    /// `fields`).
     pub fn response(&self) -> Response {
-        json(self.status, &Value::Array(vec![self.entry()]))
+        let entry = Entry {
+            message: &self.message,
+            error_code: self.code,
+            fields: &self.fields,
+            extra: self.extra.as_ref().and_then(Value::as_object),
+        };
+        json_bytes(self.status, serde_json::to_vec(&[entry]).unwrap_or_default())
     }
+}
+
+/// One REST error entry as serialized: `message`, `errorCode`, then `fields` and extras.
+#[derive(serde::Serialize)]
+struct Entry<'a> {
+    message: &'a str,
+    #[serde(rename = "errorCode")]
+    error_code: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    fields: &'a [String],
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a serde_json::Map<String, Value>>,
 }
 
 /// A one-element error array.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    json(status, &json!([{"message": message, "errorCode": code}]))
+    let entry = Entry { message, error_code: code, fields: &[], extra: None };
+    json_bytes(status, serde_json::to_vec(&[entry]).unwrap_or_default())
 }
 
 /// 401 `INVALID_SESSION_ID` "Session expired or invalid", with `WWW-Authenticate: Token`.
