@@ -58,9 +58,11 @@ pub async fn connect(
                 client_id: text(account, "/credentials/client_id")?,
                 client_secret: secret(account, "/credentials/client_secret")?,
                 authorize_url: text(urls, &format!("/{key}/authorize_url"))?,
-                token_url: text(account, "/credentials/token_url").or_else(|_| text(urls, &format!("/{key}/token_url")))?,
+                token_url: text(account, "/credentials/token_url")
+                    .or_else(|_| text(urls, &format!("/{key}/token_url")))?,
                 revoke_url: None,
-                redirect_uri: text(account, "/credentials/redirect_uri").unwrap_or_else(|_| "http://127.0.0.1/v1/oauth/callback".into()),
+                redirect_uri: text(account, "/credentials/redirect_uri")
+                    .unwrap_or_else(|_| "http://127.0.0.1/v1/oauth/callback".into()),
                 scopes: String::new(),
                 api_base: None,
             };

@@ -83,7 +83,87 @@ pub enum PortPlan {
     Base(u16),
 }
 
-// config type: salesforce
+/// A Salesforce org's edition, which sets its documented API allocations (`crm-providers.md` §2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SalesforceEdition {
+    /// Developer Edition: 15,000 requests per rolling 24 h, 5 concurrent long-running requests.
+    Developer,
+    /// Professional Edition (with API access): 100,000 + 1,000 per user licence, 25 long-running.
+    Professional,
+    /// Enterprise Edition: 100,000 + 1,000 per user licence, 25 long-running.
+    Enterprise,
+    /// Unlimited Edition: 100,000 + 5,000 per user licence, 25 long-running.
+    Unlimited,
+    /// Performance Edition: 100,000 + 5,000 per user licence, 25 long-running.
+    Performance,
+}
+
+impl SalesforceEdition {
+    /// Total API requests per rolling 24 hours for an org with `licenses` user licences.
+    pub fn daily_requests(self, licenses: u64) -> u64 {
+        match self {
+            SalesforceEdition::Developer => 15_000,
+            SalesforceEdition::Professional | SalesforceEdition::Enterprise => 100_000 + 1_000 * licenses,
+            SalesforceEdition::Unlimited | SalesforceEdition::Performance => 100_000 + 5_000 * licenses,
+        }
+    }
+
+    /// Concurrent requests running 20 seconds or longer that the org admits.
+    pub fn concurrent_long_requests(self) -> u64 {
+        match self {
+            SalesforceEdition::Developer => 5,
+            _ => 25,
+        }
+    }
+}
+
+/// A connected app's refresh-token policy (`crm-providers.md` §2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SalesforceRefreshPolicy {
+    /// "Refresh token is valid until revoked" (the usual default).
+    ValidUntilRevoked,
+    /// "Expire refresh token after N": fails `ttl_secs` after it was issued.
+    ExpireAfter,
+    /// "Expire refresh token if not used for N": fails when idle for `ttl_secs`.
+    ExpireIfIdle,
+    /// "Immediately expire refresh token": a refresh token is issued but never works.
+    ImmediatelyExpire,
+}
+
+/// Salesforce defaults (per-org quotas and runtime toggles can be changed later through the control
+/// plane).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SalesforceConfig {
+    /// Session timeout: an access token expires after this long without API activity. Salesforce's
+    /// default is 2 hours; token responses never say so (no `expires_in`).
+    pub session_timeout_secs: i64,
+    /// The connected app's refresh-token policy.
+    pub refresh_token_policy: SalesforceRefreshPolicy,
+    /// The TTL the `expire_after` and `expire_if_idle` policies use, seconds.
+    pub refresh_token_ttl_secs: i64,
+    /// Refresh-token rotation: each refresh returns a new refresh token and retires the old one.
+    /// Optional in Salesforce; off by default.
+    pub rotate_refresh_tokens: bool,
+    /// Edition of seeded orgs.
+    pub edition: SalesforceEdition,
+    /// User licences of seeded orgs (scales the 24-hour allocation).
+    pub user_licenses: u64,
+}
+
+impl Default for SalesforceConfig {
+    fn default() -> Self {
+        Self {
+            session_timeout_secs: 7200,
+            refresh_token_policy: SalesforceRefreshPolicy::ValidUntilRevoked,
+            refresh_token_ttl_secs: 30 * 86_400,
+            rotate_refresh_tokens: false,
+            edition: SalesforceEdition::Enterprise,
+            user_licenses: 10,
+        }
+    }
+}
 
 /// Pipedrive defaults (per-company values can be changed later through the control plane).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -237,8 +317,8 @@ pub struct SandboxConfig {
     pub request_log_capacity: usize,
     /// HubSpot defaults.
     pub hubspot: HubSpotConfig,
-    // config field: salesforce
-
+    /// Salesforce defaults.
+    pub salesforce: SalesforceConfig,
     // config field: pipedrive
     /// Pipedrive defaults.
     #[serde(default)]
@@ -267,8 +347,7 @@ impl Default for SandboxConfig {
             clock_mode: ClockMode::Running,
             request_log_capacity: 100_000,
             hubspot: HubSpotConfig::default(),
-            // config default: salesforce
-
+            salesforce: SalesforceConfig::default(),
             // config default: pipedrive
             pipedrive: PipedriveConfig::default(),
             close: CloseConfig::default(),
@@ -338,7 +417,11 @@ impl SandboxConfig {
         self
     }
 
-    // config setter: salesforce
+    /// Replaces the Salesforce defaults.
+    pub fn with_salesforce(mut self, salesforce: SalesforceConfig) -> Self {
+        self.salesforce = salesforce;
+        self
+    }
 
     /// Replaces the Pipedrive defaults.
     pub fn with_pipedrive(mut self, pipedrive: PipedriveConfig) -> Self {

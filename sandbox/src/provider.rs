@@ -187,8 +187,12 @@ pub const REGISTRY: &[Registration] = &[
         port_offset: 10,
         build: crate::hubspot::build,
     },
-    // registry: salesforce
-
+    Registration {
+        kind: ProviderKind::Salesforce,
+        hosts: &["login", "instance", "instance2"],
+        port_offset: 20,
+        build: crate::salesforce::build,
+    },
     // registry: pipedrive
     Registration {
         kind: ProviderKind::Pipedrive,

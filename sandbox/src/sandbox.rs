@@ -53,7 +53,10 @@ impl SandboxUrls {
         crate::hubspot::HubSpotUrls::from_map(self.providers.get(&ProviderKind::HubSpot)?)
     }
 
-    // urls accessor: salesforce
+    /// Salesforce's URLs, typed.
+    pub fn salesforce(&self) -> Option<crate::salesforce::SalesforceUrls> {
+        crate::salesforce::SalesforceUrls::from_map(self.providers.get(&ProviderKind::Salesforce)?)
+    }
 
     /// Pipedrive's URLs, typed.
     pub fn pipedrive(&self) -> Option<crate::pipedrive::PipedriveUrls> {
@@ -217,7 +220,12 @@ impl SandboxHandle {
         any.downcast::<crate::hubspot::HubSpot>().ok()
     }
 
-    // handle accessor: salesforce
+    /// The running Salesforce imitation, typed (orgs, settings, direct record access).
+    pub fn salesforce(&self) -> Option<Arc<crate::salesforce::Salesforce>> {
+        let p = self.providers.get(&ProviderKind::Salesforce)?.clone();
+        let any: Arc<dyn Any + Send + Sync> = p.into_any();
+        any.downcast::<crate::salesforce::Salesforce>().ok()
+    }
 
     /// The running Pipedrive imitation, typed (companies, settings, direct record access).
     pub fn pipedrive(&self) -> Option<Arc<crate::pipedrive::Pipedrive>> {

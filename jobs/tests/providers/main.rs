@@ -7,8 +7,8 @@ mod support;
 mod actions;
 mod auth;
 mod hubspot;
+mod salesforce;
 mod sync;
-// mod salesforce;
 
 mod pipedrive;
 

@@ -240,7 +240,7 @@ async fn accounts_can_be_created_with_records_and_quotas() {
     let r = env.get("/crm/v3/objects/tasks", pat).await;
     assert_eq!(r.status, 429, "the fourth call exceeds the burst of 3");
     assert_eq!(env.ctl("POST", "/_sandbox/hubspot/accounts", Some(json!({"bogus": 1}))).await.status, 400);
-    assert_eq!(env.ctl("GET", "/_sandbox/salesforce/accounts", None).await.status, 404);
+    assert_eq!(env.ctl("GET", "/_sandbox/myspace/accounts", None).await.status, 404, "an unknown provider");
 }
 
 #[tokio::test]

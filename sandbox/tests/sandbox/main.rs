@@ -7,8 +7,13 @@ mod hubspot_limits;
 mod hubspot_oauth;
 mod hubspot_objects;
 mod hubspot_search;
+mod salesforce_determinism;
+mod salesforce_limits;
+mod salesforce_oauth;
+mod salesforce_query;
+mod salesforce_sobjects;
+mod salesforce_support;
 mod support;
-// tests: salesforce
 
 mod pipedrive_limits;
 mod pipedrive_oauth;
