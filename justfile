@@ -33,3 +33,7 @@ worker:
 # Benchmarks (release build; prints figures).
 bench:
     bash scripts/bench-all.sh
+
+# The limits acceptance figure at full scale (100 requests / 10 s, 5,000 jobs; ~9 minutes).
+accept-limits:
+    cargo test -p crm-worker --test worker -- --ignored full_scale --nocapture

@@ -1,8 +1,9 @@
 -- Lease up to k jobs for a worker, serving lanes in weighted round-robin (stride scheduling)
 -- and admitting a job only if every budget its lane names has room.
 -- ARGV: base, worker, lease ttl ms, k, sync aging ms, max lanes examined.
--- Returns a list of {id, lease, payload, type, attempt, max attempts, enqueued at, lane, meta,
--- orphans, lease expiry}.
+-- Returns {jobs, next wake}: jobs is a list of {id, lease, payload, type, attempt, max attempts,
+-- enqueued at, lane, meta, orphans, lease expiry}; next wake is the earliest time (ms) a sleeping
+-- lane becomes admissible (-1 when none sleeps), so an idle worker can wait exactly that long.
 local worker = ARGV[2]
 local ttl = tonumber(ARGV[3])
 local k = tonumber(ARGV[4])
@@ -76,4 +77,9 @@ while #out < k and scans < max_scan do
     end
   end
 end
-return out
+local wake = redis.call('ZRANGE', base .. 'sleeping', 0, 0, 'WITHSCORES')
+local next_wake = -1
+if #wake > 0 then next_wake = tonumber(wake[2]) end
+local d = redis.call('ZRANGE', base .. 'delayed', 0, 0, 'WITHSCORES')
+if #d > 0 and (next_wake < 0 or tonumber(d[2]) < next_wake) then next_wake = tonumber(d[2]) end
+return {out, next_wake, now}

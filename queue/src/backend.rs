@@ -43,14 +43,20 @@ use crate::job::LeasedJob;
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// Waits shorter than this sleep on a local timer instead of blocking in Redis (whose blocking
+/// timeouts are only as precise as its 100 ms `hz` tick).
+const SHORT_WAIT: Duration = Duration::from_millis(150);
+
 /// The job a task came from; inserted into every task's extensions. Handlers may extract it
 /// with `Data`-less access through `task.ctx().data()`, and the completion layer needs it.
 #[derive(Debug, Clone)]
 pub struct JobHandle(pub Arc<LeasedJob>);
 
+type Fetched = (Vec<LeasedJob>, Option<Duration>);
+
 enum State {
     Idle,
-    Fetching(BoxFut<Result<Vec<LeasedJob>, QueueError>>),
+    Fetching(BoxFut<Result<Fetched, QueueError>>),
     Waiting(BoxFut<Option<RedisConn>>),
     Closing(BoxFut<()>),
     Closed,
@@ -119,9 +125,16 @@ impl<Args: DeserializeOwned + Send + 'static> RedisBackend<Args> {
         }
     }
 
-    fn wait_future(&mut self, backoff: Option<Duration>) -> BoxFut<Option<RedisConn>> {
+    /// Waits for a push signal, at most until `wake` (the next time something on the clock
+    /// becomes due) and at most `idle_poll`; or sleeps `backoff` after a failure.
+    fn wait_future(&mut self, backoff: Option<Duration>, wake: Option<Duration>) -> BoxFut<Option<RedisConn>> {
         let queue = self.shared.queue.clone();
-        let idle = queue.config().idle_poll;
+        let poll = queue.config().idle_poll;
+        // A wake in the next few ms is served by polling again right away.
+        let idle = wake.map_or(poll, |w| w.clamp(Duration::from_millis(2), poll));
+        // Redis enforces a BLPOP timeout only at its `hz` granularity (100 ms by default), so a
+        // short wait (the next rate token of a busy account) uses our own timer instead.
+        let short = wake.is_some() && idle < SHORT_WAIT;
         let connect_timeout = queue.config().connect_timeout;
         let conn = self.blocking.take();
         Box::pin(async move {
@@ -129,9 +142,13 @@ impl<Args: DeserializeOwned + Send + 'static> RedisBackend<Args> {
                 tokio::time::sleep(delay).await;
                 return conn;
             }
+            if short {
+                tokio::time::sleep(idle).await;
+                return conn;
+            }
             let mut conn = match conn {
                 Some(c) => c,
-                None => match RedisConn::connect_blocking(queue.target(), idle, connect_timeout).await {
+                None => match RedisConn::connect_blocking(queue.target(), poll, connect_timeout).await {
                     Ok(c) => c,
                     Err(error) => {
                         tracing::warn!(message = "cannot open the wake-up connection", %error);
@@ -167,7 +184,7 @@ impl<Args: DeserializeOwned + Send + 'static> RedisBackend<Args> {
             if let Some(f) = pending
                 && let Ok(fetched) = f.await
             {
-                jobs.extend(fetched);
+                jobs.extend(fetched.0);
             }
             for job in jobs {
                 let _ = shared.queue.retry(&job.lease, Duration::ZERO, None, true, true).await;
@@ -204,18 +221,18 @@ impl<Args: DeserializeOwned + Send + 'static> Backend for RedisBackend<Args> {
                     let free = self.shared.config.concurrency.saturating_sub(held).max(1);
                     let queue = self.shared.queue.clone();
                     let worker = self.shared.config.worker_id.clone();
-                    self.state = State::Fetching(Box::pin(async move { queue.fetch(&worker, free).await }));
+                    self.state = State::Fetching(Box::pin(async move { queue.fetch_with_wake(&worker, free).await }));
                 }
                 State::Fetching(f) => match f.poll_unpin(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(jobs)) => {
+                    Poll::Ready(Ok((jobs, wake))) => {
                         self.failures = 0;
                         let empty = jobs.is_empty();
                         for job in jobs {
                             self.accept(job);
                         }
                         self.state = if empty && self.buffer.is_empty() {
-                            State::Waiting(self.wait_future(None))
+                            State::Waiting(self.wait_future(None, wake))
                         } else {
                             State::Idle
                         };
@@ -225,7 +242,7 @@ impl<Args: DeserializeOwned + Send + 'static> Backend for RedisBackend<Args> {
                         let backoff = Duration::from_millis(100 * 2u64.pow(self.failures.min(6)));
                         tracing::warn!(message = "fetch failed; retrying", %error, retry_in = ?backoff);
                         metrics::counter!("crm_fleet_queue_errors_total", "op" => "fetch").increment(1);
-                        self.state = State::Waiting(self.wait_future(Some(backoff)));
+                        self.state = State::Waiting(self.wait_future(Some(backoff), None));
                     }
                 },
                 State::Waiting(f) => match f.poll_unpin(cx) {

@@ -237,6 +237,12 @@ impl Queue {
 
     /// Leases up to `max` admissible jobs to `worker`.
     pub async fn fetch(&self, worker: &str, max: usize) -> Result<Vec<LeasedJob>, QueueError> {
+        Ok(self.fetch_with_wake(worker, max).await?.0)
+    }
+
+    /// As [`Queue::fetch`], also telling how long until a sleeping lane (paused, or waiting for a
+    /// rate token) or a delayed job becomes due (`None` when nothing waits on the clock).
+    pub async fn fetch_with_wake(&self, worker: &str, max: usize) -> Result<(Vec<LeasedJob>, Option<Duration>), QueueError> {
         let c = &self.inner.config;
         let max_scan = max * 4 + 64;
         let reply = self
@@ -252,7 +258,13 @@ impl Queue {
             )
             .await?;
         let lease_ms = c.lease_ttl.as_millis() as i64;
-        reply::array(reply)?
+        let parts = reply::array(reply)?;
+        let mut parts = parts.into_iter();
+        let rows = parts.next().unwrap_or(Value::Nil);
+        let next_wake = parts.next().map(|v| reply::int(&v)).unwrap_or(-1);
+        let now = parts.next().map(|v| reply::int(&v)).unwrap_or(0);
+        let wake = (next_wake >= 0).then(|| Duration::from_millis((next_wake - now).max(0) as u64));
+        let jobs = reply::array(rows)?
             .into_iter()
             .map(|row| {
                 let f = reply::array(row)?;
@@ -274,7 +286,8 @@ impl Queue {
                     started_at_ms: expiry - lease_ms,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, QueueError>>()?;
+        Ok((jobs, wake))
     }
 
     /// Acks completed jobs; returns, per lease, whether it was accepted (false: stale lease, the

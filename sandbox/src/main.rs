@@ -151,12 +151,17 @@ async fn main() -> ExitCode {
             eprintln!("crm-sandbox: {kind} {name} {url}");
         }
     }
-    if let Some(hs) = sandbox.hubspot() {
-        for a in hs.accounts() {
+    for kind in urls.providers.keys() {
+        if let Some(p) = sandbox.provider(*kind) {
+            let accounts = p.list_accounts();
+            let ids: Vec<String> = accounts["accounts"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x["id"].as_str().map(str::to_owned).or_else(|| x["id"].as_u64().map(|n| n.to_string()))).collect())
+                .unwrap_or_default();
             eprintln!(
-                "crm-sandbox: hubspot account {} ({records} records per object) private app token {}",
-                a.hub_id,
-                a.private_app_token()
+                "crm-sandbox: {kind} accounts {} ({records} records per object); credentials at {}/_sandbox/{kind}/accounts",
+                ids.join(", "),
+                urls.control
             );
         }
     }

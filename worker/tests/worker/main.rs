@@ -1,6 +1,7 @@
 //! End-to-end tests of the real `crm-worker` binary: configuration errors, processing jobs,
 //! serving metrics and readiness, and the graceful shutdown sequence.
 
+mod e2e;
 mod fleet;
 
 use std::io::{BufRead, BufReader};
