@@ -34,6 +34,24 @@ pub async fn handle(
     job: CrmJob,
     attempt: Attempt,
     id: TaskId,
+    handle: Option<crm_queue::JobHandle>,
+    worker: WorkerContext,
+    ctx: Data<JobContext>,
+) -> Result<(), JobError> {
+    use tracing::Instrument;
+    let span =
+        tracing::info_span!("job", job.id = %id, job.type = job.job_type(), job.attempt = attempt.current());
+    crate::telemetry::set_remote_parent(
+        &span,
+        handle.as_ref().and_then(|h| h.0.meta.get("traceparent").map(String::as_str)),
+    );
+    run(job, attempt, id, worker, ctx).instrument(span).await
+}
+
+async fn run(
+    job: CrmJob,
+    attempt: Attempt,
+    id: TaskId,
     worker: WorkerContext,
     ctx: Data<JobContext>,
 ) -> Result<(), JobError> {

@@ -5,8 +5,18 @@
 //! recorder whose rendering each binary serves at `/metrics`. Invariant: metric labels come
 //! from closed sets (outcome, job type, provider, state), never tenant ids or error strings.
 
+use std::collections::HashMap;
+
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,12 +41,75 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the global tracing subscriber (once; later calls are ignored).
 pub fn init_logging(format: LogFormat) {
+    let _ = init("crm-fleet", format, None);
+}
+
+/// The running telemetry: flush it before exit.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends buffered spans and stops the exporter (call last, after the process drained).
+    pub fn shutdown(&self) {
+        if let Some(p) = &self.provider {
+            if let Err(e) = p.force_flush() {
+                eprintln!("telemetry: flushing spans failed: {e}");
+            }
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Installs logging and, when `otlp_endpoint` is set (`OTEL_EXPORTER_OTLP_ENDPOINT`), an
+/// OpenTelemetry exporter of traces over OTLP/HTTP, with W3C trace-context propagation.
+pub fn init(service: &'static str, format: LogFormat, otlp_endpoint: Option<&str>) -> Telemetry {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let provider = otlp_endpoint.filter(|e| !e.is_empty()).and_then(|endpoint| {
+        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        match opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(url).build() {
+            Ok(exporter) => Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+                    .build(),
+            ),
+            Err(e) => {
+                eprintln!("telemetry: OTLP exporter unavailable ({e}); traces are off");
+                None
+            }
+        }
+    });
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+        }
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .try_init(),
     };
+    Telemetry { provider }
+}
+
+/// The W3C `traceparent` of the current span (to carry in a job), if tracing is on.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the remote context named by a W3C `traceparent`.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(tp) = traceparent {
+        let carrier: HashMap<String, String> = HashMap::from([("traceparent".to_owned(), tp.to_owned())]);
+        let cx = TraceContextPropagator::new().extract(&carrier);
+        let _ = span.set_parent(cx);
+    }
 }
 
 /// Installs the global Prometheus recorder and returns the handle that renders it. Histogram

@@ -127,7 +127,11 @@ impl<Args: DeserializeOwned + Send + 'static> RedisBackend<Args> {
 
     /// Waits for a push signal, at most until `wake` (the next time something on the clock
     /// becomes due) and at most `idle_poll`; or sleeps `backoff` after a failure.
-    fn wait_future(&mut self, backoff: Option<Duration>, wake: Option<Duration>) -> BoxFut<Option<RedisConn>> {
+    fn wait_future(
+        &mut self,
+        backoff: Option<Duration>,
+        wake: Option<Duration>,
+    ) -> BoxFut<Option<RedisConn>> {
         let queue = self.shared.queue.clone();
         let poll = queue.config().idle_poll;
         // A wake in the next few ms is served by polling again right away.
@@ -221,7 +225,8 @@ impl<Args: DeserializeOwned + Send + 'static> Backend for RedisBackend<Args> {
                     let free = self.shared.config.concurrency.saturating_sub(held).max(1);
                     let queue = self.shared.queue.clone();
                     let worker = self.shared.config.worker_id.clone();
-                    self.state = State::Fetching(Box::pin(async move { queue.fetch_with_wake(&worker, free).await }));
+                    self.state =
+                        State::Fetching(Box::pin(async move { queue.fetch_with_wake(&worker, free).await }));
                 }
                 State::Fetching(f) => match f.poll_unpin(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -290,5 +295,19 @@ impl<Args> BackendConfig for RedisBackend<Args> {
             CompletionLayer::new(self.shared.clone()),
             ConcurrencyLimitLayer::new(self.shared.config.concurrency),
         )
+    }
+}
+
+/// A handler may take the [`JobHandle`] of its task as an argument (metadata such as the W3C
+/// trace context travels there).
+impl<Args: Sync> apalis_core::task::from_request::FromRequest<Task<Args>> for JobHandle {
+    type Error = QueueError;
+
+    async fn from_request(task: &Task<Args>) -> Result<Self, Self::Error> {
+        task.ctx()
+            .data()
+            .get::<JobHandle>()
+            .cloned()
+            .ok_or_else(|| QueueError::Protocol("task was not fetched from crm-queue".into()))
     }
 }

@@ -242,7 +242,11 @@ impl Queue {
 
     /// As [`Queue::fetch`], also telling how long until a sleeping lane (paused, or waiting for a
     /// rate token) or a delayed job becomes due (`None` when nothing waits on the clock).
-    pub async fn fetch_with_wake(&self, worker: &str, max: usize) -> Result<(Vec<LeasedJob>, Option<Duration>), QueueError> {
+    pub async fn fetch_with_wake(
+        &self,
+        worker: &str,
+        max: usize,
+    ) -> Result<(Vec<LeasedJob>, Option<Duration>), QueueError> {
         let c = &self.inner.config;
         let max_scan = max * 4 + 64;
         let reply = self

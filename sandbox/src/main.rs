@@ -156,7 +156,16 @@ async fn main() -> ExitCode {
             let accounts = p.list_accounts();
             let ids: Vec<String> = accounts["accounts"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x["id"].as_str().map(str::to_owned).or_else(|| x["id"].as_u64().map(|n| n.to_string()))).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| {
+                            x["id"]
+                                .as_str()
+                                .map(str::to_owned)
+                                .or_else(|| x["id"].as_u64().map(|n| n.to_string()))
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             eprintln!(
                 "crm-sandbox: {kind} accounts {} ({records} records per object); credentials at {}/_sandbox/{kind}/accounts",

@@ -49,6 +49,9 @@ pub struct WorkerArgs {
     /// Previous token keys, comma-separated, still accepted for decryption during a rotation.
     #[arg(long, env = "CRM_FLEET_TOKEN_KEYS_PREVIOUS", default_value = "", hide_env_values = true)]
     pub token_keys_previous: String,
+    /// OTLP/HTTP collector base URL; traces are exported when set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", default_value = "")]
+    pub otel_endpoint: String,
 }
 
 /// Validated settings.
@@ -76,6 +79,8 @@ pub struct WorkerConfig {
     pub log_format: LogFormat,
     /// Token keys.
     pub keys: std::sync::Arc<crm_jobs::auth::Keyring>,
+    /// OTLP endpoint, if traces are exported.
+    pub otel_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -180,6 +185,7 @@ impl WorkerArgs {
             migrate: !self.no_migrate,
             log_format,
             keys,
+            otel_endpoint: (!self.otel_endpoint.is_empty()).then_some(self.otel_endpoint),
         })
     }
 }

@@ -208,8 +208,9 @@ pub async fn post_action(
             .ok_or_else(|| ApiError::internal("connection vanished"))?;
         let mut job = crm_jobs::enqueue::action_job(&target, row.id, crm_jobs::enqueue::ACTION_MAX_ATTEMPTS)
             .map_err(ApiError::internal)?;
-        if let Some(tp) = &traceparent {
-            job = job.meta("traceparent", tp.clone());
+        // The job continues this request's trace (itself a child of the caller's, if any).
+        if let Some(tp) = crm_jobs::telemetry::current_traceparent().or_else(|| traceparent.clone()) {
+            job = job.meta("traceparent", tp);
         }
         state.queue.push(job).await?;
     }

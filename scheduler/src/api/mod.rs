@@ -125,6 +125,28 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .route("/metrics", get(move || async move { metrics.render() }))
         .merge(crm_jobs::auth::connect::router(state.connect.clone()))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(axum::middleware::from_fn(trace_request));
     (router, api)
+}
+
+/// One span per request, continuing the caller's W3C trace (`traceparent`) when it sends one,
+/// with the status recorded; a job enqueued inside carries this span's context onward.
+async fn trace_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!("http.request", http.method = %req.method(), http.route = %route,
+        http.status_code = tracing::field::Empty);
+    let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    crm_jobs::telemetry::set_remote_parent(&span, parent.as_deref());
+    let resp = next.run(req).instrument(span.clone()).await;
+    span.record("http.status_code", resp.status().as_u16());
+    tracing::debug!(parent: &span, message = "request served", status = resp.status().as_u16());
+    resp
 }

@@ -35,9 +35,14 @@ struct Args {
     /// Previous token keys, comma-separated (decryption only, during a rotation).
     #[arg(long, env = "CRM_FLEET_TOKEN_KEYS_PREVIOUS", default_value = "", hide_env_values = true)]
     token_keys_previous: String,
+    /// OTLP/HTTP collector base URL; traces are exported when set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", default_value = "")]
+    otel_endpoint: String,
 }
 
-fn validate(a: Args) -> Result<(SchedulerConfig, crm_jobs::telemetry::LogFormat), ConfigProblems> {
+fn validate(
+    a: Args,
+) -> Result<(SchedulerConfig, crm_jobs::telemetry::LogFormat, Option<String>), ConfigProblems> {
     let mut p = ConfigProblems::new();
     if a.database_url.is_empty() {
         p.add("DATABASE_URL", "is required");
@@ -84,6 +89,7 @@ fn validate(a: Args) -> Result<(SchedulerConfig, crm_jobs::telemetry::LogFormat)
         p.add("CRM_FLEET_TOKEN_KEY", "is required");
         return Err(p);
     };
+    let otel = (!a.otel_endpoint.is_empty()).then_some(a.otel_endpoint.clone());
     Ok((
         SchedulerConfig {
             database_url: a.database_url,
@@ -95,21 +101,29 @@ fn validate(a: Args) -> Result<(SchedulerConfig, crm_jobs::telemetry::LogFormat)
             keys,
         },
         log_format,
+        otel,
     ))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let (config, log_format) = match validate(Args::parse()) {
+fn main() -> anyhow::Result<()> {
+    let (config, log_format, otel) = match validate(Args::parse()) {
         Ok(c) => c,
         Err(problems) => {
             eprint!("crm-scheduler: {problems}");
             std::process::exit(EXIT_CONFIG);
         }
     };
-    crm_jobs::telemetry::init_logging(log_format);
+    // TLS provider, then telemetry, both outside the runtime: the OTLP exporter owns a blocking
+    // HTTPS client that must not be created (or dropped) on a runtime thread.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let scheduler = Scheduler::build(config).await?;
-    tracing::info!(message = "crm-scheduler listening", api = %format!("http://{}", scheduler.api_addr()));
-    scheduler.run_until(crm_jobs::telemetry::shutdown_signal()).await
+    let telemetry = crm_jobs::telemetry::init("crm-scheduler", log_format, otel.as_deref());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        let scheduler = Scheduler::build(config).await?;
+        tracing::info!(message = "crm-scheduler listening", api = %format!("http://{}", scheduler.api_addr()));
+        scheduler.run_until(crm_jobs::telemetry::shutdown_signal()).await
+    });
+    drop(runtime);
+    telemetry.shutdown();
+    result
 }

@@ -55,7 +55,15 @@ impl Api {
     }
 
     async fn job(&self, f: &Fleet, id: &str) -> Value {
-        f.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(&self.key).send().await.expect("get").json().await.expect("json")
+        f.http
+            .get(format!("{}/v1/jobs/{id}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
     }
 }
 
@@ -71,15 +79,23 @@ async fn first_id(f: &Fleet, table: &str, tenant: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_action_on_every_provider_runs_and_reports_its_external_id() {
-    let all = [ProviderKind::HubSpot, ProviderKind::Salesforce, ProviderKind::Pipedrive, ProviderKind::Zoho, ProviderKind::Close];
+    let all = [
+        ProviderKind::HubSpot,
+        ProviderKind::Salesforce,
+        ProviderKind::Pipedrive,
+        ProviderKind::Zoho,
+        ProviderKind::Close,
+    ];
     let mut f = Fleet::start(&all).await;
     let api = serve_api(&f).await;
     f.spawn_workers(2, &[("CRM_FLEET_CONCURRENCY", "8")]);
-    let providers = [Provider::Hubspot, Provider::Salesforce, Provider::Pipedrive, Provider::Zoho, Provider::Close];
+    let providers =
+        [Provider::Hubspot, Provider::Salesforce, Provider::Pipedrive, Provider::Zoho, Provider::Close];
     let mut conns = Vec::new();
     for p in providers {
         let tenant = format!("t-{p}");
-        let (conn, account) = f.connect(&tenant, p, json!({ "records": 8, "quota": crate::fleet::unlimited(p) })).await;
+        let (conn, account) =
+            f.connect(&tenant, p, json!({ "records": 8, "quota": crate::fleet::unlimited(p) })).await;
         for object in ObjectKind::ALL {
             f.enqueue_sync(&conn, object).await;
         }
@@ -93,12 +109,14 @@ async fn every_action_on_every_provider_runs_and_reports_its_external_id() {
         let deal = first_id(&f, "crm_deals", tenant).await;
         let company = if p == Provider::Close {
             // Close files activities under a lead, which must be the contact's own.
-            sqlx::query_scalar::<_, String>("SELECT company FROM crm_contacts WHERE tenant_id = $1 AND external_id = $2")
-                .bind(tenant)
-                .bind(&contact)
-                .fetch_one(&f.env.db.pool)
-                .await
-                .expect("the contact's lead")
+            sqlx::query_scalar::<_, String>(
+                "SELECT company FROM crm_contacts WHERE tenant_id = $1 AND external_id = $2",
+            )
+            .bind(tenant)
+            .bind(&contact)
+            .fetch_one(&f.env.db.pool)
+            .await
+            .expect("the contact's lead")
         } else {
             first_id(&f, "crm_companies", tenant).await
         };
@@ -122,7 +140,11 @@ async fn every_action_on_every_provider_runs_and_reports_its_external_id() {
             ("log_call", call, format!("{tag} call")),
             ("create_note", note, format!("{tag} note")),
             ("create_contact", new_contact, email.clone()),
-            ("update_deal", json!({ "deal_id": deal, "amount": 4242, "close_date": "2026-06-30" }), String::new()),
+            (
+                "update_deal",
+                json!({ "deal_id": deal, "amount": 4242, "close_date": "2026-06-30" }),
+                String::new(),
+            ),
             ("update_contact", json!({ "contact_id": contact, "phone": "+15550100" }), String::new()),
         ];
         for (action, params, marker_text) in cases {
@@ -137,17 +159,36 @@ async fn every_action_on_every_provider_runs_and_reports_its_external_id() {
             let external = job["result"]["external_id"].as_str().unwrap_or_default().to_owned();
             assert!(!external.is_empty(), "{p} {action}: no external id in {job}");
             if !marker_text.is_empty() {
-                let acc = account["id"].as_str().map(str::to_owned).unwrap_or_else(|| account["id"].to_string());
+                let acc =
+                    account["id"].as_str().map(str::to_owned).unwrap_or_else(|| account["id"].to_string());
                 let created = f
-                    .control(reqwest::Method::GET, &format!("{p}/accounts/{acc}/created?contains={}", urlencode(&marker_text)), Value::Null)
+                    .control(
+                        reqwest::Method::GET,
+                        &format!("{p}/accounts/{acc}/created?contains={}", urlencode(&marker_text)),
+                        Value::Null,
+                    )
                     .await;
-                assert_eq!(created["count"], 1, "{p} {action}: exactly one object with {marker_text:?}: {created}");
-                let ids: HashSet<&str> = created["objects"].as_array().expect("objects").iter().filter_map(|o| o["id"].as_str()).collect();
-                assert!(ids.contains(external.as_str()), "{p} {action}: the job's external id {external} is the created object {ids:?}");
+                assert_eq!(
+                    created["count"], 1,
+                    "{p} {action}: exactly one object with {marker_text:?}: {created}"
+                );
+                let ids: HashSet<&str> = created["objects"]
+                    .as_array()
+                    .expect("objects")
+                    .iter()
+                    .filter_map(|o| o["id"].as_str())
+                    .collect();
+                assert!(
+                    ids.contains(external.as_str()),
+                    "{p} {action}: the job's external id {external} is the created object {ids:?}"
+                );
             }
         }
         let search = api.post(&f, tenant, p, "search_contact_by_email", json!({ "email": email })).await;
-        eventually(Duration::from_secs(60), "search done", || async { api.job(&f, &search).await["state"] == "succeeded" }).await;
+        eventually(Duration::from_secs(60), "search done", || async {
+            api.job(&f, &search).await["state"] == "succeeded"
+        })
+        .await;
         let job = api.job(&f, &search).await;
         assert_eq!(job["result"]["found"], true, "{p} search: {job}");
     }
@@ -171,21 +212,41 @@ async fn every_action_on_every_provider_runs_and_reports_its_external_id() {
 
 fn urlencode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_thousand_tasks_survive_workers_sigkilled_every_two_seconds_without_a_duplicate() {
-    for (kind, provider) in [(ProviderKind::HubSpot, Provider::Hubspot), (ProviderKind::Pipedrive, Provider::Pipedrive)] {
+    for (kind, provider) in
+        [(ProviderKind::HubSpot, Provider::Hubspot), (ProviderKind::Pipedrive, Provider::Pipedrive)]
+    {
         let mut f = Fleet::start(&[kind]).await;
-        let (conn, account) = f.connect("chaos", provider, json!({ "records": 1, "quota": crate::fleet::unlimited(provider) })).await;
-        f.control(reqwest::Method::POST, &format!("{provider}/faults"), json!({ "action": { "type": "latency", "ms": 5 } })).await;
+        let (conn, account) = f
+            .connect("chaos", provider, json!({ "records": 1, "quota": crate::fleet::unlimited(provider) }))
+            .await;
+        f.control(
+            reqwest::Method::POST,
+            &format!("{provider}/faults"),
+            json!({ "action": { "type": "latency", "ms": 5 } }),
+        )
+        .await;
         let n = 2000;
         for i in 0..n {
-            f.enqueue_action(&conn, "create_task", json!({ "subject": format!("chaos-{provider} #{i:04}") })).await;
+            f.enqueue_action(&conn, "create_task", json!({ "subject": format!("chaos-{provider} #{i:04}") }))
+                .await;
         }
-        let env = [("CRM_FLEET_CONCURRENCY", "16"), ("CRM_FLEET_LEASE_TTL", "3s"), ("CRM_FLEET_SHUTDOWN_GRACE", "1s")];
+        let env = [
+            ("CRM_FLEET_CONCURRENCY", "16"),
+            ("CRM_FLEET_LEASE_TTL", "3s"),
+            ("CRM_FLEET_SHUTDOWN_GRACE", "1s"),
+        ];
         f.spawn_workers(3, &env);
         let mut seed = 0x9E3779B97F4A7C15u64;
         let started = std::time::Instant::now();
@@ -203,8 +264,18 @@ async fn two_thousand_tasks_survive_workers_sigkilled_every_two_seconds_without_
             kills += 1;
         }
         let acc = account["id"].as_str().map(str::to_owned).unwrap_or_else(|| account["id"].to_string());
-        let created = f.control(reqwest::Method::GET, &format!("{provider}/accounts/{acc}/created?contains=chaos-{provider}"), Value::Null).await;
-        eprintln!("{provider}: {n} tasks with {kills} SIGKILLs in {:?}; sandbox holds {}", started.elapsed(), created["count"]);
+        let created = f
+            .control(
+                reqwest::Method::GET,
+                &format!("{provider}/accounts/{acc}/created?contains=chaos-{provider}"),
+                Value::Null,
+            )
+            .await;
+        eprintln!(
+            "{provider}: {n} tasks with {kills} SIGKILLs in {:?}; sandbox holds {}",
+            started.elapsed(),
+            created["count"]
+        );
         assert_eq!(created["count"], n, "{provider}: exactly {n} tasks in the CRM after {kills} kills");
         assert_eq!(f.dead_letters().await, 0);
         f.workers.clear();

@@ -37,7 +37,8 @@ impl Fleet {
         .expect("sandbox");
         let urls = serde_json::to_value(sandbox.urls()).expect("urls");
         let control = sandbox.urls().control.clone();
-        let store = Store::new(env.db.pool.clone(), Arc::new(Keyring::from_base64(&env.key, &[]).expect("key")));
+        let store =
+            Store::new(env.db.pool.clone(), Arc::new(Keyring::from_base64(&env.key, &[]).expect("key")));
         // The limits the scheduler would load: the documented-quota seeds.
         crm_jobs::limits::seed(&env.db.pool).await.expect("seed");
         let rows = crm_jobs::limits::load(&env.db.pool).await.expect("load");
@@ -46,7 +47,13 @@ impl Fleet {
     }
 
     pub(crate) async fn control(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let resp = self.http.request(method, format!("{}/_sandbox/{path}", self.control)).json(&body).send().await.expect("control");
+        let resp = self
+            .http
+            .request(method, format!("{}/_sandbox/{path}", self.control))
+            .json(&body)
+            .send()
+            .await
+            .expect("control");
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "{path}: {status} {v}");
@@ -56,7 +63,9 @@ impl Fleet {
     /// A new sandbox account connected to `tenant`.
     pub(crate) async fn connect(&self, tenant: &str, provider: Provider, spec: Value) -> (Connection, Value) {
         let account = self.control(reqwest::Method::POST, &format!("{provider}/accounts"), spec).await;
-        let conn = crm_jobs::sandbox_link::connect(&self.store, tenant, provider, &self.urls, &account).await.expect("connect");
+        let conn = crm_jobs::sandbox_link::connect(&self.store, tenant, provider, &self.urls, &account)
+            .await
+            .expect("connect");
         (conn, account)
     }
 
@@ -76,23 +85,32 @@ impl Fleet {
             idempotency_key: Uuid::new_v4().to_string(),
             traceparent: None,
         };
-        let Created::New(row) = crm_jobs::actions::store::create(&self.env.db.pool, &new).await.expect("create") else {
+        let Created::New(row) =
+            crm_jobs::actions::store::create(&self.env.db.pool, &new).await.expect("create")
+        else {
             panic!("fresh key")
         };
-        let target = crm_jobs::enqueue::target(&self.env.db.pool, conn.id).await.expect("db").expect("target");
-        let job = crm_jobs::enqueue::action_job(&target, row.id, crm_jobs::enqueue::ACTION_MAX_ATTEMPTS).expect("job");
+        let target =
+            crm_jobs::enqueue::target(&self.env.db.pool, conn.id).await.expect("db").expect("target");
+        let job = crm_jobs::enqueue::action_job(&target, row.id, crm_jobs::enqueue::ACTION_MAX_ATTEMPTS)
+            .expect("job");
         self.env.queue.push(job).await.expect("push");
         row.id
     }
 
     pub(crate) async fn enqueue_sync(&self, conn: &Connection, object: ObjectKind) {
-        let target = crm_jobs::enqueue::target(&self.env.db.pool, conn.id).await.expect("db").expect("target");
-        let job = crm_jobs::enqueue::sync_job(&target, object, crm_jobs::job::SyncMode::Incremental, "test").expect("job");
+        let target =
+            crm_jobs::enqueue::target(&self.env.db.pool, conn.id).await.expect("db").expect("target");
+        let job = crm_jobs::enqueue::sync_job(&target, object, crm_jobs::job::SyncMode::Incremental, "test")
+            .expect("job");
         self.env.queue.push(job).await.expect("push");
     }
 
     pub(crate) async fn succeeded(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM actions WHERE state = 'succeeded'").fetch_one(&self.env.db.pool).await.expect("count")
+        sqlx::query_scalar("SELECT count(*) FROM actions WHERE state = 'succeeded'")
+            .fetch_one(&self.env.db.pool)
+            .await
+            .expect("count")
     }
 
     pub(crate) async fn drained(&self) -> bool {
@@ -101,12 +119,17 @@ impl Fleet {
     }
 
     pub(crate) async fn dead_letters(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&self.env.db.pool).await.expect("count")
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&self.env.db.pool)
+            .await
+            .expect("count")
     }
 
     /// Requests the sandbox served for an account: (at ms, status).
     pub(crate) async fn requests(&self, account: &str) -> Vec<(i64, u64)> {
-        let log = self.control(reqwest::Method::GET, &format!("requests?account={account}&limit=100000"), Value::Null).await;
+        let log = self
+            .control(reqwest::Method::GET, &format!("requests?account={account}&limit=100000"), Value::Null)
+            .await;
         log["requests"]
             .as_array()
             .expect("requests")
@@ -121,7 +144,9 @@ pub(crate) fn unlimited(p: Provider) -> Value {
     match p {
         Provider::Hubspot => json!({ "burst": 1000000, "search_per_second": 1000000 }),
         Provider::Salesforce => json!({ "daily": 100000000 }),
-        Provider::Pipedrive => json!({ "burst": 1000000, "search_burst": 1000000, "daily_budget": 100000000 }),
+        Provider::Pipedrive => {
+            json!({ "burst": 1000000, "search_burst": 1000000, "daily_budget": 100000000 })
+        }
         Provider::Zoho => json!({ "unlimited_credits": true, "concurrency": 1000, "sub_concurrency": 1000 }),
         Provider::Close => json!({ "limit": 1000000 }),
     }
@@ -130,7 +155,8 @@ pub(crate) fn unlimited(p: Provider) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forced_retry_after_of_30_s_stops_requests_to_that_account_and_resumes_within_a_second() {
     let mut f = Fleet::start(&[ProviderKind::HubSpot]).await;
-    let (conn, account) = f.connect("acme", Provider::Hubspot, json!({ "records": 1, "quota": { "burst": 100000 } })).await;
+    let (conn, account) =
+        f.connect("acme", Provider::Hubspot, json!({ "records": 1, "quota": { "burst": 100000 } })).await;
     let hub = account["id"].as_str().expect("id").to_owned();
     f.control(
         reqwest::Method::POST,
@@ -145,7 +171,8 @@ async fn a_forced_retry_after_of_30_s_stops_requests_to_that_account_and_resumes
     eventually(Duration::from_secs(90), "all 60 tasks created", || async { f.succeeded().await == 60 }).await;
     let log = f.requests(&hub).await;
     let throttled_at = log.iter().find(|(_, s)| *s == 429).map(|(t, _)| *t).expect("a 429");
-    let after: Vec<i64> = log.iter().filter(|(t, _)| *t > throttled_at + 100).map(|(t, _)| t - throttled_at).collect();
+    let after: Vec<i64> =
+        log.iter().filter(|(t, _)| *t > throttled_at + 100).map(|(t, _)| t - throttled_at).collect();
     let first = *after.iter().min().expect("requests resumed");
     assert!(first >= 30_000, "a request {first} ms after the throttle, inside the 30 s Retry-After");
     assert!(first <= 31_000, "resumed {first} ms after the throttle (more than 1 s late)");
@@ -155,7 +182,8 @@ async fn a_forced_retry_after_of_30_s_stops_requests_to_that_account_and_resumes
 #[tokio::test(flavor = "multi_thread")]
 async fn a_60_s_provider_outage_dead_letters_nothing_and_everything_completes_after() {
     let mut f = Fleet::start(&[ProviderKind::HubSpot]).await;
-    let (conn, account) = f.connect("acme", Provider::Hubspot, json!({ "records": 1, "quota": { "burst": 100000 } })).await;
+    let (conn, account) =
+        f.connect("acme", Provider::Hubspot, json!({ "records": 1, "quota": { "burst": 100000 } })).await;
     let hub = account["id"].as_str().expect("id").to_owned();
     f.control(
         reqwest::Method::POST,
@@ -167,12 +195,21 @@ async fn a_60_s_provider_outage_dead_letters_nothing_and_everything_completes_af
         f.enqueue_action(&conn, "create_task", json!({ "subject": format!("during outage {i}") })).await;
     }
     f.spawn_workers(2, &[("CRM_FLEET_CONCURRENCY", "8")]);
-    eventually(Duration::from_secs(150), "all 120 tasks created after the outage", || async { f.succeeded().await == 120 }).await;
+    eventually(Duration::from_secs(150), "all 120 tasks created after the outage", || async {
+        f.succeeded().await == 120
+    })
+    .await;
     assert_eq!(f.dead_letters().await, 0, "the outage dead-lettered nothing");
     let log = f.requests(&hub).await;
     let failed = log.iter().filter(|(_, s)| *s == 503).count();
     assert!(failed > 0, "the outage happened");
-    let created = f.control(reqwest::Method::GET, &format!("hubspot/accounts/{hub}/created?contains=during%20outage"), Value::Null).await;
+    let created = f
+        .control(
+            reqwest::Method::GET,
+            &format!("hubspot/accounts/{hub}/created?contains=during%20outage"),
+            Value::Null,
+        )
+        .await;
     assert_eq!(created["count"], 120, "exactly one task per action");
 }
 
@@ -181,13 +218,18 @@ async fn a_60_s_provider_outage_dead_letters_nothing_and_everything_completes_af
 async fn quota_run(jobs: i64, quota: u64, window_ms: u64) -> (usize, f64, f64) {
     let mut f = Fleet::start(&[ProviderKind::HubSpot]).await;
     let (conn, account) = f
-        .connect("acme", Provider::Hubspot, json!({ "records": 1, "quota": { "burst": quota, "window_ms": window_ms } }))
+        .connect(
+            "acme",
+            Provider::Hubspot,
+            json!({ "records": 1, "quota": { "burst": quota, "window_ms": window_ms } }),
+        )
         .await;
     let hub = account["id"].as_str().expect("id").to_owned();
-    let jobs = jobs;
     // The quota, not concurrency, must be the binding constraint here.
     for b in ["c:conn:*", "c:tenant:hubspot:*"] {
-        crm_jobs::limits::set(&f.env.db.pool, b, crm_queue::Limit::Concurrency(64), "test").await.expect("limit");
+        crm_jobs::limits::set(&f.env.db.pool, b, crm_queue::Limit::Concurrency(64), "test")
+            .await
+            .expect("limit");
     }
     let rows = crm_jobs::limits::load(&f.env.db.pool).await.expect("load");
     crm_jobs::limits::apply(&f.env.queue, &rows).await.expect("apply");
@@ -241,8 +283,16 @@ async fn a_quota_of_100_per_10_s_is_used_fully_at_full_scale() {
 #[tokio::test(flavor = "multi_thread")]
 async fn in_flight_requests_per_connection_never_exceed_the_limit_with_1_3_and_6_workers() {
     for workers in [1usize, 3, 6] {
-        let mut f = Fleet::start(&[ProviderKind::HubSpot, ProviderKind::Pipedrive, ProviderKind::Close, ProviderKind::Zoho]).await;
-        crm_jobs::limits::set(&f.env.db.pool, "c:conn:*", crm_queue::Limit::Concurrency(2), "test").await.expect("limit");
+        let mut f = Fleet::start(&[
+            ProviderKind::HubSpot,
+            ProviderKind::Pipedrive,
+            ProviderKind::Close,
+            ProviderKind::Zoho,
+        ])
+        .await;
+        crm_jobs::limits::set(&f.env.db.pool, "c:conn:*", crm_queue::Limit::Concurrency(2), "test")
+            .await
+            .expect("limit");
         let rows = crm_jobs::limits::load(&f.env.db.pool).await.expect("load");
         crm_jobs::limits::apply(&f.env.queue, &rows).await.expect("apply");
         let mut accounts: Vec<(Provider, String)> = Vec::new();
@@ -252,11 +302,19 @@ async fn in_flight_requests_per_connection_never_exceed_the_limit_with_1_3_and_6
             let p = providers[t % providers.len()];
             let spec = json!({ "records": 60, "quota": unlimited(p) });
             let (conn, account) = f.connect(&format!("tenant{t}"), p, spec).await;
-            accounts.push((p, account["id"].as_str().map(str::to_owned).unwrap_or_else(|| account["id"].to_string())));
+            accounts.push((
+                p,
+                account["id"].as_str().map(str::to_owned).unwrap_or_else(|| account["id"].to_string()),
+            ));
             conns.push(conn);
         }
         for p in providers {
-            f.control(reqwest::Method::POST, &format!("{p}/faults"), json!({ "action": { "type": "latency", "ms": 15 } })).await;
+            f.control(
+                reqwest::Method::POST,
+                &format!("{p}/faults"),
+                json!({ "action": { "type": "latency", "ms": 15 } }),
+            )
+            .await;
         }
         // A random mix: syncs of every object, and tasks where the provider needs no related record.
         let mut rng_state = 0x2545F4914F6CDD1Du64 ^ workers as u64;
@@ -280,12 +338,17 @@ async fn in_flight_requests_per_connection_never_exceed_the_limit_with_1_3_and_6
         eventually(Duration::from_secs(180), "the mix drained", || async { f.drained().await }).await;
         let mut max: HashMap<String, u64> = HashMap::new();
         for (p, account) in &accounts {
-            let c = f.control(reqwest::Method::GET, &format!("{p}/accounts/{account}/counters"), Value::Null).await;
+            let c = f
+                .control(reqwest::Method::GET, &format!("{p}/accounts/{account}/counters"), Value::Null)
+                .await;
             let m = c["max_in_flight"].as_u64().expect("max_in_flight");
             max.insert(format!("{p}/{account}"), m);
             assert!(m <= 2, "{workers} workers: {p} account {account} saw {m} requests in flight (limit 2)");
         }
-        assert!(max.values().any(|m| *m == 2), "{workers} workers: the limit was reached somewhere ({max:?})");
+        assert!(
+            max.values().any(|m| *m == 2),
+            "{workers} workers: the limit was reached somewhere ({max:?})"
+        );
         assert_eq!(f.dead_letters().await, 0);
         f.workers.clear();
     }

@@ -3,6 +3,7 @@
 
 mod e2e;
 mod fleet;
+mod traces;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
