@@ -5,4 +5,5 @@
 //! serves the control-plane HTTP API; `crmctl` is the operator's command line.
 
 pub mod cli;
+pub mod schedule;
 pub mod server;

@@ -1,5 +1,9 @@
-//! The scheduler's HTTP listener. For now it serves `/metrics`, `/healthz` and `/readyz`; the
-//! control-plane API mounts here as it is built.
+//! The scheduler process as a library: the HTTP listener (`/metrics`, `/healthz`, `/readyz`
+//! and the scheduling API of [`crate::schedule::api`]) and the lease + tick engine of
+//! [`crate::schedule`], started and stopped together.
+//!
+//! Shutdown: stop ticking → give the lease up (a standby takes over within its retry
+//! interval) → finish in-flight HTTP requests → return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +31,9 @@ pub struct SchedulerConfig {
     pub redis_prefix: String,
     /// Apply migrations at start.
     pub migrate: bool,
+    /// Lease and tick engine settings (the lease's database URL and API address are filled in
+    /// by [`Scheduler::build`]).
+    pub schedule: crate::schedule::ScheduleConfig,
 }
 
 #[derive(Clone)]
@@ -40,6 +47,7 @@ struct State {
 pub struct Scheduler {
     listener: TcpListener,
     state: State,
+    schedule: crate::schedule::ScheduleConfig,
 }
 
 impl Scheduler {
@@ -60,7 +68,10 @@ impl Scheduler {
         let listener = TcpListener::bind(config.api_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.api_addr))?;
-        Ok(Self { listener, state: State { metrics, pool, queue } })
+        let mut schedule = config.schedule;
+        schedule.lease.database_url = config.database_url;
+        schedule.lease.api_addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        Ok(Self { listener, state: State { metrics, pool, queue }, schedule })
     }
 
     /// The bound API address.
@@ -68,14 +79,34 @@ impl Scheduler {
         self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Ticks (while leading) and serves until `shutdown` resolves, then stops in order.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let scheduling = std::sync::Arc::new(crate::schedule::Scheduling::start(
+            self.schedule,
+            self.state.pool.clone(),
+            self.state.queue.clone(),
+        ));
+        let api = crate::schedule::api::router(crate::schedule::api::ApiState {
+            pool: self.state.pool.clone(),
+            queue: self.state.queue.clone(),
+        });
         let app = Router::new()
             .route("/metrics", get(|AxumState(s): AxumState<State>| async move { s.metrics.render() }))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .with_state(self.state);
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+            .with_state(self.state)
+            .merge(api);
+        let stopping = scheduling.clone();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.stop().await;
+            })
+            .await
+            .context("serving the API");
+        // Also when serving failed.
+        scheduling.stop().await;
+        served?;
         Ok(())
     }
 }

@@ -60,6 +60,7 @@ fn validate(a: Args) -> Result<(SchedulerConfig, crm_jobs::telemetry::LogFormat)
             queue: a.queue,
             redis_prefix: a.redis_prefix,
             migrate: !a.no_migrate,
+            schedule: crm_scheduler::schedule::ScheduleConfig::new(""),
         },
         log_format,
     ))
