@@ -112,6 +112,8 @@ pub struct TickReport {
     pub skipped: u64,
     /// Rerun requests made (`buffer_one`).
     pub reruns: u64,
+    /// Missed ticks fired by the missed-tick policy (per schedule, not per object).
+    pub catch_up: u64,
     /// Planning time.
     pub plan: Duration,
     /// The tick-time database read.
@@ -297,6 +299,7 @@ impl Ticker {
             let Some(through) = plan.handled_through else { continue };
             advance.push((row.id, through));
             let objects = row.objects.len() as u64;
+            report.catch_up += plan.fire.len() as u64 - u64::from(plan.on_time);
             report.skipped += plan.dropped * objects;
             let target = match (&row.target, row.connection_status.as_str()) {
                 (Some(t), "active" | "needs_reauth") => t,
@@ -455,6 +458,7 @@ impl Ticker {
                             duplicate = r.duplicate,
                             skipped = r.skipped,
                             reruns = r.reruns,
+                            catch_up = r.catch_up,
                             plan_ms = r.plan.as_millis() as u64,
                             read_ms = r.read.as_millis() as u64,
                             push_ms = r.push.as_millis() as u64,

@@ -24,16 +24,20 @@ pub struct Env {
     pub db: TestDb,
     pub prefix: String,
     pub queue: Queue,
+    /// Sums of the numeric fields of every `tick` log line of the spawned processes, and
+    /// `leaderships`: how many times one became the leader.
+    pub logged: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Env {
     pub async fn new() -> Self {
         let db = TestDb::new().await;
         let prefix = unique("crmtest-");
-        let queue = Queue::connect(QueueConfig::new(REDIS_URL, crm_jobs::job::DEFAULT_QUEUE).with_prefix(&prefix))
-            .await
-            .expect("redis");
-        Self { db, prefix, queue }
+        let queue =
+            Queue::connect(QueueConfig::new(REDIS_URL, crm_jobs::job::DEFAULT_QUEUE).with_prefix(&prefix))
+                .await
+                .expect("redis");
+        Self { db, prefix, queue, logged: Arc::default() }
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {
@@ -43,7 +47,11 @@ impl Env {
     /// A tenant with one HubSpot connection; returns the connection id.
     pub async fn connection(&self) -> Uuid {
         let tenant = unique("t");
-        sqlx::query("INSERT INTO tenants (id) VALUES ($1)").bind(&tenant).execute(self.pool()).await.expect("tenant");
+        sqlx::query("INSERT INTO tenants (id) VALUES ($1)")
+            .bind(&tenant)
+            .execute(self.pool())
+            .await
+            .expect("tenant");
         sqlx::query_scalar(
             "INSERT INTO connections (tenant_id, provider, auth_kind, account_id, api_base, key_id) \
              VALUES ($1, 'hubspot', 'static_token', $2, 'http://127.0.0.1:9', 'k1') RETURNING id",
@@ -56,7 +64,14 @@ impl Env {
     }
 
     /// A schedule straight in SQL; returns its id.
-    pub async fn schedule(&self, connection: Uuid, cron: &str, objects: &[&str], missed: &str, backfill: i32) -> Uuid {
+    pub async fn schedule(
+        &self,
+        connection: Uuid,
+        cron: &str,
+        objects: &[&str],
+        missed: &str,
+        backfill: i32,
+    ) -> Uuid {
         sqlx::query_scalar(
             "INSERT INTO schedules (connection_id, objects, cron, missed_policy, backfill_limit) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -99,7 +114,7 @@ impl Env {
     }
 
     /// A real `crm-scheduler` process on this test's database and prefix.
-    pub fn spawn_scheduler(&self) -> Proc {
+    pub fn spawn_scheduler(&self, extra: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_crm-scheduler"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -109,7 +124,11 @@ impl Env {
             .env("CRM_FLEET_API_ADDR", "127.0.0.1:0")
             .env("CRM_FLEET_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,sqlx=warn");
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn crm-scheduler");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child =
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn crm-scheduler");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
         let base = loop {
@@ -120,8 +139,25 @@ impl Env {
                 break v["api"].as_str().expect("api url").to_owned();
             }
         };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stderr so the child never blocks on a full pipe; sum what it logs.
+        let logged = self.logged.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let mut sums = logged.lock();
+                match v["message"].as_str() {
+                    Some("tick") => {
+                        for k in ["jobs", "enqueued", "duplicate", "skipped", "catch_up"] {
+                            *sums.entry(k.to_owned()).or_default() += v[k].as_u64().unwrap_or(0);
+                        }
+                    }
+                    Some("became the scheduler leader") => {
+                        *sums.entry("leaderships".to_owned()).or_default() += 1
+                    }
+                    _ => {}
+                }
+            }
+        });
         Proc { child, base }
     }
 
@@ -151,7 +187,12 @@ impl Env {
             let mut s = seen.0.lock();
             for j in jobs {
                 if let Ok(CrmJob::Sync(sync)) = serde_json::from_slice::<CrmJob>(&j.payload) {
-                    s.push(Record { connection: sync.connection_id, object: sync.object, tick: sync.tick, mode: sync.mode });
+                    s.push(Record {
+                        connection: sync.connection_id,
+                        object: sync.object,
+                        tick: sync.tick,
+                        mode: sync.mode,
+                    });
                 }
                 leases.push(j.lease);
             }
@@ -250,7 +291,8 @@ impl Proc {
 
     /// Whether `/metrics` says this process leads.
     pub async fn is_leader(&self, client: &reqwest::Client) -> bool {
-        let Ok(r) = client.get(format!("{}/metrics", self.base)).timeout(Duration::from_secs(2)).send().await else {
+        let Ok(r) = client.get(format!("{}/metrics", self.base)).timeout(Duration::from_secs(2)).send().await
+        else {
             return false;
         };
         let body = r.text().await.unwrap_or_default();

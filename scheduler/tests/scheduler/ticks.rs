@@ -22,7 +22,11 @@ fn secs(t: DateTime<Utc>, s: f64) -> DateTime<Utc> {
 }
 
 async fn handled_from(env: &Env, t0: DateTime<Utc>) {
-    sqlx::query("UPDATE schedules SET last_tick_at = $1").bind(t0).execute(env.pool()).await.expect("set last tick");
+    sqlx::query("UPDATE schedules SET last_tick_at = $1")
+        .bind(t0)
+        .execute(env.pool())
+        .await
+        .expect("set last tick");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,11 +77,13 @@ async fn missed_ticks_follow_each_policy_and_a_replay_is_all_duplicates() {
     ];
     want.sort();
     assert_eq!(got, want);
-    let rerun: bool = sqlx::query_scalar("SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = 'deal'")
-        .bind(c_buf)
-        .fetch_one(env.pool())
-        .await
-        .expect("sync_state");
+    let rerun: bool = sqlx::query_scalar(
+        "SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = 'deal'",
+    )
+    .bind(c_buf)
+    .fetch_one(env.pool())
+    .await
+    .expect("sync_state");
     assert!(rerun);
     // Every schedule is handled through t0+60, skip included.
     let last: DateTime<Utc> = sqlx::query_scalar("SELECT last_tick_at FROM schedules WHERE id = $1")
@@ -112,8 +118,16 @@ async fn on_time_ticks_fire_and_disabled_things_do_not() {
     let mut ticker = Ticker::new(EngineConfig::default(), env.pool().clone(), env.queue.clone());
     ticker.load().await.expect("load");
     // After loading: schedule b is disabled, connection c is disabled.
-    sqlx::query("UPDATE schedules SET enabled = false WHERE id = $1").bind(sb).execute(env.pool()).await.expect("disable");
-    sqlx::query("UPDATE connections SET status = 'disabled' WHERE id = $1").bind(c).execute(env.pool()).await.expect("disable");
+    sqlx::query("UPDATE schedules SET enabled = false WHERE id = $1")
+        .bind(sb)
+        .execute(env.pool())
+        .await
+        .expect("disable");
+    sqlx::query("UPDATE connections SET status = 'disabled' WHERE id = $1")
+        .bind(c)
+        .execute(env.pool())
+        .await
+        .expect("disable");
     // 300 ms after the first tick: on time even under `skip`.
     let report = ticker.fire_due(secs(t0, 5.3)).await.expect("tick");
     assert_eq!((report.schedules, report.enqueued, report.skipped), (3, 1, 1), "{report:?}");
@@ -135,7 +149,14 @@ async fn changes_apply_within_a_second() {
     let client = crm_jobs::testing::http_client();
     let (seen, consumer) = env.consumer();
     crm_jobs::testing::eventually(Duration::from_secs(10), "a leader", || async {
-        let body = client.get(format!("{}/metrics", app.base)).send().await.expect("metrics").text().await.expect("text");
+        let body = client
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
         body.lines().any(|l| l.starts_with("crm_fleet_scheduler_is_leader") && l.ends_with(" 1"))
     })
     .await;
@@ -151,9 +172,15 @@ async fn changes_apply_within_a_second() {
     assert_eq!(resp.status(), 201);
     let created_at = Utc::now();
     let id = resp.json::<serde_json::Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
-    crm_jobs::testing::eventually(Duration::from_secs(5), "first tick", || async { !seen.ticks().is_empty() }).await;
+    crm_jobs::testing::eventually(Duration::from_secs(5), "first tick", || async {
+        !seen.ticks().is_empty()
+    })
+    .await;
     let first = seen.ticks().keys().map(|k| k.2).min().expect("tick");
-    assert!(first <= created_at + TimeDelta::seconds(2), "first tick {first} for a schedule created at {created_at}");
+    assert!(
+        first <= created_at + TimeDelta::seconds(2),
+        "first tick {first} for a schedule created at {created_at}"
+    );
 
     // Changed to once a year: no tick after the change has applied (within a second).
     let resp = client
@@ -169,13 +196,23 @@ async fn changes_apply_within_a_second() {
     assert!(last <= changed_at + TimeDelta::seconds(1), "tick {last} after a change at {changed_at}");
 
     // Back to every second, then disabled: disabling applies at the very next tick.
-    client.patch(format!("{}/v1/schedules/{id}", app.base)).json(&json!({"cron": "* * * * * *"})).send().await.expect("patch");
+    client
+        .patch(format!("{}/v1/schedules/{id}", app.base))
+        .json(&json!({"cron": "* * * * * *"}))
+        .send()
+        .await
+        .expect("patch");
     let back_at = Utc::now();
     crm_jobs::testing::eventually(Duration::from_secs(3), "ticking again", || async {
         seen.ticks().keys().any(|k| k.2 > back_at)
     })
     .await;
-    client.patch(format!("{}/v1/schedules/{id}", app.base)).json(&json!({"enabled": false})).send().await.expect("patch");
+    client
+        .patch(format!("{}/v1/schedules/{id}", app.base))
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .expect("patch");
     let disabled_at = Utc::now();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let last = seen.ticks().keys().map(|k| k.2).max().expect("tick");
