@@ -35,7 +35,10 @@ CREATE TABLE schedules (
     -- rows whose change_xid is at or above the xmin horizon of its previous read, which
     -- misses no commit whatever the commit order (an updated_at watermark would).
     change_xid      xid8 NOT NULL DEFAULT pg_current_xact_id()
-);
+)
+-- Room on each page for the new version of a row when last_tick_at moves (every tick of
+-- every schedule), so those updates stay heap-only and touch no index.
+WITH (fillfactor = 70);
 
 CREATE INDEX schedules_connection ON schedules (connection_id);
 CREATE INDEX schedules_change_xid ON schedules (change_xid);

@@ -10,7 +10,8 @@
 //!    on-time tick plus the missed ticks its policy keeps), reads the due schedules and their
 //!    connections in **one** query (a schedule disabled or deleted, a connection disabled,
 //!    objects or overlap policy changed: all apply at the tick), builds one job per
-//!    (tick, object) with `scheduled_sync_job`, and pushes them all in **one** `push_bulk`;
+//!    (tick, object) with `scheduled_sync_job`, and pushes them all at once with `push_bulk`
+//!    (in batches of `push_batch` jobs, `push_concurrency` in flight, so memory stays flat);
 //! 4. reads each push outcome: *enqueued*; *duplicate* — the queue returned the tick's own
 //!    deterministic id, the tick was enqueued before (a retried push, or a leader that died
 //!    before recording it); *skipped* — the queue returned another job's id, a sync of the
@@ -58,6 +59,13 @@ pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(100);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Concurrent `request_rerun` calls after a tick (one row update each).
 pub const DEFAULT_RERUN_CONCURRENCY: usize = 8;
+/// Jobs per `push_bulk` call within a tick. A single call for 100,000 jobs peaked at 460 MB
+/// (every job, its encoded arguments and the packed commands alive at once); batches of
+/// 10,000 keep the benchmark's scheduler well under its 200 MB budget at the same speed
+/// (see docs/benchmarks.md).
+pub const DEFAULT_PUSH_BATCH: usize = 10_000;
+/// Batches in flight at once: one being encoded while another is on the wire.
+pub const DEFAULT_PUSH_CONCURRENCY: usize = 2;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -72,6 +80,10 @@ pub struct EngineConfig {
     pub retry_max: Duration,
     /// Concurrent rerun requests.
     pub rerun_concurrency: usize,
+    /// Jobs per push call.
+    pub push_batch: usize,
+    /// Push calls in flight.
+    pub push_concurrency: usize,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +94,8 @@ impl Default for EngineConfig {
             retry_min: DEFAULT_RETRY_MIN,
             retry_max: DEFAULT_RETRY_MAX,
             rerun_concurrency: DEFAULT_RERUN_CONCURRENCY,
+            push_batch: DEFAULT_PUSH_BATCH,
+            push_concurrency: DEFAULT_PUSH_CONCURRENCY,
         }
     }
 }
@@ -130,6 +144,8 @@ struct Entry {
     backfill_limit: u32,
     /// Every tick up to here is handled.
     handled: DateTime<Utc>,
+    /// The first tick after `handled`, when known (`None`: compute it, or it never fires).
+    next: Option<DateTime<Utc>>,
     /// The key of this entry's timer, if armed.
     timer: Option<DateTime<Utc>>,
 }
@@ -234,6 +250,7 @@ impl Ticker {
             backfill_limit: row.backfill_limit.max(1) as u32,
             handled: previous.map_or(row.handled_through, |p| p.max(row.handled_through)),
             timing,
+            next: None,
             timer: None,
         };
         self.entries.insert(row.id, entry);
@@ -245,14 +262,20 @@ impl Ticker {
         if let Some(t) = e.timer.take() {
             self.timers.remove(&(t, id));
         }
-        if let Some(next) = e.timing.next_after(e.handled) {
+        let next = match e.next {
+            Some(n) if n > e.handled => Some(n),
+            _ => e.timing.next_after(e.handled),
+        };
+        e.next = next;
+        if let Some(next) = next {
             let at = e.timing.fire_at(next);
             e.timer = Some(at);
             self.timers.insert((at, id));
         }
     }
 
-    /// Fires every schedule due at `now`: one database read, one push, one update.
+    /// Fires every schedule due at `now`: one database read, one bulk push (in bounded
+    /// batches), one update.
     pub async fn fire_due(&mut self, now: DateTime<Utc>) -> Result<TickReport, TickError> {
         let due: Vec<Uuid> = self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect();
         let mut report = TickReport { schedules: due.len(), ..TickReport::default() };
@@ -266,7 +289,10 @@ impl Ticker {
             .iter()
             .filter_map(|id| {
                 let e = self.entries.get(id)?;
-                Some((*id, e.timing.plan(e.handled, now, e.missed.keep(e.backfill_limit), tolerance)))
+                Some((
+                    *id,
+                    e.timing.plan_from(e.handled, e.next, now, e.missed.keep(e.backfill_limit), tolerance),
+                ))
             })
             .collect();
         report.plan = started.elapsed();
@@ -275,21 +301,13 @@ impl Ticker {
         let rows = store::due(&self.pool, &due).await?;
         report.read = read_started.elapsed();
 
-        // One job per (schedule, tick, object), remembered by index for the outcomes.
-        struct Pushed {
-            schedule: Uuid,
-            tick: DateTime<Utc>,
-            object: ObjectKind,
-            id: JobId,
-            connection: Uuid,
-            overlap: OverlapPolicy,
-        }
-        let mut jobs = Vec::new();
-        let mut pushed: Vec<Pushed> = Vec::new();
-        let mut advance: Vec<(Uuid, DateTime<Utc>)> = Vec::with_capacity(rows.len());
+        // One job per (schedule, tick, object); jobs are built batch by batch, so that
+        // memory stays flat however many schedules are due.
+        let mut specs: Vec<Spec> = Vec::new();
+        let mut advance: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = Vec::with_capacity(rows.len());
         let mut seen: HashSet<Uuid> = HashSet::with_capacity(rows.len());
         let mut disabled: Vec<Uuid> = Vec::new();
-        for row in rows {
+        for row in &rows {
             seen.insert(row.id);
             if !row.enabled {
                 disabled.push(row.id);
@@ -297,68 +315,71 @@ impl Ticker {
             }
             let Some(plan) = plans.get(&row.id) else { continue };
             let Some(through) = plan.handled_through else { continue };
-            advance.push((row.id, through));
+            advance.push((row.id, through, plan.next));
             let objects = row.objects.len() as u64;
-            report.catch_up += plan.fire.len() as u64 - u64::from(plan.on_time);
             report.skipped += plan.dropped * objects;
+            report.catch_up += plan.fire.len() as u64 - u64::from(plan.on_time);
             let target = match (&row.target, row.connection_status.as_str()) {
-                (Some(t), "active" | "needs_reauth") => t,
+                (Some(t), "active" | "needs_reauth") if lane_label_ok(&t.tenant) => t,
                 (target, status) => {
-                    if target.is_none() {
-                        tracing::warn!(message = "connection has an unknown provider; tick skipped", schedule = %row.id);
-                    } else {
-                        tracing::debug!(message = "connection not active; tick skipped", schedule = %row.id, status);
-                    }
+                    tracing::debug!(message = "tick skipped", schedule = %row.id, connection_status = status,
+                        reason = if target.is_none() { "unknown provider" } else { "connection not active or bad tenant id" });
                     report.skipped += plan.fire.len() as u64 * objects;
                     continue;
                 }
             };
             for &tick in &plan.fire {
                 for &object in &row.objects {
-                    match crm_jobs::enqueue::scheduled_sync_job(target, object, row.id, tick) {
-                        Ok(job) => {
-                            pushed.push(Pushed {
-                                schedule: row.id,
-                                tick,
-                                object,
-                                id: job.id,
-                                connection: target.connection,
-                                overlap: row.overlap_policy,
-                            });
-                            jobs.push(job);
-                        }
-                        Err(error) => {
-                            tracing::warn!(message = "cannot build a sync job; tick skipped", schedule = %row.id, %error);
-                            report.skipped += 1;
-                        }
-                    }
+                    specs.push(Spec { row, target, tick, object });
                 }
             }
         }
 
         let push_started = Instant::now();
-        report.jobs = jobs.len();
-        let outcomes = if jobs.is_empty() { Vec::new() } else { self.queue.push_bulk(jobs).await? };
+        report.jobs = specs.len();
+        let batches = {
+            let mut batches = Vec::new();
+            let mut chunks = specs.chunks(self.config.push_batch.max(1));
+            let mut in_flight = futures::stream::FuturesOrdered::new();
+            loop {
+                while in_flight.len() < self.config.push_concurrency.max(1) {
+                    match chunks.next() {
+                        Some(chunk) => in_flight.push_back(push_batch(&self.queue, chunk)),
+                        None => break,
+                    }
+                }
+                match in_flight.next().await {
+                    Some(batch) => batches.push(batch),
+                    None => break,
+                }
+            }
+            batches
+        };
+        let mut outcomes = Vec::with_capacity(specs.len());
+        for batch in batches {
+            outcomes.extend(batch?);
+        }
         report.push = push_started.elapsed();
         let pushed_at = Utc::now();
 
         let mut reruns: Vec<(Uuid, ObjectKind)> = Vec::new();
         let mut fired: HashSet<(Uuid, DateTime<Utc>)> = HashSet::new();
-        for (p, outcome) in pushed.iter().zip(&outcomes) {
+        for (spec, (id, outcome)) in specs.iter().zip(&outcomes) {
+            let row = spec.row;
             match outcome {
                 PushOutcome::Enqueued(_) => report.enqueued += 1,
-                PushOutcome::Duplicate(id) if *id == p.id => report.duplicate += 1,
+                PushOutcome::Duplicate(existing) if existing == id => report.duplicate += 1,
                 PushOutcome::Duplicate(_) => {
                     report.skipped += 1;
-                    if p.overlap == OverlapPolicy::BufferOne {
-                        reruns.push((p.connection, p.object));
+                    if row.overlap_policy == OverlapPolicy::BufferOne {
+                        reruns.push((spec.target.connection, spec.object));
                     }
                 }
             }
-            if fired.insert((p.schedule, p.tick))
-                && let Some(e) = self.entries.get(&p.schedule)
+            if fired.insert((row.id, spec.tick))
+                && let Some(e) = self.entries.get(&row.id)
             {
-                let lag = (pushed_at - e.timing.fire_at(p.tick)).to_std().unwrap_or_default();
+                let lag = (pushed_at - e.timing.fire_at(spec.tick)).to_std().unwrap_or_default();
                 metrics::histogram!("crm_fleet_scheduler_lag_seconds").record(lag.as_secs_f64());
             }
         }
@@ -376,7 +397,8 @@ impl Ticker {
             .await;
 
         let record_started = Instant::now();
-        let (ids, through): (Vec<Uuid>, Vec<DateTime<Utc>>) = advance.iter().copied().unzip();
+        let ids: Vec<Uuid> = advance.iter().map(|a| a.0).collect();
+        let through: Vec<DateTime<Utc>> = advance.iter().map(|a| a.1).collect();
         let mut delay = self.config.retry_min;
         for attempt in 1..=3 {
             match store::advance(&self.pool, &ids, &through).await {
@@ -392,9 +414,12 @@ impl Ticker {
         }
         report.record = record_started.elapsed();
 
-        for (id, through) in advance {
+        for (id, through, next) in advance {
             if let Some(e) = self.entries.get_mut(&id) {
-                e.handled = e.handled.max(through);
+                if through > e.handled {
+                    e.handled = through;
+                    e.next = next;
+                }
             }
             self.arm(id);
         }
@@ -561,4 +586,32 @@ async fn lost(leadership: &mut watch::Receiver<Leadership>, epoch: u64) {
             return;
         }
     }
+}
+
+/// One job to push: a (schedule, tick, object) of a due row.
+struct Spec<'a> {
+    row: &'a store::DueRow,
+    target: &'a crm_jobs::enqueue::Target,
+    tick: DateTime<Utc>,
+    object: ObjectKind,
+}
+
+/// Builds and pushes one batch; returns each job's id (its tick's deterministic id) and
+/// outcome, in order.
+async fn push_batch(queue: &Queue, chunk: &[Spec<'_>]) -> Result<Vec<(JobId, PushOutcome)>, TickError> {
+    let mut ids = Vec::with_capacity(chunk.len());
+    let mut jobs = Vec::with_capacity(chunk.len());
+    for s in chunk {
+        let job = crm_jobs::enqueue::scheduled_sync_job(s.target, s.object, s.row.id, s.tick)?;
+        ids.push(job.id);
+        jobs.push(job);
+    }
+    let outcomes = queue.push_bulk(jobs).await?;
+    Ok(ids.into_iter().zip(outcomes).collect())
+}
+
+/// Whether a tenant id can label a queue lane (the queue refuses a whole push over one job
+/// whose lane is invalid, so such a schedule is skipped instead of blocking every tick).
+fn lane_label_ok(tenant: &str) -> bool {
+    !tenant.is_empty() && !tenant.chars().any(char::is_whitespace)
 }

@@ -79,6 +79,9 @@ pub struct Plan {
     pub dropped: u64,
     /// Whether the latest due tick was on time.
     pub on_time: bool,
+    /// The first tick after `handled_through` (or after the schedule's handled instant when
+    /// nothing is due), `None` if it never fires again.
+    pub next: Option<DateTime<Utc>>,
 }
 
 /// The most recent ticks of an interval.
@@ -213,14 +216,31 @@ impl Timing {
     /// missed ticks, where the latest due tick is on time if `now` is within `tolerance` of
     /// its firing.
     pub fn plan(&self, handled: DateTime<Utc>, now: DateTime<Utc>, keep: usize, tolerance: Duration) -> Plan {
+        self.plan_from(handled, self.next_after(handled), now, keep, tolerance)
+    }
+
+    /// As [`Timing::plan`], given `first`, the first tick after `handled` (the caller's timer
+    /// knows it): the common case — exactly one tick due — then costs one search.
+    pub fn plan_from(
+        &self,
+        handled: DateTime<Utc>,
+        first: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        keep: usize,
+        tolerance: Duration,
+    ) -> Plan {
         let hi = now - self.jitter;
-        // The common case first: exactly one due tick costs two steps.
-        let Some(first) = self.next_after(handled).filter(|t| *t <= hi) else {
-            return Plan::default();
+        let Some(first) = first.filter(|t| *t <= hi) else {
+            return Plan { next: first, ..Plan::default() };
         };
-        let recent = match self.next_after(first) {
-            Some(second) if second <= hi => self.recent(handled, hi, keep + 1),
-            _ => Recent { ticks: vec![first], total: 1, exact: true },
+        let second = self.next_after(first);
+        let (recent, next) = match second {
+            Some(s) if s <= hi => {
+                let r = self.recent(handled, hi, keep + 1);
+                let next = r.ticks.last().and_then(|l| self.next_after(*l));
+                (r, next)
+            }
+            _ => (Recent { ticks: vec![first], total: 1, exact: true }, second),
         };
         let Some(&latest) = recent.ticks.last() else {
             return Plan::default();
@@ -237,6 +257,7 @@ impl Timing {
             fire,
             handled_through: Some(latest),
             on_time,
+            next,
         }
     }
 }
@@ -364,7 +385,8 @@ mod tests {
         assert_eq!(t.fire_at(utc("2025-01-01T00:00:05Z")), utc("2025-01-01T00:00:05.345Z"));
         // Not due before it fires.
         let p = t.plan(utc("2025-01-01T00:00:00Z"), utc("2025-01-01T00:00:05.300Z"), 1, Duration::seconds(1));
-        assert_eq!(p, Plan::default());
+        assert_eq!((p.fire.len(), p.handled_through), (0, None));
+        assert_eq!(p.next, Some(utc("2025-01-01T00:00:05Z")));
         let p = t.plan(utc("2025-01-01T00:00:00Z"), utc("2025-01-01T00:00:05.400Z"), 1, Duration::seconds(1));
         assert_eq!(p.fire, [utc("2025-01-01T00:00:05Z")]);
     }
@@ -379,7 +401,8 @@ mod tests {
                 fire: vec![utc("2025-01-01T00:00:05Z")],
                 handled_through: Some(utc("2025-01-01T00:00:05Z")),
                 dropped: 0,
-                on_time: true
+                on_time: true,
+                next: Some(utc("2025-01-01T00:00:10Z")),
             }
         );
     }
@@ -396,6 +419,7 @@ mod tests {
         assert_eq!(skip.fire, Vec::<DateTime<Utc>>::new());
         assert_eq!(skip.handled_through, Some(utc("2025-01-01T00:01:00Z")));
         assert_eq!(skip.dropped, 12);
+        assert_eq!(skip.next, Some(utc("2025-01-01T00:01:05Z")));
         let once = t.plan(handled, now, 1, tol);
         assert_eq!(once.fire, [utc("2025-01-01T00:01:00Z")]);
         assert_eq!(once.dropped, 11);
