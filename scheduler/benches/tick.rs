@@ -8,7 +8,7 @@
 //! printed, not asserted (targets: tick ≤ 2 s, RSS ≤ 200 MB).
 //!
 //! `cargo bench -p crm-scheduler --bench tick` (needs PostgreSQL and Redis as the tests do;
-//! `CRM_FLEET_BENCH_SCHEDULES` changes the count).
+//! `CRM_FLEET_BENCH_SCHEDULES` changes the count, `CRM_FLEET_BENCH_REDIS_URL` the Redis).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -53,8 +53,11 @@ fn main() {
 async fn run(n: i64) {
     let db = TestDb::new().await;
     let prefix = unique("crmbench-");
+    // The shared test Redis by default; `CRM_FLEET_BENCH_REDIS_URL` points at another (a
+    // private server measures the scheduler without other users' load).
+    let redis_url = std::env::var("CRM_FLEET_BENCH_REDIS_URL").unwrap_or_else(|_| REDIS_URL.to_owned());
     let queue =
-        Queue::connect(QueueConfig::new(REDIS_URL, crm_jobs::job::DEFAULT_QUEUE).with_prefix(&prefix))
+        Queue::connect(QueueConfig::new(&redis_url, crm_jobs::job::DEFAULT_QUEUE).with_prefix(&prefix))
             .await
             .expect("redis");
 
@@ -85,11 +88,12 @@ async fn run(n: i64) {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", REDIS_URL)
+        .env("REDIS_URL", &redis_url)
         .env("CRM_FLEET_REDIS_PREFIX", &prefix)
         .env("CRM_FLEET_API_ADDR", "127.0.0.1:0")
         .env("CRM_FLEET_LOG_FORMAT", "json")
         .env("RUST_LOG", "info,sqlx=warn")
+        .envs(std::env::var("MALLOC_ARENA_MAX").ok().map(|v| ("MALLOC_ARENA_MAX", v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -141,6 +145,11 @@ async fn run(n: i64) {
         ms("plan_ms") + ms("read_ms") + ms("push_ms"),
         ms("read_ms") + ms("push_ms"),
         ms("record_ms"),
+    );
+    println!(
+        "redis: {} script calls, {:.0} ms of server time during the run (shared server: approximate)",
+        redis_after.0 - redis_before.0,
+        (redis_after.1 - redis_before.1) as f64 / 1000.0
     );
     println!(
         "scheduler RSS: peak (VmHWM) {} MB, now {} MB; queue now holds {} ready jobs",
