@@ -416,11 +416,11 @@ impl Ticker {
         report.record = record_started.elapsed();
 
         for (id, through, next) in advance {
-            if let Some(e) = self.entries.get_mut(&id) {
-                if through > e.handled {
-                    e.handled = through;
-                    e.next = next;
-                }
+            if let Some(e) = self.entries.get_mut(&id)
+                && through > e.handled
+            {
+                e.handled = through;
+                e.next = next;
             }
             self.arm(id);
         }
