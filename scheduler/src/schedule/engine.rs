@@ -476,20 +476,33 @@ impl Ticker {
                 match self.fire_due(now).await {
                     Ok(r) => {
                         backoff.reset();
-                        tracing::info!(
-                            message = "tick",
-                            schedules = r.schedules,
-                            jobs = r.jobs,
-                            enqueued = r.enqueued,
-                            duplicate = r.duplicate,
-                            skipped = r.skipped,
-                            reruns = r.reruns,
-                            catch_up = r.catch_up,
-                            plan_ms = r.plan.as_millis() as u64,
-                            read_ms = r.read.as_millis() as u64,
-                            push_ms = r.push.as_millis() as u64,
-                            record_ms = r.record.as_millis() as u64,
-                        );
+                        // Jitter splits a minute's ticks into many small ones: log those at
+                        // debug, and at info the large ones and those with news.
+                        let notable = r.jobs >= 1_000 || r.duplicate > 0 || r.catch_up > 0 || r.skipped > 0;
+                        macro_rules! tick_event {
+                            ($level:expr) => {
+                                tracing::event!(
+                                    $level,
+                                    message = "tick",
+                                    schedules = r.schedules,
+                                    jobs = r.jobs,
+                                    enqueued = r.enqueued,
+                                    duplicate = r.duplicate,
+                                    skipped = r.skipped,
+                                    reruns = r.reruns,
+                                    catch_up = r.catch_up,
+                                    plan_ms = r.plan.as_millis() as u64,
+                                    read_ms = r.read.as_millis() as u64,
+                                    push_ms = r.push.as_millis() as u64,
+                                    record_ms = r.record.as_millis() as u64,
+                                )
+                            };
+                        }
+                        if notable {
+                            tick_event!(tracing::Level::INFO);
+                        } else {
+                            tick_event!(tracing::Level::DEBUG);
+                        }
                     }
                     Err(error) => {
                         let delay = backoff.next();

@@ -123,7 +123,7 @@ impl Env {
             .env("CRM_FLEET_REDIS_PREFIX", &self.prefix)
             .env("CRM_FLEET_API_ADDR", "127.0.0.1:0")
             .env("CRM_FLEET_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,sqlx=warn");
+            .env("RUST_LOG", "info,sqlx=warn,crm_scheduler::schedule::engine=debug");
         for (k, v) in extra {
             cmd.env(k, v);
         }

@@ -219,6 +219,24 @@ async fn changes_apply_within_a_second() {
     assert!(last <= disabled_at + TimeDelta::seconds(1), "tick {last} after disabling at {disabled_at}");
     // No (connection, object, tick) twice.
     assert!(seen.ticks().values().all(|n| *n == 1));
+    let metrics = client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "crm_fleet_scheduler_ticks_total{outcome=\"enqueued\"}",
+        "crm_fleet_scheduler_ticks_total{outcome=\"duplicate\"}",
+        "crm_fleet_scheduler_ticks_total{outcome=\"skipped\"}",
+        "crm_fleet_scheduler_lag_seconds_bucket",
+        "crm_fleet_scheduler_is_leader",
+        "crm_fleet_jobs_enqueued_total",
+    ] {
+        assert!(metrics.contains(name), "{name} not served:\n{metrics}");
+    }
     consumer.abort();
     app.shutdown().await;
 }
