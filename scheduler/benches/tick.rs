@@ -93,7 +93,6 @@ async fn run(n: i64) {
         .env("CRM_FLEET_API_ADDR", "127.0.0.1:0")
         .env("CRM_FLEET_LOG_FORMAT", "json")
         .env("RUST_LOG", "info,sqlx=warn")
-        .envs(std::env::var("MALLOC_ARENA_MAX").ok().map(|v| ("MALLOC_ARENA_MAX", v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

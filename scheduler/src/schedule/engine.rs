@@ -427,6 +427,19 @@ impl Ticker {
         for id in disabled {
             self.remove(id);
         }
+        // A due schedule that was neither advanced nor removed (its plan found nothing due,
+        // which the timers rule out) is looked at again in a second instead of spinning.
+        let retry_at = now + chrono::Duration::seconds(1);
+        for id in &due {
+            if let Some(e) = self.entries.get_mut(id)
+                && e.timer.is_some_and(|t| t <= now)
+            {
+                if let Some(t) = e.timer.replace(retry_at) {
+                    self.timers.remove(&(t, *id));
+                }
+                self.timers.insert((retry_at, *id));
+            }
+        }
         for id in due.iter().filter(|id| !seen.contains(id)) {
             // Deleted (with its connection, or by hand).
             self.remove(*id);

@@ -98,4 +98,9 @@ fn describe_metrics() {
         "crm_fleet_scheduler_is_leader",
         "1 while this replica holds the scheduler lease."
     );
+    // Served from the start, not from the first tick, so dashboards and the telemetry spec
+    // see every series.
+    for outcome in ["enqueued", "duplicate", "skipped"] {
+        metrics::counter!("crm_fleet_scheduler_ticks_total", "outcome" => outcome).increment(0);
+    }
 }
