@@ -3,6 +3,9 @@
 --   dedupe key, dedupe ttl ms
 -- Returns, per job, its id (enqueued) or "dup:<existing id>" (id taken, dedupe key seen within
 -- its TTL, or unique key held by a queued or running job).
+-- The dedupe key is taken before the unique key is checked, on purpose: it records that this
+-- push was *decided*, so a retried push of a refused job (a scheduled tick that overlapped a
+-- running sync) is again refused, as a duplicate of itself, instead of running late.
 local n = tonumber(ARGV[2])
 local now = now_ms()
 local out = {}

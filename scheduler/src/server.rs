@@ -1,5 +1,9 @@
-//! The scheduler's HTTP listener. For now it serves `/metrics`, `/healthz` and `/readyz`; the
-//! control-plane API mounts here as it is built.
+//! The scheduler process as a library: the control-plane HTTP API of [`crate::api`] (which
+//! mounts the scheduling routes of [`crate::schedule::api`]), the lease + tick engine of
+//! [`crate::schedule`] and the limits syncer (PostgreSQL → Redis), started and stopped together.
+//!
+//! Shutdown: stop ticking → give the lease up (a standby takes over within its retry
+//! interval) → finish in-flight HTTP requests → stop the limits syncer → return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,12 +28,16 @@ pub struct SchedulerConfig {
     pub migrate: bool,
     /// Token keys (the connect flow stores tokens).
     pub keys: std::sync::Arc<crm_jobs::auth::Keyring>,
+    /// Lease and tick engine settings (the lease's database URL and API address are filled in
+    /// by [`Scheduler::build`]).
+    pub schedule: crate::schedule::ScheduleConfig,
 }
 
 /// A built scheduler, ready to run.
 pub struct Scheduler {
     listener: TcpListener,
     state: crate::api::ApiState,
+    schedule: crate::schedule::ScheduleConfig,
 }
 
 impl Scheduler {
@@ -58,7 +66,10 @@ impl Scheduler {
             http: http.client().clone(),
             state_ttl: crm_jobs::auth::connect::DEFAULT_STATE_TTL,
         });
-        Ok(Self { listener, state: crate::api::ApiState { pool, queue, metrics, connect } })
+        let mut schedule = config.schedule;
+        schedule.lease.database_url = config.database_url;
+        schedule.lease.api_addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        Ok(Self { listener, state: crate::api::ApiState { pool, queue, metrics, connect }, schedule })
     }
 
     /// The bound API address.
@@ -66,16 +77,29 @@ impl Scheduler {
         self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Ticks (while leading) and serves until `shutdown` resolves, then stops in order.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let scheduling = std::sync::Arc::new(crate::schedule::Scheduling::start(
+            self.schedule,
+            self.state.pool.clone(),
+            self.state.queue.clone(),
+        ));
         let mut limits = crm_jobs::limits::Syncer::start(
             self.state.pool.clone(),
             self.state.queue.clone(),
             crm_jobs::limits::DEFAULT_RELOAD,
         );
         let (app, _) = crate::api::router(self.state);
-        let served =
-            axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("serving the API");
+        let stopping = scheduling.clone();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.stop().await;
+            })
+            .await
+            .context("serving the API");
+        // Also when serving failed.
+        scheduling.stop().await;
         limits.stop().await;
         served?;
         Ok(())

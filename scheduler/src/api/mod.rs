@@ -4,7 +4,8 @@
 //! OpenAPI description are declared together and `/openapi.json` cannot drift from what is
 //! served (a test also checks every served route is documented). Every error is a 4xx/5xx with
 //! a JSON body naming the field at fault ([`error::ErrorBody`]). Authentication: bearer API keys
-//! with scopes `enqueue` and `admin` ([`keys`]); `/healthz`, `/readyz`, `/metrics`,
+//! with scopes `enqueue` (actions, jobs, syncs on demand) and `admin` (everything, including
+//! schedules and dead letters) ([`keys`]); `/healthz`, `/readyz`, `/metrics`,
 //! `/openapi.json` and the OAuth browser flow are public.
 
 pub mod actions;
@@ -25,6 +26,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::schedule;
 use keys::Scope;
 
 /// Largest request body accepted (bytes).
@@ -51,6 +53,7 @@ pub struct ApiState {
         (name = "actions", description = "Outbound CRM actions"),
         (name = "jobs", description = "Job state"),
         (name = "dead-letters", description = "Find, inspect, replay and purge dead letters (admin)"),
+        (name = "schedules", description = "Sync schedules (admin) and syncs on demand (enqueue)"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -104,12 +107,15 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
     let enqueue = OpenApiRouter::new()
         .routes(routes!(actions::post_action))
         .routes(routes!(actions::get_job))
+        .routes(routes!(schedule::api::sync_now))
         .route_layer(from_fn_with_state((state.pool.clone(), Scope::Enqueue), keys::require));
     let admin = OpenApiRouter::new()
         .routes(routes!(dlq::list))
         .routes(routes!(dlq::show, dlq::delete))
         .routes(routes!(dlq::replay))
         .routes(routes!(dlq::replay_bulk))
+        .routes(routes!(schedule::api::list, schedule::api::create))
+        .routes(routes!(schedule::api::show, schedule::api::update))
         .route_layer(from_fn_with_state((state.pool.clone(), Scope::Admin), keys::require));
     let public = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz));
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())

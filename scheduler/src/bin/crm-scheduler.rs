@@ -26,6 +26,10 @@ struct Args {
     /// Do not apply database migrations at start.
     #[arg(long, env = "CRM_FLEET_NO_MIGRATE")]
     no_migrate: bool,
+    /// How late a tick may fire and still be on time; later ticks count as missed and follow
+    /// their schedule's missed-tick policy (e.g. 1s, 250ms).
+    #[arg(long, env = "CRM_FLEET_SCHEDULER_LATE_TOLERANCE", default_value = "1s")]
+    late_tolerance: String,
     /// Log format: text or json.
     #[arg(long, env = "CRM_FLEET_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -58,6 +62,15 @@ fn validate(
         p.add("CRM_FLEET_API_ADDR", format!("{:?} is not host:port ({e})", a.api_addr));
         std::net::SocketAddr::from(([127, 0, 0, 1], 0))
     });
+    let late_tolerance = humantime::parse_duration(&a.late_tolerance).unwrap_or_else(|e| {
+        p.add(
+            "CRM_FLEET_SCHEDULER_LATE_TOLERANCE",
+            format!("{:?} is not a duration ({e})", a.late_tolerance),
+        );
+        crm_scheduler::schedule::engine::DEFAULT_LATE_TOLERANCE
+    });
+    let mut schedule = crm_scheduler::schedule::ScheduleConfig::new("");
+    schedule.engine.late_tolerance = late_tolerance;
     let log_format = a.log_format.parse().unwrap_or_else(|e: String| {
         p.add("CRM_FLEET_LOG_FORMAT", e);
         crm_jobs::telemetry::LogFormat::Text
@@ -99,6 +112,7 @@ fn validate(
             redis_prefix: a.redis_prefix,
             migrate: !a.no_migrate,
             keys,
+            schedule,
         },
         log_format,
         otel,

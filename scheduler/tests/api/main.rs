@@ -42,6 +42,7 @@ pub(crate) async fn spawn_app() -> App {
         redis_prefix: prefix.clone(),
         migrate: false,
         keys: keys.clone(),
+        schedule: crm_scheduler::schedule::ScheduleConfig::new(""),
     };
     let scheduler = Scheduler::build(config).await.expect("build");
     let base = format!("http://{}", scheduler.api_addr());
@@ -261,7 +262,16 @@ async fn the_openapi_document_describes_every_served_route() {
         .await
         .expect("json");
     let paths = doc["paths"].as_object().expect("paths");
-    for p in ["/v1/actions", "/v1/jobs/{id}", "/healthz", "/readyz"] {
+    for p in [
+        "/v1/actions",
+        "/v1/jobs/{id}",
+        "/v1/schedules",
+        "/v1/schedules/{id}",
+        "/v1/connections/{id}/sync",
+        "/v1/dead-letters",
+        "/healthz",
+        "/readyz",
+    ] {
         assert!(paths.contains_key(p), "{p} undocumented");
     }
     // Every documented operation answers with one of its documented statuses.
@@ -271,7 +281,9 @@ async fn the_openapi_document_describes_every_served_route() {
             let req = match method.as_str() {
                 "get" => app.http.get(&url),
                 "post" => app.http.post(&url).header("Idempotency-Key", "doc").json(&json!({})),
-                other => panic!("undocumented method {other}"),
+                "patch" => app.http.patch(&url).json(&json!({})),
+                "delete" => app.http.delete(&url),
+                other => panic!("unexpected method {other}"),
             };
             let status = req.bearer_auth(&app.enqueue_key).send().await.expect("call").status();
             let documented = op["responses"].as_object().expect("responses");

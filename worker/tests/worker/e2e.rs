@@ -29,6 +29,7 @@ pub(crate) async fn serve_api(f: &Fleet) -> Api {
         redis_prefix: f.env.prefix.clone(),
         migrate: false,
         keys: Arc::new(crm_jobs::auth::Keyring::from_base64(&f.env.key, &[]).expect("key")),
+        schedule: crm_scheduler::schedule::ScheduleConfig::new(""),
     };
     let s = Scheduler::build(config).await.expect("api");
     let base = format!("http://{}", s.api_addr());

@@ -1,0 +1,301 @@
+//! The scheduling part of the control-plane HTTP API:
+//!
+//! | Route | Does |
+//! |---|---|
+//! | `GET /v1/schedules[?connection_id=&after=&limit=]` | list, by id, 100 per page by default (at most 1,000) |
+//! | `POST /v1/schedules` | create (201) |
+//! | `GET /v1/schedules/{id}` | one |
+//! | `PATCH /v1/schedules/{id}` | change any field but `connection_id` |
+//! | `POST /v1/connections/{id}/sync` | enqueue a sync now (202) |
+//!
+//! Invariant: every rejection is a JSON body `{"error", "field", "message"}` with a 4xx
+//! status, and `field` names the input at fault (`cron`, `objects[1]`, `id`, `body`…);
+//! database and Redis failures are 503 `{"error": "unavailable"}` without internals.
+//! Authentication is not done here: [`crate::api::router`] mounts these handlers behind its
+//! API-key layer (schedules: `admin` scope; sync now: `enqueue`) and documents them in
+//! `/openapi.json` from the annotations below.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use crm_jobs::job::SyncMode;
+use crm_jobs::providers::ObjectKind;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::model::{FieldError, NewSchedule, Schedule, SchedulePatch, parse_objects};
+use super::store::{self, StoreError};
+use super::trigger::{self, TriggerError};
+use crate::api::ApiState;
+use crate::api::error::ErrorBody;
+
+/// Default page size of `GET /v1/schedules`.
+pub const DEFAULT_PAGE: u32 = 100;
+/// Largest page size.
+pub const MAX_PAGE: u32 = 1_000;
+
+/// A page of schedules.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SchedulePage {
+    /// Schedules, by id.
+    pub schedules: Vec<Schedule>,
+    /// Pass as `after` for the next page; null on the last.
+    pub next_after: Option<Uuid>,
+}
+
+/// The body of `POST /v1/connections/{id}/sync` (parsed field by field for precise errors).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // documentation of the accepted body
+pub struct SyncNowRequest {
+    /// Objects to sync: contact, company, deal (default: all three).
+    objects: Option<Vec<String>>,
+    /// `incremental` (default) or `full`.
+    mode: Option<String>,
+}
+
+/// An API error: a status and a JSON body naming the field at fault.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    field: Option<String>,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid(e: FieldError) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            error: "invalid",
+            field: Some(e.field),
+            message: e.message,
+        }
+    }
+
+    fn not_found(field: &str, message: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            field: Some(field.to_owned()),
+            message: message.to_owned(),
+        }
+    }
+
+    fn unavailable(error: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(message = "API request failed on a dependency", %error);
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "unavailable",
+            field: None,
+            message: "a dependency is unavailable; retry later".to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.error, "field": self.field, "message": self.message})))
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ScheduleNotFound => Self::not_found("id", "no such schedule"),
+            // The body named it: a well-formed request about something that does not exist.
+            StoreError::ConnectionNotFound => {
+                Self::invalid(FieldError::new("connection_id", "no such connection"))
+            }
+            StoreError::Invalid(f) => Self::invalid(f),
+            StoreError::Db(e) => Self::unavailable(&e),
+        }
+    }
+}
+
+fn body_json(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        error: "malformed",
+        field: Some("body".to_owned()),
+        message: format!("not JSON: {e}"),
+    })
+}
+
+fn uuid_param(field: &str, raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::invalid(FieldError::new(field, format!("{raw:?} is not a UUID"))))
+}
+
+/// List schedules, by id.
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
+    params(
+        ("connection_id" = Option<Uuid>, Query, description = "Only this connection's"),
+        ("after" = Option<Uuid>, Query, description = "Cursor: the previous page's next_after"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..=1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page", body = SchedulePage),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
+        (status = 422, description = "Bad parameter (named in field)", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn list(
+    State(s): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<SchedulePage>, ApiError> {
+    if let Some(k) = q.keys().find(|k| !["connection_id", "after", "limit"].contains(&k.as_str())) {
+        return Err(ApiError::invalid(FieldError::new(
+            k.clone(),
+            "unknown parameter (connection_id, after, limit)",
+        )));
+    }
+    let connection = q.get("connection_id").map(|v| uuid_param("connection_id", v)).transpose()?;
+    let after = q.get("after").map(|v| uuid_param("after", v)).transpose()?;
+    let limit = match q.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => v.parse::<u32>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
+            ApiError::invalid(FieldError::new("limit", format!("must be between 1 and {MAX_PAGE}")))
+        })?,
+    };
+    let schedules = store::list(&s.pool, connection, after, limit).await?;
+    let next = if schedules.len() == limit as usize { schedules.last().map(|x| x.id) } else { None };
+    Ok(Json(SchedulePage { schedules, next_after: next }))
+}
+
+/// Create a schedule.
+#[utoipa::path(post, path = "/v1/schedules", tag = "schedules", request_body = NewSchedule,
+    responses(
+        (status = 201, description = "Created", body = Schedule),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
+        (status = 422, description = "Invalid field (named in field), or no such connection", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn create(State(s): State<ApiState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let new = NewSchedule::from_json(&body_json(&body)?).map_err(ApiError::invalid)?;
+    let created = store::create(&s.pool, &new).await?;
+    Ok((StatusCode::CREATED, Json(json!(created))))
+}
+
+/// One schedule.
+#[utoipa::path(get, path = "/v1/schedules/{id}", tag = "schedules",
+    params(("id" = Uuid, Path, description = "Schedule id")),
+    responses(
+        (status = 200, description = "The schedule", body = Schedule),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+        (status = 422, description = "Malformed id", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = uuid_param("id", &id)?;
+    Ok(Json(json!(store::get(&s.pool, id).await?)))
+}
+
+/// Change a schedule (any field but `connection_id`); applies from the next tick.
+#[utoipa::path(patch, path = "/v1/schedules/{id}", tag = "schedules", request_body = SchedulePatch,
+    params(("id" = Uuid, Path, description = "Schedule id")),
+    responses(
+        (status = 200, description = "The changed schedule", body = Schedule),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+        (status = 422, description = "Invalid field (named in field)", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn update(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id = uuid_param("id", &id)?;
+    let patch = SchedulePatch::from_json(&body_json(&body)?).map_err(ApiError::invalid)?;
+    Ok(Json(json!(store::update(&s.pool, id, &patch).await?)))
+}
+
+/// Enqueue a sync of a connection now: one job per object; an object whose sync is already
+/// queued or running is reported as a duplicate.
+#[utoipa::path(post, path = "/v1/connections/{id}/sync", tag = "schedules", request_body = SyncNowRequest,
+    params(("id" = Uuid, Path, description = "Connection id")),
+    responses(
+        (status = 202, description = "Enqueued: {connection_id, mode, jobs: [{object, job_id, duplicate}]}", body = Object),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 403, description = "Key lacks the enqueue scope", body = ErrorBody),
+        (status = 404, description = "No such connection", body = ErrorBody),
+        (status = 409, description = "Connection disabled, or provider not supported", body = ErrorBody),
+        (status = 422, description = "Invalid field (named in field)", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn sync_now(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let connection = uuid_param("id", &id)?;
+    let body = body_json(&body)?;
+    let map = body
+        .as_object()
+        .ok_or_else(|| ApiError::invalid(FieldError::new("body", "must be a JSON object")))?;
+    if let Some(k) = map.keys().find(|k| !["objects", "mode"].contains(&k.as_str())) {
+        return Err(ApiError::invalid(FieldError::new(k.clone(), "unknown field (objects, mode)")));
+    }
+    let objects = match map.get("objects").filter(|v| !v.is_null()) {
+        None => ObjectKind::ALL.to_vec(),
+        Some(Value::Array(items)) => {
+            let mut names = Vec::with_capacity(items.len());
+            for (i, v) in items.iter().enumerate() {
+                names.push(v.as_str().ok_or_else(|| {
+                    ApiError::invalid(FieldError::new(format!("objects[{i}]"), "must be a string"))
+                })?);
+            }
+            parse_objects("objects", &names).map_err(ApiError::invalid)?
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(FieldError::new(
+                "objects",
+                "must be an array of contact, company, deal",
+            )));
+        }
+    };
+    let mode = match map.get("mode").filter(|v| !v.is_null()) {
+        None => SyncMode::Incremental,
+        Some(Value::String(m)) if m == "incremental" => SyncMode::Incremental,
+        Some(Value::String(m)) if m == "full" => SyncMode::Full,
+        Some(_) => {
+            return Err(ApiError::invalid(FieldError::new("mode", "must be \"incremental\" or \"full\"")));
+        }
+    };
+    let jobs = trigger::sync_now(&s.pool, &s.queue, connection, &objects, mode, "api").await.map_err(
+        |e| match e {
+            TriggerError::NotFound => ApiError::not_found("id", "no such connection"),
+            TriggerError::Disabled => ApiError {
+                status: StatusCode::CONFLICT,
+                error: "connection_disabled",
+                field: Some("id".to_owned()),
+                message: "the connection is disabled".to_owned(),
+            },
+            TriggerError::UnknownProvider => ApiError {
+                status: StatusCode::CONFLICT,
+                error: "unsupported_provider",
+                field: Some("id".to_owned()),
+                message: "the connection's provider is not supported by this build".to_owned(),
+            },
+            TriggerError::Db(e) => ApiError::unavailable(&e),
+            TriggerError::Queue(e) => ApiError::unavailable(&e),
+        },
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "connection_id": connection, "mode": mode, "jobs": jobs }))))
+}

@@ -1,0 +1,118 @@
+//! `crmctl sync now` and `crmctl schedules …` as an operator runs them.
+
+use serde_json::Value;
+
+use crate::support::Env;
+
+fn json(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedules_and_sync_now_from_the_command_line() {
+    let env = Env::new().await;
+    let conn = env.connection().await.to_string();
+
+    let added = json(&env.crmctl(&[
+        "schedules",
+        "add",
+        "--connection",
+        &conn,
+        "--cron",
+        "*/5 * * * *",
+        "--tz",
+        "Europe/Paris",
+        "--object",
+        "deal",
+        "--jitter",
+        "30s",
+        "--json",
+    ]));
+    let id = added[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        (added[0]["objects"][0].as_str(), added[0]["jitter_ms"].as_u64()),
+        (Some("deal"), Some(30_000))
+    );
+
+    let bad = env.crmctl(&["schedules", "add", "--connection", &conn, "--cron", "every minute"]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--cron"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let bad =
+        env.crmctl(&["schedules", "add", "--connection", &conn, "--cron", "* * * * *", "--tz", "Nowhere"]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--tz"));
+    let bad = env.crmctl(&[
+        "schedules",
+        "add",
+        "--connection",
+        &uuid::Uuid::new_v4().to_string(),
+        "--cron",
+        "* * * * *",
+    ]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--connection"));
+
+    let table = env.crmctl(&["schedules", "list"]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("ID") && text.contains(&id) && text.contains("Europe/Paris"), "{text}");
+
+    let set = json(&env.crmctl(&[
+        "schedules",
+        "set",
+        &id,
+        "--missed",
+        "backfill",
+        "--backfill-limit",
+        "5",
+        "--json",
+    ]));
+    assert_eq!(
+        (set[0]["missed_policy"].as_str(), set[0]["backfill_limit"].as_u64()),
+        (Some("backfill"), Some(5))
+    );
+    let off = json(&env.crmctl(&["schedules", "disable", &id, "--json"]));
+    assert_eq!(off[0]["enabled"], false);
+    let listed = json(&env.crmctl(&["schedules", "list", "--connection", &conn, "--json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let missing = env.crmctl(&["schedules", "disable", &uuid::Uuid::new_v4().to_string()]);
+    assert_eq!(missing.status.code(), Some(1));
+
+    let first =
+        json(&env.crmctl(&["sync", "now", "--connection", &conn, "--object", "contact", "--full", "--json"]));
+    assert_eq!(
+        (first["jobs"][0]["duplicate"].as_bool(), first["mode"].as_str()),
+        (Some(false), Some("full"))
+    );
+    let again = env.crmctl(&["sync", "now", "--connection", &conn, "--object", "contact"]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already queued or running"));
+    let bad = env.crmctl(&["sync", "now", "--connection", &conn, "--object", "ticket"]);
+    assert_eq!(bad.status.code(), Some(64));
+    let none = env.crmctl(&["sync", "now", "--connection", &uuid::Uuid::new_v4().to_string()]);
+    assert_eq!(none.status.code(), Some(1));
+    // The existing subcommands still work.
+    let queues = json(&env.crmctl(&["queues", "--json"]));
+    assert_eq!(queues["stats"]["ready"], 1);
+}
+
+#[test]
+fn bad_scheduler_configuration_lists_every_problem_and_exits_64() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crm-scheduler"))
+        .env_clear()
+        .env("REDIS_URL", "http://wrong")
+        .env("CRM_FLEET_API_ADDR", "nowhere")
+        .env("CRM_FLEET_SCHEDULER_LATE_TOLERANCE", "soon")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for name in ["DATABASE_URL", "REDIS_URL", "CRM_FLEET_API_ADDR", "CRM_FLEET_SCHEDULER_LATE_TOLERANCE"] {
+        assert!(err.contains(name), "{name} not reported:\n{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of crm-scheduler (one binary, modules per area) against real
+//! PostgreSQL and Redis; the failover test runs real `crm-scheduler` processes.
+
+mod api;
+mod cli;
+mod failover;
+mod lease;
+mod support;
+mod ticks;
