@@ -1,16 +1,14 @@
-//! The actions issue end to end: the real API (served in-process on port 0) takes POSTs, real
+//! The actions issue end to end: the real API (a `crm-scheduler` process) takes POSTs, real
 //! `crm-worker` processes run them against the sandbox CRMs, and `GET /v1/jobs/{id}` reports
 //! the result — for every provider and every action; then the SIGKILL chaos run.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crm_jobs::providers::{ObjectKind, Provider};
 use crm_jobs::testing::eventually;
 use crm_sandbox::config::ProviderKind;
 use crm_scheduler::api::keys::{self, Scope};
-use crm_scheduler::server::{Scheduler, SchedulerConfig};
 use serde_json::{Value, json};
 
 use crate::fleet::Fleet;
@@ -18,24 +16,15 @@ use crate::fleet::Fleet;
 pub(crate) struct Api {
     pub(crate) base: String,
     pub(crate) key: String,
+    _process: crate::fleet::SchedulerProc,
 }
 
+/// The real `crm-scheduler` process serving the API (verbose logs, checked for secrets).
 pub(crate) async fn serve_api(f: &Fleet) -> Api {
-    let config = SchedulerConfig {
-        database_url: f.env.db.url.clone(),
-        redis_url: crm_jobs::testing::REDIS_URL.into(),
-        api_addr: "127.0.0.1:0".parse().expect("addr"),
-        queue: "crm".into(),
-        redis_prefix: f.env.prefix.clone(),
-        migrate: false,
-        keys: Arc::new(crm_jobs::auth::Keyring::from_base64(&f.env.key, &[]).expect("key")),
-        schedule: crm_scheduler::schedule::ScheduleConfig::new(""),
-    };
-    let s = Scheduler::build(config).await.expect("api");
-    let base = format!("http://{}", s.api_addr());
-    tokio::spawn(s.run_until(std::future::pending()));
+    let process = f.spawn_scheduler(&[("RUST_LOG", crate::fleet::VERBOSE_LOGS)]);
     let (key, _) = keys::create(&f.env.db.pool, "e2e", &[Scope::Enqueue]).await.expect("key");
-    Api { base, key }
+    f.secrets.lock().push(key.clone());
+    Api { base: process.base.clone(), key, _process: process }
 }
 
 impl Api {
@@ -89,7 +78,7 @@ async fn every_action_on_every_provider_runs_and_reports_its_external_id() {
     ];
     let mut f = Fleet::start(&all).await;
     let api = serve_api(&f).await;
-    f.spawn_workers(2, &[("CRM_FLEET_CONCURRENCY", "8")]);
+    f.spawn_workers(2, &[("CRM_FLEET_CONCURRENCY", "8"), ("RUST_LOG", crate::fleet::VERBOSE_LOGS)]);
     let providers =
         [Provider::Hubspot, Provider::Salesforce, Provider::Pipedrive, Provider::Zoho, Provider::Close];
     let mut conns = Vec::new();
@@ -103,6 +92,12 @@ async fn every_action_on_every_provider_runs_and_reports_its_external_id() {
         conns.push((p, tenant, conn, account));
     }
     eventually(Duration::from_secs(120), "initial syncs done", || async { f.drained().await }).await;
+    // Expire the OAuth providers' access tokens: the actions below refresh them first (and the
+    // refreshed tokens, too, must stay out of the logs).
+    for (p, _, _, account) in &conns {
+        let acc = account["id"].as_str().map(str::to_owned).unwrap_or_else(|| account["id"].to_string());
+        let _ = f.http.post(format!("{}/_sandbox/{p}/accounts/{acc}/expire-tokens", f.control)).send().await;
+    }
 
     for (p, tenant, _conn, account) in &conns {
         let p = *p;
@@ -209,6 +204,9 @@ async fn every_action_on_every_provider_runs_and_reports_its_external_id() {
         .expect("deal exists");
         assert_eq!(rec.amount, Some(4242.0), "{p}: deal amount updated");
     }
+    let refreshes = f.env.logs.lock().iter().filter(|l| l.contains("\"token refreshed\"")).count();
+    assert!(refreshes >= 2, "the expired OAuth tokens were refreshed ({refreshes} logged)");
+    f.assert_no_secrets_logged();
 }
 
 fn urlencode(s: &str) -> String {
@@ -279,6 +277,7 @@ async fn two_thousand_tasks_survive_workers_sigkilled_every_two_seconds_without_
         );
         assert_eq!(created["count"], n, "{provider}: exactly {n} tasks in the CRM after {kills} kills");
         assert_eq!(f.dead_letters().await, 0);
+        f.assert_no_secrets_logged();
         f.workers.clear();
     }
 }

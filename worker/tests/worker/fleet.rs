@@ -15,7 +15,7 @@ use crm_sandbox::config::ProviderKind;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{Env, Worker};
+use crate::{Env, Worker, follow_logs};
 
 pub(crate) struct Fleet {
     pub(crate) env: Env,
@@ -25,6 +25,42 @@ pub(crate) struct Fleet {
     pub(crate) http: reqwest::Client,
     pub(crate) store: Store,
     pub(crate) workers: Vec<Worker>,
+    /// Credentials handed out in this test (sandbox accounts, API keys): none may be logged.
+    pub(crate) secrets: parking_lot::Mutex<Vec<String>>,
+}
+
+/// Logging at debug for our crates (the no-secrets check reads it), quieter for libraries.
+pub(crate) const VERBOSE_LOGS: &str =
+    "debug,sqlx=warn,hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,tower=info,redis=info";
+
+/// A real `crm-scheduler` process.
+pub(crate) struct SchedulerProc {
+    pub(crate) child: std::process::Child,
+    pub(crate) base: String,
+}
+
+impl Drop for SchedulerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A workspace binary next to this test's executable: `cargo test --workspace` builds it fresh;
+/// it is built here if missing (after `cargo test -p crm-worker` alone it may be stale: build
+/// the workspace first).
+pub(crate) fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", name, "--bin", name])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building {name}");
+    }
+    path
 }
 
 impl Fleet {
@@ -43,7 +79,16 @@ impl Fleet {
         crm_jobs::limits::seed(&env.db.pool).await.expect("seed");
         let rows = crm_jobs::limits::load(&env.db.pool).await.expect("load");
         crm_jobs::limits::apply(&env.queue, &rows).await.expect("apply");
-        Self { env, _sandbox: sandbox, urls, control, http: http_client(), store, workers: Vec::new() }
+        Self {
+            env,
+            _sandbox: sandbox,
+            urls,
+            control,
+            http: http_client(),
+            store,
+            workers: Vec::new(),
+            secrets: Default::default(),
+        }
     }
 
     pub(crate) async fn control(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
@@ -63,10 +108,73 @@ impl Fleet {
     /// A new sandbox account connected to `tenant`.
     pub(crate) async fn connect(&self, tenant: &str, provider: Provider, spec: Value) -> (Connection, Value) {
         let account = self.control(reqwest::Method::POST, &format!("{provider}/accounts"), spec).await;
+        self.remember_secrets(&account);
         let conn = crm_jobs::sandbox_link::connect(&self.store, tenant, provider, &self.urls, &account)
             .await
             .expect("connect");
         (conn, account)
+    }
+
+    /// Records every credential-looking string in `v` (tokens, keys, secrets, passwords).
+    pub(crate) fn remember_secrets(&self, v: &Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let k = k.to_ascii_lowercase();
+                    let secretish = ["token", "secret", "key", "password"].iter().any(|w| k.contains(w));
+                    match v {
+                        Value::String(s) if secretish && s.len() >= 8 => self.secrets.lock().push(s.clone()),
+                        other => self.remember_secrets(other),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| self.remember_secrets(x)),
+            _ => {}
+        }
+    }
+
+    /// Fails if any log line of any spawned process contains a credential: the sandbox's issued
+    /// access and refresh tokens and codes, the accounts' static keys and client secrets, the
+    /// API keys, the token encryption key.
+    pub(crate) fn assert_no_secrets_logged(&self) {
+        let mut secrets = self._sandbox.state().tokens.issued_secrets();
+        secrets.extend(self.secrets.lock().iter().cloned());
+        secrets.push(self.env.key.clone());
+        secrets.retain(|s| s.len() >= 8);
+        let logs = self.env.logs.lock();
+        assert!(!logs.is_empty(), "no log lines captured");
+        assert!(secrets.len() > 1, "no secrets to look for");
+        for line in logs.iter() {
+            for s in &secrets {
+                assert!(!line.contains(s.as_str()), "a secret ({}…) is in a log line: {line}", &s[..4]);
+            }
+        }
+        eprintln!("no-secrets check: {} log lines, {} secrets", logs.len(), secrets.len());
+    }
+
+    /// A real `crm-scheduler` on this fleet's database and prefix, serving on a free port.
+    pub(crate) fn spawn_scheduler(&self, extra: &[(&str, &str)]) -> SchedulerProc {
+        let mut cmd = std::process::Command::new(workspace_bin("crm-scheduler"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.env.db.url)
+            .env("REDIS_URL", crm_jobs::testing::REDIS_URL)
+            .env("CRM_FLEET_REDIS_PREFIX", &self.env.prefix)
+            .env("CRM_FLEET_API_ADDR", "127.0.0.1:0")
+            .env("CRM_FLEET_TOKEN_KEY", &self.env.key)
+            .env("CRM_FLEET_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn crm-scheduler");
+        let ready = follow_logs(&mut child, "crm-scheduler listening", &self.env.logs);
+        let base = ready["api"].as_str().expect("api url").to_owned();
+        SchedulerProc { child, base }
     }
 
     pub(crate) fn spawn_workers(&mut self, n: usize, extra: &[(&str, &str)]) {

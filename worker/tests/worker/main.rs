@@ -30,6 +30,35 @@ pub(crate) struct Env {
     pub(crate) prefix: String,
     pub(crate) queue: Queue,
     pub(crate) key: String,
+    /// Every log line the spawned processes wrote (stderr), for the no-secrets check.
+    pub(crate) logs: Logs,
+}
+
+/// Log lines of spawned processes.
+pub(crate) type Logs = std::sync::Arc<parking_lot::Mutex<Vec<String>>>;
+
+/// Reads `child`'s stderr until a JSON line whose `message` is `ready`, returning that line;
+/// keeps every line in `logs` and drains the rest in the background, so the child never blocks
+/// on a full pipe.
+pub(crate) fn follow_logs(child: &mut Child, ready: &str, logs: &Logs) -> serde_json::Value {
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let found = loop {
+        let line = lines.next().unwrap_or_else(|| panic!("process exited before {ready:?}")).expect("read");
+        logs.lock().push(line.clone());
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["message"] == ready
+        {
+            break v;
+        }
+    };
+    let logs = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            logs.lock().push(line);
+        }
+    });
+    found
 }
 
 impl Env {
@@ -38,7 +67,7 @@ impl Env {
         let prefix = unique("crmtest-");
         let queue =
             Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
-        Self { db, prefix, queue, key: crm_jobs::auth::Keyring::generate_base64() }
+        Self { db, prefix, queue, key: crm_jobs::auth::Keyring::generate_base64(), logs: Logs::default() }
     }
 
     pub(crate) fn spawn(&self, extra: &[(&str, &str)]) -> Worker {
@@ -56,18 +85,8 @@ impl Env {
             cmd.env(k, v);
         }
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn crm-worker");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let metrics = loop {
-            let line = lines.next().expect("worker log line").expect("read");
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["message"] == "crm-worker listening"
-            {
-                break v["metrics"].as_str().expect("metrics url").to_owned();
-            }
-        };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let ready = follow_logs(&mut child, "crm-worker listening", &self.logs);
+        let metrics = ready["metrics"].as_str().expect("metrics url").to_owned();
         Worker { child, metrics }
     }
 

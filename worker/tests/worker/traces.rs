@@ -1,7 +1,7 @@
 //! Traces across processes: a real `crm-scheduler` and a real `crm-worker` export OTLP to a small
 //! receiver in this test; the API request span and the provider HTTP span must share a trace id.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,23 +56,6 @@ async fn receiver() -> (String, Spans) {
     (url, spans)
 }
 
-/// A workspace binary next to this test's executable: `cargo test --workspace` builds it fresh;
-/// it is built here if missing (after `cargo test -p crm-worker` alone it may be stale: build
-/// the workspace first).
-fn workspace_bin(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", name, "--bin", name])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building {name}");
-    }
-    path
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_request_and_the_provider_call_share_one_trace_across_processes() {
     let (otlp, spans) = receiver().await;
@@ -85,25 +68,8 @@ async fn the_api_request_and_the_provider_call_share_one_trace_across_processes(
         )
         .await;
     f.spawn_workers(1, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let mut scheduler = Command::new(workspace_bin("crm-scheduler"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &f.env.db.url)
-        .env("REDIS_URL", crm_jobs::testing::REDIS_URL)
-        .env("CRM_FLEET_REDIS_PREFIX", &f.env.prefix)
-        .env("CRM_FLEET_API_ADDR", format!("127.0.0.1:{port}"))
-        .env("CRM_FLEET_TOKEN_KEY", &f.env.key)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("crm-scheduler");
-    let base = format!("http://127.0.0.1:{port}");
-    eventually(Duration::from_secs(30), "scheduler ready", || async {
-        f.http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let mut scheduler = f.spawn_scheduler(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)]);
+    let base = scheduler.base.clone();
     let (key, _) = crm_scheduler::api::keys::create(
         &f.env.db.pool,
         "traces",
@@ -128,10 +94,10 @@ async fn the_api_request_and_the_provider_call_share_one_trace_across_processes(
     let id = resp["job_id"].as_str().expect("job id").to_owned();
     eventually(Duration::from_secs(30), "action done", || async { f.succeeded().await == 1 }).await;
     // Spans are exported in batches: stop both processes, which flush on shutdown.
-    for p in [scheduler.id(), f.workers[0].child.id()] {
+    for p in [scheduler.child.id(), f.workers[0].child.id()] {
         let _ = Command::new("kill").arg("-TERM").arg(p.to_string()).status();
     }
-    let _ = scheduler.wait();
+    let _ = scheduler.child.wait();
     let _ = f.workers[0].child.wait();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
