@@ -6,7 +6,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Start Redis and PostgreSQL locally if they are not running (apt-get where missing).
+# Start Redis and PostgreSQL locally if they are not running, and install Prometheus (apt-get where missing).
 services:
     bash .ci/services.sh
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432, trust auth for user
 # postgres, database "test") are reachable; installs them with apt-get and starts them where
-# they are not. Idempotent: on a machine that already runs both, it only checks.
+# they are not; installs Prometheus (the telemetry tests run promtool and a server of their
+# own). Idempotent: on a machine that already has all three, it only checks.
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*"; }
@@ -57,3 +58,12 @@ if ! pg_ok; then
 fi
 pg_ok || { log "postgres is not reachable"; exit 1; }
 log "postgres ok"
+
+# --- Prometheus (promtool and a server for the telemetry tests; not left running) ---
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  log "installing prometheus (promtool)"
+  apt_install prometheus
+  # Debian's package may start a system instance; the tests start their own.
+  (service prometheus stop || pkill -x prometheus || true) >/dev/null 2>&1
+fi
+log "prometheus $(prometheus --version 2>&1 | head -n 1 | awk '{print $3}') ok"

@@ -775,18 +775,3 @@ pub async fn purge(
     }
     Ok(total)
 }
-
-/// Sets `crm_fleet_dead_letters{provider, error_class}` from the table (not yet replayed ones).
-pub async fn sample_gauge(pool: &PgPool) -> Result<(), DlqError> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT provider, error_class, count(*) FROM dead_letters WHERE replayed_at IS NULL GROUP BY provider, error_class",
-    )
-    .fetch_all(pool)
-    .await?;
-    for (provider, class, n) in rows {
-        let provider = if provider.is_empty() { "none".to_owned() } else { provider };
-        metrics::gauge!("crm_fleet_dead_letters", "provider" => provider, "error_class" => class)
-            .set(n as f64);
-    }
-    Ok(())
-}

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod dlq;
 pub mod enqueue;
+pub mod fleet_gauges;
 pub mod job;
 pub mod limits;
 pub mod ops;

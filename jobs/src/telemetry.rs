@@ -123,14 +123,125 @@ pub fn init_metrics() -> PrometheusHandle {
                     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                 ])
                 .unwrap_or_else(|_| PrometheusBuilder::new());
-            match builder.install_recorder() {
+            let handle = match builder.install_recorder() {
                 Ok(handle) => handle,
                 // A recorder is already installed (tests running several apps in one process):
                 // render from a private recorder instead of failing.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
+            };
+            describe_metrics();
+            metrics::gauge!("crm_fleet_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            metrics::gauge!("crm_fleet_process_start_time_seconds").set(started);
+            handle
         })
         .clone()
+}
+
+/// HELP text and units of every metric (the catalogue of `docs/telemetry.md`, which a test
+/// checks against a scrape).
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("crm_fleet_build_info", "Version of the running binary (always 1).");
+    describe_gauge!("crm_fleet_process_start_time_seconds", Unit::Seconds, "Unix time the process started.");
+    describe_counter!("crm_fleet_jobs_enqueued_total", Unit::Count, "Jobs pushed (duplicates not counted).");
+    describe_counter!(
+        "crm_fleet_jobs_completed_total",
+        Unit::Count,
+        "Job attempts finished, by outcome (success, retry, deferred, dead, lease_lost, abandoned) and job type."
+    );
+    describe_histogram!(
+        "crm_fleet_job_duration_seconds",
+        Unit::Seconds,
+        "Time a job attempt ran in the handler."
+    );
+    describe_histogram!(
+        "crm_fleet_job_wait_seconds",
+        Unit::Seconds,
+        "Time from enqueue to the first lease (first attempts only)."
+    );
+    describe_counter!("crm_fleet_jobs_orphaned_total", Unit::Count, "Jobs reclaimed from expired leases.");
+    describe_counter!(
+        "crm_fleet_leases_lost_total",
+        Unit::Count,
+        "Running jobs whose lease was reclaimed before they finished."
+    );
+    describe_counter!("crm_fleet_queue_errors_total", Unit::Count, "Failed queue operations, by operation.");
+    describe_gauge!("crm_fleet_queue_depth", Unit::Count, "Jobs in the queue, by state.");
+    describe_gauge!("crm_fleet_queue_oldest_age_seconds", Unit::Seconds, "Age of the oldest ready job.");
+    describe_gauge!(
+        "crm_fleet_dead_letters",
+        Unit::Count,
+        "Dead letters not yet replayed, by provider and error class."
+    );
+    describe_counter!("crm_fleet_dead_letters_purged_total", Unit::Count, "Dead letters purged.");
+    describe_counter!(
+        "crm_fleet_provider_requests_total",
+        Unit::Count,
+        "HTTP requests to CRMs, by provider, operation and status class."
+    );
+    describe_histogram!(
+        "crm_fleet_provider_request_duration_seconds",
+        Unit::Seconds,
+        "Duration of HTTP requests to CRMs."
+    );
+    describe_counter!(
+        "crm_fleet_provider_throttled_total",
+        Unit::Count,
+        "Throttled answers from CRMs (429 and equivalents), by provider and scope."
+    );
+    describe_gauge!("crm_fleet_circuit_open", "1 while a provider's circuit breaker is open.");
+    describe_histogram!(
+        "crm_fleet_limiter_wait_seconds",
+        Unit::Seconds,
+        "Time a sync waited for a rate token between pages."
+    );
+    describe_gauge!(
+        "crm_fleet_limiter_slots_in_use",
+        Unit::Count,
+        "Jobs holding a provider's fleet-wide concurrency slot."
+    );
+    describe_gauge!("crm_fleet_limiter_paused", Unit::Count, "Pauses in force, by provider and scope.");
+    describe_gauge!("crm_fleet_connections", Unit::Count, "CRM connections, by provider and status.");
+    describe_counter!(
+        "crm_fleet_token_refreshes_total",
+        Unit::Count,
+        "OAuth token refreshes, by provider and outcome (ok, invalid_grant, error)."
+    );
+    describe_histogram!(
+        "crm_fleet_token_refresh_duration_seconds",
+        Unit::Seconds,
+        "Duration of OAuth token refresh requests."
+    );
+    describe_counter!(
+        "crm_fleet_sync_records_total",
+        Unit::Count,
+        "Records written by syncs, by provider and operation (created, updated, deleted, unchanged)."
+    );
+    describe_counter!(
+        "crm_fleet_scheduler_ticks_total",
+        Unit::Count,
+        "Scheduled (tick, object) pairs, by outcome (enqueued, duplicate, skipped)."
+    );
+    describe_histogram!(
+        "crm_fleet_scheduler_lag_seconds",
+        Unit::Seconds,
+        "Delay from a tick's firing time to its push returning."
+    );
+    describe_gauge!("crm_fleet_scheduler_is_leader", "1 while this scheduler replica holds the lease.");
+    describe_counter!(
+        "crm_fleet_http_requests_total",
+        Unit::Count,
+        "Control-plane API requests, by route and status class."
+    );
+    describe_histogram!(
+        "crm_fleet_http_request_duration_seconds",
+        Unit::Seconds,
+        "Duration of control-plane API requests."
+    );
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -99,10 +99,10 @@ impl<Args: DeserializeOwned + Send + 'static> RedisBackend<Args> {
         self.shared.register(&job.lease);
         match serde_json::from_slice::<Args>(&job.payload) {
             Ok(args) => {
-                let wait_ms = (job.started_at_ms - job.enqueued_at_ms).max(0) as f64 / 1000.0;
+                let wait_s = (job.started_at_ms - job.enqueued_at_ms).max(0) as f64 / 1000.0;
                 if job.attempt <= 1 {
                     metrics::histogram!("crm_fleet_job_wait_seconds", "job_type" => job.job_type.clone())
-                        .record(wait_ms);
+                        .record(wait_s);
                 }
                 let task = TaskBuilder::new(args)
                     .task_id(TaskId::from_string(job.lease.job.to_string()))

@@ -1,9 +1,11 @@
 //! The scheduler process as a library: the control-plane HTTP API of [`crate::api`] (which
 //! mounts the scheduling routes of [`crate::schedule::api`]), the lease + tick engine of
-//! [`crate::schedule`] and the limits syncer (PostgreSQL → Redis), started and stopped together.
+//! [`crate::schedule`], the limits syncer (PostgreSQL → Redis) and the fleet-wide gauges
+//! ([`crm_jobs::fleet_gauges`]), started and stopped together.
 //!
 //! Shutdown: stop ticking → give the lease up (a standby takes over within its retry
-//! interval) → finish in-flight HTTP requests → stop the limits syncer → return.
+//! interval) → finish in-flight HTTP requests → stop the limits syncer and the fleet gauges →
+//! return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -89,6 +91,11 @@ impl Scheduler {
             self.state.queue.clone(),
             crm_jobs::limits::DEFAULT_RELOAD,
         );
+        let mut gauges = crm_jobs::fleet_gauges::FleetGauges::start(
+            self.state.pool.clone(),
+            self.state.queue.clone(),
+            crm_jobs::fleet_gauges::DEFAULT_EVERY,
+        );
         let (app, _) = crate::api::router(self.state);
         let stopping = scheduling.clone();
         let served = axum::serve(self.listener, app)
@@ -101,6 +108,7 @@ impl Scheduler {
         // Also when serving failed.
         scheduling.stop().await;
         limits.stop().await;
+        gauges.stop().await;
         served?;
         Ok(())
     }

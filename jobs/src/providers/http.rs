@@ -88,15 +88,45 @@ impl RawResponse {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The body as text, shortened for error messages.
+    /// The body as text, shortened for error messages and stripped of anything token-like
+    /// (error messages are logged and kept in dead letters).
     pub fn snippet(&self) -> String {
         let text = String::from_utf8_lossy(&self.body);
         let mut s: String = text.chars().take(300).collect();
         if text.chars().count() > 300 {
             s.push('…');
         }
-        s
+        scrub_tokens(&s)
     }
+}
+
+/// Replaces every run of 24 or more token characters (letters, digits, `-._~+=`) that mixes
+/// letters and digits — the shape of access tokens, API keys and secrets, not of words, paths,
+/// record ids or dates — with `[redacted]`. UUIDs are kept (they name records, not secrets).
+pub fn scrub_tokens(s: &str) -> String {
+    fn token_char(c: char) -> bool {
+        c.is_ascii_alphanumeric() || "-._~+=".contains(c)
+    }
+    fn flush(run: &mut String, out: &mut String) {
+        let secretish = run.chars().count() >= 24
+            && run.chars().any(|c| c.is_ascii_digit())
+            && run.chars().any(|c| c.is_ascii_alphabetic())
+            && uuid::Uuid::try_parse(run).is_err();
+        out.push_str(if secretish { "[redacted]" } else { run });
+        run.clear();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut run = String::new();
+    for c in s.chars() {
+        if token_char(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// The shared HTTP client (rustls with ring, no redirects, bounded timeouts). Cheap to clone.
@@ -237,4 +267,28 @@ pub fn common_status(resp: &RawResponse) -> Option<ProviderError> {
         });
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub_tokens;
+
+    #[test]
+    fn token_shapes_are_scrubbed_and_the_rest_kept() {
+        let msg = "invalid token pat-na1-11111111-2222-4333-8444-555555555555x for 003xx000004TmiQAAS \
+                   at /services/data/v59.0/sobjects on 2026-11-23T10:00:00Z: Bearer 00Dxx0000001gPL!AQ4AQFmRk7q9Z2vN8yS1tH3uJ6wK0eC5bD \
+                   record 5f0c7a36-8b1e-4c55-9a2b-1d2e3f405162";
+        let out = scrub_tokens(msg);
+        assert!(!out.contains("pat-na1-11111111"), "{out}");
+        assert!(!out.contains("AQ4AQFmRk7q9Z2vN8yS1tH3uJ6wK0eC5bD"), "{out}");
+        for kept in [
+            "invalid token",
+            "003xx000004TmiQAAS",
+            "/services/data/v59.0/sobjects",
+            "2026-11-23T10:00:00Z",
+            "5f0c7a36-8b1e-4c55-9a2b-1d2e3f405162",
+        ] {
+            assert!(out.contains(kept), "{kept} kept in {out}");
+        }
+    }
 }

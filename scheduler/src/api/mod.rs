@@ -151,8 +151,21 @@ async fn trace_request(
         http.status_code = tracing::field::Empty);
     let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
     crm_jobs::telemetry::set_remote_parent(&span, parent.as_deref());
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
     let resp = next.run(req).instrument(span.clone()).await;
     span.record("http.status_code", resp.status().as_u16());
+    let status = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    // Labels: the route template (a closed set; `unmatched` for everything else), never the path.
+    metrics::counter!("crm_fleet_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("crm_fleet_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     tracing::debug!(parent: &span, message = "request served", status = resp.status().as_u16());
     resp
 }

@@ -28,7 +28,14 @@ pub(crate) async fn serve_api(f: &Fleet) -> Api {
 }
 
 impl Api {
-    async fn post(&self, f: &Fleet, tenant: &str, provider: Provider, action: &str, params: Value) -> String {
+    pub(crate) async fn post(
+        &self,
+        f: &Fleet,
+        tenant: &str,
+        provider: Provider,
+        action: &str,
+        params: Value,
+    ) -> String {
         let resp = f
             .http
             .post(format!("{}/v1/actions", self.base))
@@ -44,7 +51,7 @@ impl Api {
         body["job_id"].as_str().expect("job id").to_owned()
     }
 
-    async fn job(&self, f: &Fleet, id: &str) -> Value {
+    pub(crate) async fn job(&self, f: &Fleet, id: &str) -> Value {
         f.http
             .get(format!("{}/v1/jobs/{id}", self.base))
             .bearer_auth(&self.key)

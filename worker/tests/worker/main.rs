@@ -3,6 +3,7 @@
 
 mod e2e;
 mod fleet;
+mod telemetry;
 mod traces;
 
 use std::io::{BufRead, BufReader};
@@ -14,8 +15,8 @@ use crm_jobs::testing::{REDIS_URL, TestDb, eventually, http_client, purge_redis_
 use crm_queue::{Lane, NewJob, Priority, Queue, QueueConfig};
 
 pub(crate) struct Worker {
-    child: Child,
-    metrics: String,
+    pub(crate) child: Child,
+    pub(crate) metrics: String,
 }
 
 impl Drop for Worker {

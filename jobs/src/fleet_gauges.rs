@@ -1,0 +1,238 @@
+//! Fleet-wide gauges, sampled on a timer by `crm-scheduler` (never per scrape):
+//!
+//! | Gauge | Labels | From |
+//! |---|---|---|
+//! | `crm_fleet_dead_letters` | `provider`, `error_class` | dead letters not yet replayed (PostgreSQL) |
+//! | `crm_fleet_connections` | `provider`, `status` | connections by status (PostgreSQL) |
+//! | `crm_fleet_limiter_slots_in_use` | `provider` | jobs holding the provider's concurrency slot (Redis, one `ZCARD` per provider) |
+//! | `crm_fleet_limiter_paused` | `provider`, `scope` | pauses in force: `account` (throttled), `connection` (parked), `provider` (breaker open) |
+//!
+//! Invariants: labels come from closed sets (the five providers, error classes, connection
+//! statuses, three scopes), never tenant or connection ids; a label set that disappears is set
+//! to 0 rather than left at its last value; one sample costs a few small queries, whatever the
+//! size of the fleet (the pause hash is read whole: pauses are few by nature).
+//!
+//! Every scheduler replica samples the same fleet-wide values: aggregate them with `max`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crm_queue::Queue;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::enqueue::budget;
+use crate::providers::Provider;
+
+/// How often the scheduler samples.
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(10);
+
+/// A labelled gauge family remembered between samples, so vanished label sets go to 0.
+#[derive(Default)]
+struct Family {
+    seen: HashSet<Vec<(&'static str, String)>>,
+}
+
+impl Family {
+    fn set(&mut self, name: &'static str, values: Vec<(Vec<(&'static str, String)>, f64)>) {
+        let now: HashSet<Vec<(&'static str, String)>> = values.iter().map(|(l, _)| l.clone()).collect();
+        for gone in self.seen.difference(&now) {
+            metrics::gauge!(name, labels(gone)).set(0.0);
+        }
+        for (l, v) in &values {
+            metrics::gauge!(name, labels(l)).set(*v);
+        }
+        self.seen = now;
+    }
+}
+
+fn labels(l: &[(&'static str, String)]) -> Vec<metrics::Label> {
+    l.iter().map(|(k, v)| metrics::Label::new(*k, v.clone())).collect()
+}
+
+#[derive(Default)]
+struct Sampler {
+    dead_letters: Family,
+    connections: Family,
+    paused: Family,
+}
+
+impl Sampler {
+    async fn sample(&mut self, pool: &PgPool, queue: &Queue) {
+        match dead_letters(pool).await {
+            Ok(v) => self.dead_letters.set("crm_fleet_dead_letters", v),
+            Err(error) => tracing::debug!(message = "sampling dead letters failed", %error),
+        }
+        match connections(pool).await {
+            Ok(v) => self.connections.set("crm_fleet_connections", v),
+            Err(error) => tracing::debug!(message = "sampling connections failed", %error),
+        }
+        for p in Provider::ALL {
+            if let Ok(n) = queue.slots_in_use(&budget::provider(p)).await {
+                metrics::gauge!("crm_fleet_limiter_slots_in_use", "provider" => p.as_str()).set(n as f64);
+            }
+        }
+        match paused(pool, queue).await {
+            Ok(v) => self.paused.set("crm_fleet_limiter_paused", v),
+            Err(error) => tracing::debug!(message = "sampling pauses failed", %error),
+        }
+    }
+}
+
+type Samples = Vec<(Vec<(&'static str, String)>, f64)>;
+
+async fn dead_letters(pool: &PgPool) -> Result<Samples, sqlx::Error> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT provider, error_class, count(*) FROM dead_letters WHERE replayed_at IS NULL \
+         GROUP BY provider, error_class",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(provider, class, n)| {
+            (vec![("provider", provider_label(&provider)), ("error_class", class)], n as f64)
+        })
+        .collect())
+}
+
+async fn connections(pool: &PgPool) -> Result<Samples, sqlx::Error> {
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT provider, status, count(*) FROM connections GROUP BY provider, status")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(provider, status, n)| {
+            (vec![("provider", provider_label(&provider)), ("status", status)], n as f64)
+        })
+        .collect())
+}
+
+/// Pauses in force, counted by provider and scope. A connection pause names only the
+/// connection, so its provider is looked up.
+async fn paused(pool: &PgPool, queue: &Queue) -> Result<Samples, PausedError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let pauses = queue.pauses().await?;
+    let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
+    let mut conns = Vec::new();
+    for (name, until) in pauses {
+        if until <= now {
+            continue;
+        }
+        match Pause::parse(&name) {
+            Some(Pause::Account(p)) => *counts.entry((p, "account")).or_default() += 1,
+            Some(Pause::Provider(p)) => *counts.entry((p, "provider")).or_default() += 1,
+            Some(Pause::Connection(id)) => conns.push(id),
+            None => {}
+        }
+    }
+    if !conns.is_empty() {
+        let providers: Vec<String> =
+            sqlx::query_scalar("SELECT provider FROM connections WHERE id = ANY($1)")
+                .bind(&conns)
+                .fetch_all(pool)
+                .await?;
+        for p in providers {
+            *counts.entry((provider_label(&p), "connection")).or_default() += 1;
+        }
+    }
+    Ok(counts
+        .into_iter()
+        .map(|((p, scope), n)| (vec![("provider", p), ("scope", scope.to_owned())], n as f64))
+        .collect())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PausedError {
+    #[error(transparent)]
+    Queue(#[from] crm_queue::QueueError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// A pause budget name, as [`budget`] writes them.
+#[derive(Debug, PartialEq, Eq)]
+enum Pause {
+    Account(String),
+    Provider(String),
+    Connection(Uuid),
+}
+
+impl Pause {
+    fn parse(name: &str) -> Option<Self> {
+        let rest = name.strip_prefix("x:")?;
+        if let Some(r) = rest.strip_prefix("account:") {
+            let provider = r.split(':').next()?;
+            return Some(Self::Account(provider_label(provider)));
+        }
+        if let Some(p) = rest.strip_prefix("provider:") {
+            return Some(Self::Provider(provider_label(p)));
+        }
+        rest.strip_prefix("conn:").and_then(|id| id.parse().ok()).map(Self::Connection)
+    }
+}
+
+/// A provider name as a label: one of the five, or `other` (never free text).
+fn provider_label(p: &str) -> String {
+    p.parse::<Provider>().map(|p| p.as_str().to_owned()).unwrap_or_else(|_| "other".to_owned())
+}
+
+/// The running sampler.
+pub struct FleetGauges {
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl FleetGauges {
+    /// Samples now and then every `every`, until [`FleetGauges::stop`].
+    pub fn start(pool: PgPool, queue: Queue, every: Duration) -> Self {
+        let cancel = CancellationToken::new();
+        let token = cancel.clone();
+        let task = tokio::spawn(async move {
+            let mut sampler = Sampler::default();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => sampler.sample(&pool, &queue).await,
+                }
+            }
+        });
+        Self { cancel, task: Some(task) }
+    }
+
+    /// Stops sampling.
+    pub async fn stop(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for FleetGauges {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_names_map_to_closed_labels() {
+        let id = Uuid::new_v4();
+        assert_eq!(Pause::parse("x:account:hubspot:123"), Some(Pause::Account("hubspot".into())));
+        assert_eq!(Pause::parse("x:account:zoho:https://x/y"), Some(Pause::Account("zoho".into())));
+        assert_eq!(Pause::parse("x:provider:close"), Some(Pause::Provider("close".into())));
+        assert_eq!(Pause::parse(&format!("x:conn:{id}")), Some(Pause::Connection(id)));
+        assert_eq!(Pause::parse("x:account:myspace:1"), Some(Pause::Account("other".into())));
+        assert_eq!(Pause::parse("c:provider:hubspot"), None);
+        assert_eq!(Pause::parse("x:conn:not-a-uuid"), None);
+    }
+}
