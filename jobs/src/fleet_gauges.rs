@@ -15,15 +15,16 @@
 //! Every scheduler replica samples the same fleet-wide values: aggregate them with `max`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crm_queue::Queue;
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::enqueue::budget;
+use crate::periodic::Periodic;
 use crate::providers::Provider;
 
 /// How often the scheduler samples.
@@ -181,42 +182,21 @@ fn provider_label(p: &str) -> String {
 }
 
 /// The running sampler.
-pub struct FleetGauges {
-    cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
-}
+pub struct FleetGauges(Periodic);
 
 impl FleetGauges {
     /// Samples now and then every `every`, until [`FleetGauges::stop`].
     pub fn start(pool: PgPool, queue: Queue, every: Duration) -> Self {
-        let cancel = CancellationToken::new();
-        let token = cancel.clone();
-        let task = tokio::spawn(async move {
-            let mut sampler = Sampler::default();
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tick.tick() => sampler.sample(&pool, &queue).await,
-                }
-            }
-        });
-        Self { cancel, task: Some(task) }
+        let sampler = Arc::new(Mutex::new(Sampler::default()));
+        Self(Periodic::start(every, move || {
+            let (sampler, pool, queue) = (sampler.clone(), pool.clone(), queue.clone());
+            async move { sampler.lock().await.sample(&pool, &queue).await }
+        }))
     }
 
     /// Stops sampling.
     pub async fn stop(&mut self) {
-        self.cancel.cancel();
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
-}
-
-impl Drop for FleetGauges {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+        self.0.stop().await;
     }
 }
 

@@ -318,10 +318,7 @@ pub async fn apply(queue: &Queue, rows: &[LimitRow]) -> Result<usize, crm_queue:
 
 /// Hot reload: copies PostgreSQL limits into the queue every `interval` (changes apply within
 /// it). One lifecycle: `start`, `stop` (twice is harmless).
-pub struct Syncer {
-    token: tokio_util::sync::CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
+pub struct Syncer(crate::periodic::Periodic);
 
 /// How often limits are reloaded.
 pub const DEFAULT_RELOAD: Duration = Duration::from_secs(1);
@@ -329,38 +326,32 @@ pub const DEFAULT_RELOAD: Duration = Duration::from_secs(1);
 impl Syncer {
     /// Seeds the defaults and starts reloading.
     pub fn start(pool: sqlx::PgPool, queue: Queue, interval: Duration) -> Self {
-        let token = tokio_util::sync::CancellationToken::new();
-        let t = token.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = seed(&pool).await {
-                tracing::warn!(message = "seeding default limits failed", %e);
-            }
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tokio::select! {
-                    _ = t.cancelled() => return,
-                    _ = tick.tick() => {
-                        match load(&pool).await {
-                            Ok(rows) => match apply(&queue, &rows).await {
-                                Ok(n) if n > 0 => tracing::info!(message = "limits reloaded", changed = n),
-                                Ok(_) => {}
-                                Err(e) => tracing::warn!(message = "applying limits failed", %e),
-                            },
-                            Err(e) => tracing::warn!(message = "loading limits failed", %e),
-                        }
+        let seeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        Self(crate::periodic::Periodic::start(interval, move || {
+            let (pool, queue, seeded) = (pool.clone(), queue.clone(), seeded.clone());
+            async move {
+                // Seeded once; retried on the next step if PostgreSQL was not there yet.
+                if !seeded.load(std::sync::atomic::Ordering::Relaxed) {
+                    match seed(&pool).await {
+                        Ok(()) => seeded.store(true, std::sync::atomic::Ordering::Relaxed),
+                        Err(e) => tracing::warn!(message = "seeding default limits failed", %e),
                     }
                 }
+                match load(&pool).await {
+                    Ok(rows) => match apply(&queue, &rows).await {
+                        Ok(n) if n > 0 => tracing::info!(message = "limits reloaded", changed = n),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(message = "applying limits failed", %e),
+                    },
+                    Err(e) => tracing::warn!(message = "loading limits failed", %e),
+                }
             }
-        });
-        Self { token, task: Some(task) }
+        }))
     }
 
     /// Stops reloading.
     pub async fn stop(&mut self) {
-        self.token.cancel();
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
+        self.0.stop().await;
     }
 }
 

@@ -1,11 +1,12 @@
 //! The scheduler process as a library: the control-plane HTTP API of [`crate::api`] (which
 //! mounts the scheduling routes of [`crate::schedule::api`]), the lease + tick engine of
-//! [`crate::schedule`], the limits syncer (PostgreSQL → Redis) and the fleet-wide gauges
-//! ([`crm_jobs::fleet_gauges`]), started and stopped together.
+//! [`crate::schedule`], the limits syncer (PostgreSQL → Redis), the fleet-wide gauges
+//! ([`crm_jobs::fleet_gauges`]) and dead-letter retention ([`crm_jobs::dlq_retention`]),
+//! started and stopped together.
 //!
 //! Shutdown: stop ticking → give the lease up (a standby takes over within its retry
-//! interval) → finish in-flight HTTP requests → stop the limits syncer and the fleet gauges →
-//! return.
+//! interval) → finish in-flight HTTP requests → stop the limits syncer, the fleet gauges and
+//! retention (each after its step in progress) → return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub struct SchedulerConfig {
     /// Lease and tick engine settings (the lease's database URL and API address are filled in
     /// by [`Scheduler::build`]).
     pub schedule: crate::schedule::ScheduleConfig,
+    /// Dead letters older than this are purged (audited, counted); `None` keeps them forever.
+    pub dlq_retention: Option<std::time::Duration>,
 }
 
 /// A built scheduler, ready to run.
@@ -40,6 +43,7 @@ pub struct Scheduler {
     listener: TcpListener,
     state: crate::api::ApiState,
     schedule: crate::schedule::ScheduleConfig,
+    dlq_retention: Option<std::time::Duration>,
 }
 
 impl Scheduler {
@@ -71,7 +75,12 @@ impl Scheduler {
         let mut schedule = config.schedule;
         schedule.lease.database_url = config.database_url;
         schedule.lease.api_addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        Ok(Self { listener, state: crate::api::ApiState { pool, queue, metrics, connect }, schedule })
+        Ok(Self {
+            listener,
+            state: crate::api::ApiState { pool, queue, metrics, connect },
+            schedule,
+            dlq_retention: config.dlq_retention,
+        })
     }
 
     /// The bound API address.
@@ -96,6 +105,13 @@ impl Scheduler {
             self.state.queue.clone(),
             crm_jobs::fleet_gauges::DEFAULT_EVERY,
         );
+        let mut retention = self.dlq_retention.map(|keep| {
+            crm_jobs::dlq_retention::Retention::start(
+                self.state.pool.clone(),
+                keep,
+                crm_jobs::dlq_retention::DEFAULT_EVERY,
+            )
+        });
         let (app, _) = crate::api::router(self.state);
         let stopping = scheduling.clone();
         let served = axum::serve(self.listener, app)
@@ -109,6 +125,9 @@ impl Scheduler {
         scheduling.stop().await;
         limits.stop().await;
         gauges.stop().await;
+        if let Some(r) = retention.as_mut() {
+            r.stop().await;
+        }
         served?;
         Ok(())
     }

@@ -30,6 +30,10 @@ struct Args {
     /// their schedule's missed-tick policy (e.g. 1s, 250ms).
     #[arg(long, env = "CRM_FLEET_SCHEDULER_LATE_TOLERANCE", default_value = "1s")]
     late_tolerance: String,
+    /// Dead letters older than this are purged hourly (audited and counted); `off` keeps them
+    /// forever (e.g. 30d, 72h).
+    #[arg(long, env = "CRM_FLEET_DLQ_RETENTION", default_value = "30d")]
+    dlq_retention: String,
     /// Log format: text or json.
     #[arg(long, env = "CRM_FLEET_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -69,6 +73,20 @@ fn validate(
         );
         crm_scheduler::schedule::engine::DEFAULT_LATE_TOLERANCE
     });
+    let dlq_retention = match a.dlq_retention.as_str() {
+        "off" | "never" => None,
+        s => match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                p.add("CRM_FLEET_DLQ_RETENTION", "must be positive, or `off`");
+                None
+            }
+            Err(e) => {
+                p.add("CRM_FLEET_DLQ_RETENTION", format!("{s:?} is not a duration or `off` ({e})"));
+                None
+            }
+        },
+    };
     let mut schedule = crm_scheduler::schedule::ScheduleConfig::new("");
     schedule.engine.late_tolerance = late_tolerance;
     let log_format = a.log_format.parse().unwrap_or_else(|e: String| {
@@ -113,6 +131,7 @@ fn validate(
             migrate: !a.no_migrate,
             keys,
             schedule,
+            dlq_retention,
         },
         log_format,
         otel,

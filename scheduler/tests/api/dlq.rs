@@ -358,3 +358,42 @@ async fn one_command_lists_the_tenants_with_salesforce_auth_failures_in_the_last
     let (code, ..) = crmctl(&["dlq", "list", "--since", "yesterday-ish"]);
     assert_eq!(code, Some(1));
 }
+
+#[tokio::test]
+async fn retention_purges_only_expired_dead_letters_and_audits_every_one_even_with_two_replicas() {
+    let app = spawn_app().await;
+    let mut expired = HashSet::new();
+    for i in 0..6 {
+        expired.insert(
+            dead_action(&app, &format!("old{i}"), Provider::Hubspot, "transient", Duration::hours(3)).await,
+        );
+    }
+    let recent = dead_action(&app, "new", Provider::Hubspot, "transient", Duration::minutes(10)).await;
+    let keep = std::time::Duration::from_secs(3600);
+    let every = std::time::Duration::from_millis(50);
+    // Two scheduler replicas run retention at the same time.
+    let mut a = crm_jobs::dlq_retention::Retention::start(app.db.pool.clone(), keep, every);
+    let mut b = crm_jobs::dlq_retention::Retention::start(app.db.pool.clone(), keep, every);
+    let remaining = async {
+        loop {
+            let ids: Vec<Uuid> =
+                sqlx::query_scalar("SELECT id FROM dead_letters").fetch_all(&app.db.pool).await.expect("ids");
+            if ids.len() == 1 {
+                return ids;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let ids =
+        tokio::time::timeout(std::time::Duration::from_secs(20), remaining).await.expect("purged in time");
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(ids, vec![recent], "only the dead letter younger than the retention is kept");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(count), 0)::bigint FROM dead_letter_purges WHERE actor = 'retention'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .expect("audit");
+    assert_eq!(audited, expired.len() as i64, "every purged dead letter is in the audit, once");
+}

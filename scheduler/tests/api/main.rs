@@ -43,6 +43,7 @@ pub(crate) async fn spawn_app() -> App {
         migrate: false,
         keys: keys.clone(),
         schedule: crm_scheduler::schedule::ScheduleConfig::new(""),
+        dlq_retention: None,
     };
     let scheduler = Scheduler::build(config).await.expect("build");
     let base = format!("http://{}", scheduler.api_addr());

@@ -99,6 +99,7 @@ impl Env {
             migrate: false,
             keys: Arc::new(crm_jobs::auth::Keyring::from_base64(&self.token_key, &[]).expect("token key")),
             schedule: ScheduleConfig::new(""),
+            dlq_retention: None,
         }
     }
 
