@@ -10,6 +10,11 @@ default:
 services:
     bash .ci/services.sh
 
+# The whole fleet on this machine against the CRM sandbox, with live progress (Ctrl-C stops it).
+demo *ARGS:
+    cargo build --release --bins
+    ./target/release/crmctl demo {{ARGS}}
+
 # Run the whole test suite (needs Redis on 6379 and PostgreSQL on 5432; see `just services`).
 test:
     cargo test --workspace --no-fail-fast

@@ -53,6 +53,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole fleet locally against the CRM sandbox, with live progress (Ctrl-C stops it).
+    Demo(crate::demo::DemoArgs),
     /// Apply pending database migrations.
     Migrate,
     /// Show queue depth, age, workers, limits and pauses.
@@ -1190,6 +1192,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Demo(args) => crate::demo::run(args).await,
         Command::Queues => {
             let queue = queue(&cli).await?;
             let stats = queue.stats().await?;

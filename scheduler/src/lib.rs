@@ -6,5 +6,6 @@
 
 pub mod api;
 pub mod cli;
+pub mod demo;
 pub mod schedule;
 pub mod server;
