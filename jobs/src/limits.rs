@@ -345,6 +345,11 @@ impl Syncer {
                     },
                     Err(e) => tracing::warn!(message = "loading limits failed", %e),
                 }
+                match lift_reauthorised_parks(&pool, &queue).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(message = "re-authorised connections unparked", count = n),
+                    Err(e) => tracing::warn!(message = "unparking re-authorised connections failed", %e),
+                }
             }
         }))
     }
@@ -353,6 +358,42 @@ impl Syncer {
     pub async fn stop(&mut self) {
         self.0.stop().await;
     }
+}
+
+/// Why housekeeping of the limits failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    /// PostgreSQL.
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Redis.
+    #[error("queue: {0}")]
+    Queue(#[from] crm_queue::QueueError),
+}
+
+/// Lifts the park of every parked connection that is `active` again, whichever way it was
+/// re-authorised (the OAuth callback, `crmctl connections add-key` or `set-status`, SQL), so
+/// its waiting jobs run within a reload interval instead of at the park's end. A connection
+/// still `needs_reauth` or `disabled` stays parked. Returns how many were lifted.
+pub async fn lift_reauthorised_parks(pool: &sqlx::PgPool, queue: &Queue) -> Result<usize, LimitsError> {
+    let parked: Vec<uuid::Uuid> = queue
+        .pauses()
+        .await?
+        .keys()
+        .filter_map(|name| name.strip_prefix("x:conn:").and_then(|id| id.parse().ok()))
+        .collect();
+    if parked.is_empty() {
+        return Ok(0);
+    }
+    let active: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM connections WHERE id = ANY($1) AND status = 'active'")
+            .bind(&parked)
+            .fetch_all(pool)
+            .await?;
+    for id in &active {
+        queue.pause(&budget::connection_pause(*id), Duration::ZERO).await?;
+    }
+    Ok(active.len())
 }
 
 /// The learned rate of one account: what the provider's headers say (or the seed), and when

@@ -1,6 +1,7 @@
 //! The control-plane API, served for real on port 0 against a fresh database and Redis prefix.
 
 mod dlq;
+mod parks;
 
 use std::sync::Arc;
 
