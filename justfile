@@ -42,3 +42,7 @@ bench:
 # The limits acceptance figure at full scale (100 requests / 10 s, 5,000 jobs; ~9 minutes).
 accept-limits:
     cargo test -p crm-worker --test worker -- --ignored full_scale --nocapture
+
+# Validate the Dockerfile, compose file, Kubernetes manifests, Prometheus config and alerts (fetches the tools into .tmp/).
+deploy-validate:
+    bash deploy/validate.sh --install
