@@ -46,3 +46,7 @@ accept-limits:
 # Validate the Dockerfile, compose file, Kubernetes manifests, Prometheus config and alerts (fetches the tools into .tmp/).
 deploy-validate:
     bash deploy/validate.sh --install
+
+# Fuzz the control-plane API with schemathesis against its /openapi.json on a live demo (~2 minutes once built; see docs/api-fuzz.md).
+api-fuzz:
+    bash scripts/api-fuzz.sh

@@ -1,6 +1,7 @@
 //! `POST /v1/actions` and `GET /v1/jobs/{id}`.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::ApiState;
-use super::error::{ApiError, ErrorBody, FieldProblem, json_rejection};
+use super::error::{ApiError, ErrorBody, FieldProblem, json_rejection, no_nul, no_nul_in, path_id};
 
 /// Longest idempotency key accepted.
 const MAX_KEY: usize = 255;
@@ -21,20 +22,32 @@ const MAX_KEY: usize = 255;
 /// An action request.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tenant_id": "acme", "provider": "hubspot", "action": "create_task",
+    "params": {"subject": "Call back", "due_at": "2026-02-01T09:00:00Z"}}))]
 pub struct ActionRequest {
     /// The tenant the action is for.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub tenant_id: String,
-    /// The CRM: hubspot, salesforce, pipedrive, zoho or close.
+    /// The CRM.
+    #[schema(schema_with = provider_schema)]
     pub provider: String,
     /// The connection to use; optional when the tenant has one active connection to the provider.
     #[serde(default)]
     pub connection_id: Option<Uuid>,
-    /// create_task, update_deal, log_call, create_contact, update_contact, create_note or
-    /// search_contact_by_email.
+    /// The action.
+    #[schema(schema_with = action_schema)]
     pub action: String,
     /// The action's parameters (see the action's documentation).
     #[schema(value_type = Object)]
     pub params: Value,
+}
+
+fn provider_schema() -> utoipa::openapi::schema::Object {
+    super::string_enum("The CRM.", Provider::ALL.iter().map(|p| p.as_str()))
+}
+
+fn action_schema() -> utoipa::openapi::schema::Object {
+    super::string_enum("The action; its parameters are checked against it.", actions::ACTION_NAMES)
 }
 
 /// The answer to an accepted action.
@@ -63,7 +76,7 @@ pub struct JobView {
     /// The last error, if any.
     pub last_error: Option<JobErrorView>,
     /// The result: for actions, `external_id` and details; for syncs, the run's counts.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
     /// When it was created.
     pub created_at: Option<DateTime<Utc>>,
@@ -129,9 +142,12 @@ async fn resolve_connection(
     path = "/v1/actions",
     tag = "actions",
     request_body = ActionRequest,
-    params(("Idempotency-Key" = String, Header, description = "Unique per tenant; the same key with the same body returns the same job. Kept at least 24 h.")),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$",
+        example = "order-1042-call-back",
+        description = "Unique per tenant (visible ASCII, at most 255 characters); the same key with the same body returns the same job. Kept at least 24 h.")),
     responses(
-        (status = 202, description = "Accepted (or an idempotent repeat)", body = Accepted),
+        (status = 202, description = "Accepted (or an idempotent repeat)", body = Accepted,
+            links(("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")))))),
         (status = 400, description = "Missing or bad header or field", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the enqueue scope", body = ErrorBody),
@@ -149,24 +165,31 @@ pub async fn post_action(
     body: Result<Json<ActionRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(json_rejection)?;
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad("missing_header", "Idempotency-Key", "the Idempotency-Key header is required")
-        })?;
-    if key.len() > MAX_KEY {
-        return Err(ApiError::bad(
-            "invalid_header",
-            "Idempotency-Key",
-            format!("at most {MAX_KEY} characters"),
-        ));
-    }
+    let key = match headers.get("idempotency-key").map(|v| v.to_str().map(str::trim)) {
+        None | Some(Ok("")) => {
+            return Err(ApiError::bad(
+                "missing_header",
+                "Idempotency-Key",
+                "the Idempotency-Key header is required",
+            ));
+        }
+        Some(Err(_)) => {
+            return Err(ApiError::bad("invalid_header", "Idempotency-Key", "must be visible ASCII"));
+        }
+        Some(Ok(key)) if key.len() > MAX_KEY => {
+            return Err(ApiError::bad(
+                "invalid_header",
+                "Idempotency-Key",
+                format!("at most {MAX_KEY} characters"),
+            ));
+        }
+        Some(Ok(key)) => key,
+    };
     if req.tenant_id.trim().is_empty() {
         return Err(ApiError::unprocessable("invalid_field", "tenant_id", "must not be empty"));
     }
+    no_nul("tenant_id", &req.tenant_id)?;
+    no_nul_in("params", &req.params)?;
     let provider: Provider = req
         .provider
         .parse()
@@ -256,15 +279,17 @@ struct DeadRow {
         (status = 200, description = "The job", body = JobView),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 403, description = "Key lacks the enqueue scope", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "Database or queue unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn get_job(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
-    let id: Uuid = id.parse().map_err(|_| ApiError::bad("invalid_id", "id", "not a UUID"))?;
+    let id = path_id(id)?;
     if let Some(a) = actions::store::get(&state.pool, id).await? {
         let live = state.queue.job(crm_queue::JobId(id)).await.ok().flatten();
         let dead: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dead_letters WHERE job_id = $1)")

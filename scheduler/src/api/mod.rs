@@ -76,6 +76,19 @@ impl Modify for Security {
     }
 }
 
+/// A string schema limited to `names` (closed sets checked by hand-written parsers, documented
+/// for `schema_with`).
+pub(crate) fn string_enum<'a>(
+    description: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .enum_values(Some(names))
+        .build()
+}
+
 /// Liveness: the process serves requests.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive", body = String)))]
 async fn healthz() -> &'static str {
@@ -124,15 +137,66 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .merge(public)
         .with_state(state.clone())
         .split_for_parts();
-    let doc = api.clone();
+    let doc = served_document(&api);
     let metrics = state.metrics.clone();
     let router = router
         .route("/openapi.json", get(move || async move { Json(doc.clone()) }))
         .route("/metrics", get(move || async move { metrics.render() }))
         .merge(crm_jobs::auth::connect::router(state.connect.clone()))
+        .fallback(|| async { error::ApiError::not_found("path", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                Some("method"),
+                "this route does not take this method (see Allow)",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(trace_request));
     (router, api)
+}
+
+/// Request bodies parsed field by field (for precise errors) rather than by serde, so utoipa
+/// cannot see that they refuse unknown fields; [`served_document`] closes their schemas.
+const HAND_PARSED_BODIES: [&str; 3] = ["NewSchedule", "SchedulePatch", "SyncNowRequest"];
+
+/// The document as served, with what utoipa 5.5 cannot write: the closed schemas of
+/// [`HAND_PARSED_BODIES`], and response links' fields in camelCase (utoipa writes
+/// `operation_id`; OpenAPI, and clients following links such as schemathesis, need
+/// `operationId`).
+fn served_document(api: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(api).unwrap_or_default();
+    let paths = doc.get_mut("paths").and_then(|p| p.as_object_mut());
+    let responses = paths
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses").and_then(|r| r.as_object_mut()))
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let links = response.get_mut("links").and_then(|l| l.as_object_mut());
+        for link in links.into_iter().flat_map(|l| l.values_mut()).filter_map(|l| l.as_object_mut()) {
+            for (from, to) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(from) {
+                    link.insert(to.to_owned(), value);
+                }
+            }
+        }
+    }
+    for name in HAND_PARSED_BODIES {
+        if let Some(schema) =
+            doc.pointer_mut(&format!("/components/schemas/{name}")).and_then(|s| s.as_object_mut())
+        {
+            schema.insert("additionalProperties".to_owned(), false.into());
+        }
+    }
+    doc
 }
 
 /// One span per request, continuing the caller's W3C trace (`traceparent`) when it sends one,

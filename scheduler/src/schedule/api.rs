@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -27,7 +28,9 @@ use crm_jobs::providers::ObjectKind;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::model::{FieldError, NewSchedule, Schedule, SchedulePatch, parse_objects};
+use super::model::{
+    FieldError, NewSchedule, Schedule, SchedulePatch, optional_objects_schema, parse_objects,
+};
 use super::store::{self, StoreError};
 use super::trigger::{self, TriggerError};
 use crate::api::ApiState;
@@ -52,9 +55,20 @@ pub struct SchedulePage {
 #[allow(dead_code)] // documentation of the accepted body
 pub struct SyncNowRequest {
     /// Objects to sync: contact, company, deal (default: all three).
+    #[schema(schema_with = optional_objects_schema)]
     objects: Option<Vec<String>>,
     /// `incremental` (default) or `full`.
+    #[schema(schema_with = mode_schema)]
     mode: Option<String>,
+}
+
+fn mode_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .description(Some("`incremental` (default) or `full`."))
+        .enum_values(Some([json!("incremental"), json!("full"), Value::Null]))
+        .build()
 }
 
 /// An API error: a status and a JSON body naming the field at fault.
@@ -117,11 +131,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn body_json(body: &Bytes) -> Result<Value, ApiError> {
+fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        error: if e.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "malformed" },
+        field: Some("body".to_owned()),
+        message: e.body_text(),
+    })?;
     if body.is_empty() {
         return Ok(Value::Object(Default::default()));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError {
+    serde_json::from_slice(&body).map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
         error: "malformed",
         field: Some("body".to_owned()),
@@ -134,18 +154,28 @@ fn uuid_param(field: &str, raw: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::invalid(FieldError::new(field, format!("{raw:?} is not a UUID"))))
 }
 
+/// The `{id}` of the path (422 naming `id` when it is not a UUID, invalid UTF-8 included).
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    let Path(raw) = path.map_err(|_| ApiError::invalid(FieldError::new("id", "is not a UUID")))?;
+    uuid_param("id", &raw)
+}
+
 /// List schedules, by id.
-#[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules", operation_id = "list_schedules",
     params(
         ("connection_id" = Option<Uuid>, Query, description = "Only this connection's"),
         ("after" = Option<Uuid>, Query, description = "Cursor: the previous page's next_after"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1..=1000 (default 100)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1..=1000 (default 100)"),
     ),
     responses(
-        (status = 200, description = "A page", body = SchedulePage),
+        (status = 200, description = "A page", body = SchedulePage, links(
+            ("ShowSchedule" = (operation_id = "show_schedule", parameters(("id" = "$response.body#/schedules/0/id")))),
+            ("UpdateSchedule" = (operation_id = "update_schedule", parameters(("id" = "$response.body#/schedules/0/id")))),
+            ("SyncNow" = (operation_id = "sync_now", parameters(("id" = "$response.body#/schedules/0/connection_id")))))),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
         (status = 422, description = "Bad parameter (named in field)", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn list(
@@ -172,23 +202,31 @@ pub async fn list(
 }
 
 /// Create a schedule.
-#[utoipa::path(post, path = "/v1/schedules", tag = "schedules", request_body = NewSchedule,
+#[utoipa::path(post, path = "/v1/schedules", tag = "schedules", operation_id = "create_schedule",
+    request_body = NewSchedule,
     responses(
-        (status = 201, description = "Created", body = Schedule),
+        (status = 201, description = "Created", body = Schedule, links(
+            ("ShowSchedule" = (operation_id = "show_schedule", parameters(("id" = "$response.body#/id")))),
+            ("UpdateSchedule" = (operation_id = "update_schedule", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid field (named in field), or no such connection", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = [])))]
-pub async fn create(State(s): State<ApiState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let new = NewSchedule::from_json(&body_json(&body)?).map_err(ApiError::invalid)?;
+pub async fn create(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let new = NewSchedule::from_json(&body_json(body)?).map_err(ApiError::invalid)?;
     let created = store::create(&s.pool, &new).await?;
     Ok((StatusCode::CREATED, Json(json!(created))))
 }
 
 /// One schedule.
-#[utoipa::path(get, path = "/v1/schedules/{id}", tag = "schedules",
+#[utoipa::path(get, path = "/v1/schedules/{id}", tag = "schedules", operation_id = "show_schedule",
     params(("id" = Uuid, Path, description = "Schedule id")),
     responses(
         (status = 200, description = "The schedule", body = Schedule),
@@ -196,56 +234,71 @@ pub async fn create(State(s): State<ApiState>, body: Bytes) -> Result<(StatusCod
         (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such schedule", body = ErrorBody),
         (status = 422, description = "Malformed id", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = [])))]
-pub async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = uuid_param("id", &id)?;
+pub async fn show(
+    State(s): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(id)?;
     Ok(Json(json!(store::get(&s.pool, id).await?)))
 }
 
 /// Change a schedule (any field but `connection_id`); applies from the next tick.
-#[utoipa::path(patch, path = "/v1/schedules/{id}", tag = "schedules", request_body = SchedulePatch,
+#[utoipa::path(patch, path = "/v1/schedules/{id}", tag = "schedules", operation_id = "update_schedule",
+    request_body = SchedulePatch,
     params(("id" = Uuid, Path, description = "Schedule id")),
     responses(
-        (status = 200, description = "The changed schedule", body = Schedule),
+        (status = 200, description = "The changed schedule", body = Schedule, links(
+            ("ShowSchedule" = (operation_id = "show_schedule", parameters(("id" = "$request.path.id")))))),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such schedule", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid field (named in field)", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn update(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-    body: Bytes,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = uuid_param("id", &id)?;
-    let patch = SchedulePatch::from_json(&body_json(&body)?).map_err(ApiError::invalid)?;
+    let id = path_id(id)?;
+    let patch = SchedulePatch::from_json(&body_json(body)?).map_err(ApiError::invalid)?;
     Ok(Json(json!(store::update(&s.pool, id, &patch).await?)))
 }
 
 /// Enqueue a sync of a connection now: one job per object; an object whose sync is already
 /// queued or running is reported as a duplicate.
-#[utoipa::path(post, path = "/v1/connections/{id}/sync", tag = "schedules", request_body = SyncNowRequest,
+#[utoipa::path(post, path = "/v1/connections/{id}/sync", tag = "schedules", operation_id = "sync_now",
+    request_body = Option<SyncNowRequest>,
     params(("id" = Uuid, Path, description = "Connection id")),
     responses(
-        (status = 202, description = "Enqueued: {connection_id, mode, jobs: [{object, job_id, duplicate}]}", body = Object),
+        (status = 202, description = "Enqueued: {connection_id, mode, jobs: [{object, job_id, duplicate}]}", body = Object,
+            links(("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/jobs/0/job_id")))))),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the enqueue scope", body = ErrorBody),
         (status = 404, description = "No such connection", body = ErrorBody),
         (status = 409, description = "Connection disabled, or provider not supported", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid field (named in field)", body = ErrorBody),
+        (status = 503, description = "Database or queue unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn sync_now(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-    body: Bytes,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let connection = uuid_param("id", &id)?;
-    let body = body_json(&body)?;
+    let connection = path_id(id)?;
+    let body = match body_json(body)? {
+        Value::Null => Value::Object(Default::default()),
+        body => body,
+    };
     let map = body
         .as_object()
         .ok_or_else(|| ApiError::invalid(FieldError::new("body", "must be a JSON object")))?;

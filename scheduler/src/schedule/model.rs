@@ -19,6 +19,26 @@ pub const DEFAULT_BACKFILL_LIMIT: u32 = 10;
 /// The largest jitter accepted: one hour (the table's check constraint says the same).
 pub const MAX_JITTER_MS: u32 = 3_600_000;
 
+/// The OpenAPI schema of a non-empty list of object names (`objects` in request bodies).
+pub(crate) fn objects_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(crate::api::string_enum("An object.", ObjectKind::ALL.iter().map(|o| o.as_str())))
+        .min_items(Some(1))
+        .unique_items(true)
+        .description(Some("Objects, at least one, each at most once."))
+        .build()
+}
+
+/// [`objects_schema`], or null for "not given".
+pub(crate) fn optional_objects_schema() -> utoipa::openapi::schema::Array {
+    let mut schema = objects_schema();
+    schema.schema_type = utoipa::openapi::schema::SchemaType::from_iter([
+        utoipa::openapi::schema::Type::Array,
+        utoipa::openapi::schema::Type::Null,
+    ]);
+    schema
+}
+
 /// An input rejected, with the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -157,7 +177,7 @@ pub struct NewSchedule {
     /// The connection (its existence is checked by the store).
     pub connection_id: Uuid,
     /// Objects, at least one, no repeats (default: contact, company, deal).
-    #[schema(value_type = Vec<String>, required = false)]
+    #[schema(schema_with = objects_schema, required = false)]
     pub objects: Vec<ObjectKind>,
     /// A cron expression that parses and fires: 5 fields, or 6 with seconds first.
     pub cron: String,
@@ -173,11 +193,11 @@ pub struct NewSchedule {
     /// Missed-tick policy (default run_once).
     #[schema(required = false)]
     pub missed_policy: MissedPolicy,
-    /// `1..=MAX_BACKFILL_LIMIT`.
-    #[schema(required = false)]
+    /// `1..=MAX_BACKFILL_LIMIT` (default 10).
+    #[schema(required = false, minimum = 1, maximum = 1000)]
     pub backfill_limit: u32,
     /// `0..=MAX_JITTER_MS` (default 0).
-    #[schema(required = false)]
+    #[schema(required = false, maximum = 3_600_000)]
     pub jitter_ms: u32,
 }
 
@@ -186,7 +206,7 @@ pub struct NewSchedule {
 #[derive(Debug, Clone, Default, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SchedulePatch {
     /// New objects.
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = optional_objects_schema)]
     pub objects: Option<Vec<ObjectKind>>,
     /// New cron expression.
     pub cron: Option<String>,
@@ -199,8 +219,10 @@ pub struct SchedulePatch {
     /// New missed-tick policy.
     pub missed_policy: Option<MissedPolicy>,
     /// New backfill limit.
+    #[schema(minimum = 1, maximum = 1000)]
     pub backfill_limit: Option<u32>,
     /// New jitter.
+    #[schema(maximum = 3_600_000)]
     pub jitter_ms: Option<u32>,
 }
 

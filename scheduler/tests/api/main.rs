@@ -201,6 +201,19 @@ async fn every_invalid_request_gets_a_4xx_naming_the_field() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "connection_id",
         ),
+        (
+            Some("j"),
+            json!({"tenant_id": 5, "provider": "hubspot", "action": "create_task", "params": {"subject": "x"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tenant_id",
+        ),
+        (
+            // PostgreSQL cannot store NUL: a 422 naming the field, not a 503.
+            Some("k"),
+            json!({"tenant_id": "acme", "provider": "hubspot", "action": "create_task", "params": {"subject": "a\u{0}"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "params.subject",
+        ),
     ];
     for (key, body, status, field) in cases {
         let (got, err) = app.post_action(key, body.clone()).await;
@@ -221,6 +234,22 @@ async fn every_invalid_request_gets_a_4xx_naming_the_field() {
         .await
         .expect("post");
     assert_eq!(not_json.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Path, route and method errors are JSON naming the field too.
+    for (method, path, status, field) in [
+        (reqwest::Method::GET, "/v1/jobs/%FF", StatusCode::BAD_REQUEST, "id"),
+        (reqwest::Method::GET, "/v1/nothing-here", StatusCode::NOT_FOUND, "path"),
+        (reqwest::Method::PUT, "/v1/actions", StatusCode::METHOD_NOT_ALLOWED, "method"),
+    ] {
+        let resp = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.base))
+            .bearer_auth(&app.enqueue_key)
+            .send()
+            .await
+            .expect("call");
+        assert_eq!(resp.status(), status, "{method} {path}");
+        assert_eq!(resp.json::<Value>().await.expect("json")["field"], field, "{method} {path}");
+    }
     assert_eq!(app.queue.stats().await.expect("stats").ready, 0, "nothing enqueued by bad requests");
 }
 
@@ -264,6 +293,19 @@ async fn the_openapi_document_describes_every_served_route() {
         .await
         .expect("json");
     let paths = doc["paths"].as_object().expect("paths");
+    // Operation ids are unique, and every response link names one of them (as `operationId`).
+    let ops: Vec<&Value> = paths.values().flat_map(|item| item.as_object().expect("item").values()).collect();
+    let ids: std::collections::HashSet<&str> =
+        ops.iter().map(|op| op["operationId"].as_str().expect("operationId")).collect();
+    assert_eq!(ids.len(), ops.len(), "operation ids are unique");
+    for op in &ops {
+        for response in op["responses"].as_object().expect("responses").values() {
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                let target = link["operationId"].as_str().unwrap_or_default();
+                assert!(ids.contains(target), "link {name} of {} names {target:?}", op["operationId"]);
+            }
+        }
+    }
     for p in [
         "/v1/actions",
         "/v1/jobs/{id}",
