@@ -28,6 +28,8 @@ struct Setup {
     app: OAuthApp,
     connection: Uuid,
     account: Value,
+    /// The token key (base64), for child processes.
+    key: String,
 }
 
 fn manager(store: &Store) -> TokenManager {
@@ -41,7 +43,8 @@ async fn setup(redirect_uri: &str) -> Setup {
         .await;
     let account = env.control.get(&format!("hubspot/accounts/{HUB}")).await;
     let db = TestDb::new().await;
-    let keys = Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key"));
+    let key = Keyring::generate_base64();
+    let keys = Arc::new(Keyring::from_base64(&key, &[]).expect("key"));
     let store = Store::new(db.pool.clone(), keys);
     let urls = env.sandbox.urls().hubspot().expect("hubspot");
     let creds = &account["credentials"];
@@ -67,7 +70,7 @@ async fn setup(redirect_uri: &str) -> Setup {
         fields: ProviderTokenFields { hub_id: Some(json!(20000001)), ..ProviderTokenFields::default() },
     };
     let connection = store.save_grant("t1", &app, &grant, None).await.expect("save grant").id;
-    Setup { env, db, store, app, connection, account }
+    Setup { env, db, store, app, connection, account, key }
 }
 
 impl Setup {
@@ -124,6 +127,96 @@ async fn tokens_are_encrypted_at_rest() {
 
 fn hex_of(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+const CHILD_ENV: &str = "CRM_TEST_REFRESH_CHILD";
+
+/// 200 calls from 4 processes (this test binary, re-run as [`refresh_child_process`]), each
+/// with its own token manager and pool, released at one instant on an expired token.
+#[tokio::test]
+async fn two_hundred_calls_from_four_processes_on_an_expired_token_refresh_exactly_once() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    s.expire().await;
+    // Children say they are ready with a file each and start on the `go` file.
+    let dir = std::env::temp_dir().join(format!("crm-refresh-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("rendezvous dir");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut children = Vec::new();
+    for _ in 0..4 {
+        // tokio's Command: waiting for the children must not block the runtime that serves
+        // the sandbox they call.
+        let child = tokio::process::Command::new(&exe)
+            .args(["--ignored", "--exact", "auth::refresh_child_process", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1")
+            .env("CHILD_DATABASE_URL", &s.db.url)
+            .env("CHILD_TOKEN_KEY", &s.key)
+            .env("CHILD_CONNECTION", s.connection.to_string())
+            .env("CHILD_DIR", &dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("child");
+        children.push(child);
+    }
+    let ready = || {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("ready."))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while ready() < 4 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready(), 4, "all four child processes got ready");
+    std::fs::write(dir.join("go"), b"go").expect("go file");
+    for child in children {
+        let out = child.wait_with_output().await.expect("child exit");
+        assert!(
+            out.status.success(),
+            "a child process failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(s.refreshes().await, (1, 0), "exactly one refresh at the sandbox for 4 processes");
+}
+
+/// The child side of the 4-process test (run only by it).
+#[tokio::test]
+#[ignore = "a child process of two_hundred_calls_from_four_processes_on_an_expired_token_refresh_exactly_once"]
+async fn refresh_child_process() {
+    assert_eq!(std::env::var(CHILD_ENV).as_deref(), Ok("1"), "run by the parent test only");
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set by the parent"));
+    let dir = std::path::PathBuf::from(var("CHILD_DIR"));
+    let pool = crm_jobs::storage::connect(&var("CHILD_DATABASE_URL"), 8, Duration::from_secs(10))
+        .await
+        .expect("pool");
+    let keys = Arc::new(Keyring::from_base64(&var("CHILD_TOKEN_KEY"), &[]).expect("key"));
+    let connection: Uuid = var("CHILD_CONNECTION").parse().expect("connection id");
+    let tokens = manager(&Store::new(pool, keys));
+    let clients = crm_jobs::providers::Clients::new(crm_jobs::providers::Http::new().expect("http"));
+    let client = clients.get(Provider::Hubspot);
+    std::fs::write(dir.join(format!("ready.{}", std::process::id())), b"").expect("ready file");
+    while !dir.join("go").exists() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let calls = (0..50).map(|_| {
+        let tokens = &tokens;
+        crm_jobs::auth::call(tokens, connection, move |auth| async move {
+            client.get(&auth, ObjectKind::Contact, "1").await
+        })
+    });
+    let results = futures::future::join_all(calls).await;
+    let failed: Vec<String> =
+        results.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+    assert!(failed.is_empty(), "{} of 50 calls failed: {:?}", failed.len(), failed.first());
 }
 
 #[tokio::test]
