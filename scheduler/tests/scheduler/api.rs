@@ -195,7 +195,18 @@ async fn manual_sync_reports_duplicates_of_a_queued_sync() {
         }
     }
     let seen = crate::support::Seen::default();
-    assert_eq!(env.drain(&seen).await, 3);
+    // Several drains: the connection's concurrency budget (seeded by the scheduler's limits
+    // reload) may admit fewer than three at once; each ack frees a slot.
+    let mut drained = 0;
+    for _ in 0..100 {
+        drained += env.drain(&seen).await;
+        if drained >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(drained, 3, "three sync jobs: contact once, company, deal");
+    assert_eq!(env.drain(&seen).await, 0, "and no more");
     let full = seen
         .all()
         .into_iter()
