@@ -281,7 +281,15 @@ async fn a_forced_retry_after_of_30_s_stops_requests_to_that_account_and_resumes
     let throttled_at = log.iter().find(|(_, s)| *s == 429).map(|(t, _)| *t).expect("a 429");
     let after: Vec<i64> =
         log.iter().filter(|(t, _)| *t > throttled_at + 100).map(|(t, _)| t - throttled_at).collect();
-    let first = *after.iter().min().expect("requests resumed");
+    // Requests admitted before the 429 came back may still reach the provider just after it
+    // (at most one per worker slot: 2 workers × 4, and within moments); nothing is admitted
+    // after it until the Retry-After ends.
+    let stragglers: Vec<i64> = after.iter().copied().filter(|t| *t < 30_000).collect();
+    assert!(
+        stragglers.len() <= 8 && stragglers.iter().all(|t| *t < 2_000),
+        "requests inside the 30 s Retry-After beyond those already in flight: {stragglers:?} ms after the throttle"
+    );
+    let first = *after.iter().filter(|t| **t >= 2_000).min().expect("requests resumed");
     assert!(first >= 30_000, "a request {first} ms after the throttle, inside the 30 s Retry-After");
     assert!(first <= 31_000, "resumed {first} ms after the throttle (more than 1 s late)");
     assert_eq!(f.dead_letters().await, 0);
