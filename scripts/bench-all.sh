@@ -20,6 +20,7 @@
 #   scripts/bench-all.sh --skip-peers     # ours only (no Node/Python needed)
 #   scripts/bench-all.sh --only queue,limits            # a subset of ours: queue, sync, limits
 #   scripts/bench-all.sh --peers-args "--peers ideal,bullmq,celery"   # passed to run-all.sh
+#   scripts/bench-all.sh --report DIR     # only print the combined report of an earlier run's DIR
 #   scripts/bench-all.sh -- --systems ours,apalis-redis-nolock        # passed to crm-bench-queue
 #
 # Results go to $CRM_BENCH_OUT (default /tmp/crm-bench-all/<timestamp>):
@@ -51,12 +52,14 @@ SKIP_PEERS=0
 ONLY="queue,sync,limits"
 PEER_ARGS=()
 OUR_ARGS=()
+REPORT_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=(--quick); shift ;;
     --reduced) REDUCED=1; shift ;;
     --skip-peers) SKIP_PEERS=1; shift ;;
     --only) ONLY=$2; shift 2 ;;
+    --report) OUT=$2; REPORT_ONLY=1; shift 2 ;;
     --peers-args) read -r -a PEER_ARGS <<< "$2"; shift 2 ;;
     --) shift; OUR_ARGS=("$@"); break ;;
     -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
@@ -69,10 +72,16 @@ fi
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 mkdir -p "$OUT/queue" "$OUT/sync" "$OUT/limits" "$OUT/peers"
 echo "bench-all.sh: results in $OUT" >&2
+if [ "$REPORT_ONLY" = "1" ]; then
+  ONLY=""
+  SKIP_PEERS=1
+fi
 
-echo "== building the benchmarks (release)" >&2
-(cd "$ROOT" && cargo build --release -p crm-fleet-tests --bins)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+if [ "$REPORT_ONLY" = "0" ]; then
+  echo "== building the benchmarks (release)" >&2
+  (cd "$ROOT" && cargo build --release -p crm-fleet-tests --bins)
+fi
 
 # ---------------------------------------------------------------- priority, as the peers get it
 NICE=${PEERBENCH_NICE:--15}
@@ -233,7 +242,7 @@ if ours:
                   r(base["cmds"], m["cmds"]), r(base["rcpu"], m["rcpu"])))
     print()
 
-for path in sorted(glob.glob(os.path.join(out, "sync", "*.md"))):
+for path in sorted(glob.glob(os.path.join(out, "sync", "*.md")), key=os.path.getmtime):
     print("## Sync ingest: %s" % os.path.basename(path)[:-3])
     print()
     print(open(path).read().strip())

@@ -35,7 +35,7 @@ use tokio::process::Command;
 
 use super::children::Children;
 use super::client::{EnqueueReport, Kind, ProduceReport};
-use super::infra::{Infra, RedisChoice, require_release};
+use super::infra::{Infra, RedisChoice, require_release, until_interrupted};
 use super::payload::now;
 use super::procs;
 use super::report::{QuietCheck, RedisDelta, Results, SystemResults, W1, W2, W3, medians_json, render};
@@ -670,12 +670,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             results,
             stamp: chrono::Local::now().format("%Y%m%d-%H%M%S").to_string(),
         };
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let res = tokio::select! {
-            r = bench.run_all() => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-            _ = term.recv() => Err(anyhow::anyhow!("terminated")),
-        };
+        let res = until_interrupted(bench.run_all()).await;
         let _ = clean(&mut bench.conn).await;
         bench.results.medians = medians_json(&bench.results);
         bench.save()?;

@@ -263,6 +263,18 @@ impl Infra {
     }
 }
 
+/// Runs `work` until it ends or the process gets Ctrl-C or SIGTERM, so that the caller can
+/// still clean up (stop its Redis, drop its database) when interrupted. Dropping `work` kills
+/// the worker processes it spawned (they are spawned with `kill_on_drop`).
+pub async fn until_interrupted<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    }
+}
+
 /// Refuses a debug build unless allowed: figures of a debug build mean nothing.
 pub fn require_release(allow_debug: bool) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {

@@ -41,7 +41,7 @@ use crm_queue::{JobHandle, Lane, Limit, NewJob, Priority, Queue, QueueConfig};
 use serde::{Deserialize, Serialize};
 
 use super::children::{Children, our_consumer, read_control, say, serve};
-use super::infra::{Infra, RedisChoice, require_release};
+use super::infra::{Infra, RedisChoice, require_release, until_interrupted};
 use super::payload::now_ns;
 use super::report::fmt;
 
@@ -552,7 +552,7 @@ pub async fn run(mut args: LimitsArgs) -> anyhow::Result<()> {
         Some("crm-bench-limits"),
     )
     .await?;
-    let outcome = async {
+    let outcome = until_interrupted(async {
         let run = Run { args: &args, exe: infra.exe()?, redis_url: &infra.redis_url, db_url: &infra.db.url };
         let mut res = LimitsResults {
             env: super::procs::machine(),
@@ -572,7 +572,7 @@ pub async fn run(mut args: LimitsArgs) -> anyhow::Result<()> {
             }
         }
         anyhow::Ok(res)
-    }
+    })
     .await;
     infra.stop().await;
     let res = outcome?;

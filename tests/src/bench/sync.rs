@@ -33,7 +33,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::infra::{Infra, RedisChoice, require_release};
+use super::infra::{Infra, RedisChoice, require_release, until_interrupted};
 use super::report::{fmt, median};
 
 /// Options of a run.
@@ -327,7 +327,7 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<()> {
     let infra =
         Infra::start(RedisChoice::Start(None), &args.run_dir, &args.database_url, "crm_bench_sync", None)
             .await?;
-    let outcome = measure(&args, &infra.redis_url, &infra.db.url).await;
+    let outcome = until_interrupted(measure(&args, &infra.redis_url, &infra.db.url)).await;
     infra.stop().await;
     let results = outcome?;
     if let Some(dir) = args.out.parent() {
