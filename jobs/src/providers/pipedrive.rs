@@ -32,14 +32,15 @@
 //! noteFields}` and cached), and [`CrmClient::find_by_marker`] finds the object again:
 //!
 //! * `create_contact`: exact-match `persons/search` on custom fields;
-//! * `create_task`, `log_call`: the 500 most recently updated activities, matched on the field;
-//! * `create_note`: the 500 most recently updated notes (`/v1/notes`), matched on the field.
+//! * `create_task`, `log_call`: the 5,000 most recently updated activities (pages of 500),
+//!   matched on the field;
+//! * `create_note`: the 5,000 most recently updated notes (`/v1/notes`), matched on the field.
 //!
 //! Creates are sent as non-idempotent, so a lost answer is `OutcomeUnknown` and the executor must
 //! reconcile with `find_by_marker` before creating again. Residual duplicate risk: search is
 //! eventually consistent (a person created a moment ago may not be found yet), and the activity
-//! and note scans miss an object once more than 500 others were updated after it; a retry in
-//! that window creates a duplicate. Updates (`PATCH` with absolute values) are idempotent.
+//! and note scans (up to 10 pages of 500, newest first, stopping at a match) miss an object
+//! once more than 5,000 others were updated after it; a retry in that window creates a duplicate. Updates (`PATCH` with absolute values) are idempotent.
 //!
 //! The marker field is not part of [`Auth`], so the client looks it up by name the first time a
 //! credential creates or reconciles (one extra `GET`; again after an OAuth refresh, since the cache
@@ -47,8 +48,8 @@
 //! told the key. Pipedrive's real activities and notes have no custom fields (see the sandbox
 //! docs): live, the marker needs another home there.
 //!
-//! Invariant: one HTTP request per call (plus the marker-field lookup above), never sleeping or
-//! retrying; tokens are never logged or kept.
+//! Invariant: one HTTP request per call (plus the marker-field lookup above, and the pages of a
+//! marker scan), never sleeping or retrying; tokens are never logged or kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,8 +73,12 @@ use super::{
 pub const MARKER_FIELD_NAME: &str = "crm-fleet action id";
 /// Page size of v2 listings and `recents` (Pipedrive's maximum; cost is per call, not per row).
 const LIST_LIMIT: usize = 500;
-/// How many recently updated activities or notes a marker reconciliation scans.
+/// Page size of a marker reconciliation's scan of recently updated activities or notes.
 const MARKER_SCAN: usize = 500;
+/// Pages a marker reconciliation scans at most: the 5,000 most recently updated objects. A
+/// retry comes a lease period or a backoff after the lost answer; at hundreds of creates per
+/// second in one account, 500 was too few (seen as duplicates in the chaos test).
+const MARKER_SCAN_PAGES: usize = 10;
 /// Pipedrive's burst window, the wait when a 429 names none.
 const BURST_WINDOW: Duration = Duration::from_secs(2);
 /// How long to stay away after the Cloudflare abuse page ("stop hammering").
@@ -981,28 +986,61 @@ impl CrmClient for PipedriveClient {
             }
             ActionObject::Task | ActionObject::Call => {
                 let key = self.marker_key(auth, Entity::Activities).await?;
-                let path =
-                    format!("/api/v2/activities?sort_by=update_time&sort_direction=desc&limit={MARKER_SCAN}");
-                let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
                 let want = if kind == ActionObject::Call { "call" } else { "task" };
-                let id = data_array(&v)
-                    .iter()
-                    .find(|a| {
-                        a.pointer(&format!("/custom_fields/{key}")).and_then(Value::as_str) == Some(marker)
-                            && a.get("type").and_then(Value::as_str).is_none_or(|t| t == want)
-                    })
-                    .and_then(id_of);
-                Ok(found(id, q))
+                let mut cursor: Option<String> = None;
+                let mut last = None;
+                for _ in 0..MARKER_SCAN_PAGES {
+                    let mut path = format!(
+                        "/api/v2/activities?sort_by=update_time&sort_direction=desc&limit={MARKER_SCAN}"
+                    );
+                    if let Some(c) = &cursor {
+                        path.push_str(&format!("&cursor={}", enc(c)));
+                    }
+                    let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
+                    let id = data_array(&v)
+                        .iter()
+                        .find(|a| {
+                            a.pointer(&format!("/custom_fields/{key}")).and_then(Value::as_str)
+                                == Some(marker)
+                                && a.get("type").and_then(Value::as_str).is_none_or(|t| t == want)
+                        })
+                        .and_then(id_of);
+                    cursor = v
+                        .pointer("/additional_data/next_cursor")
+                        .and_then(Value::as_str)
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned);
+                    if id.is_some() || cursor.is_none() {
+                        return Ok(found(id, q));
+                    }
+                    last = q;
+                }
+                Ok(found(None, last))
             }
             ActionObject::Note => {
                 let key = self.marker_key(auth, Entity::Notes).await?;
-                let path = format!("/v1/notes?start=0&limit={MARKER_SCAN}&sort={}", enc("update_time DESC"));
-                let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
-                let id = data_array(&v)
-                    .iter()
-                    .find(|n| n.get(&key).and_then(Value::as_str) == Some(marker))
-                    .and_then(id_of);
-                Ok(found(id, q))
+                let mut last = None;
+                for page in 0..MARKER_SCAN_PAGES {
+                    let path = format!(
+                        "/v1/notes?start={}&limit={MARKER_SCAN}&sort={}",
+                        page * MARKER_SCAN,
+                        enc("update_time DESC")
+                    );
+                    let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
+                    let id = data_array(&v)
+                        .iter()
+                        .find(|n| n.get(&key).and_then(Value::as_str) == Some(marker))
+                        .and_then(id_of);
+                    let more = v
+                        .pointer("/additional_data/pagination/more_items_in_collection")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    if id.is_some() || !more {
+                        return Ok(found(id, q));
+                    }
+                    last = q;
+                }
+                Ok(found(None, last))
             }
         }
     }
