@@ -314,9 +314,8 @@ async fn run_fleet(
                 sandbox.revoke(c).await?;
             }
         }
-        if let Some(p) = procs.iter_mut().find_map(|p| p.exited().map(|s| (p.name.clone(), s, p.log.clone())))
-        {
-            break Err(anyhow::anyhow!("{} exited unexpectedly ({}); its log: {}", p.0, p.1, p.2.display()));
+        if let Some(exit) = first_exit(procs) {
+            break Err(anyhow::anyhow!("{exit} unexpectedly"));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break Ok(());
@@ -343,6 +342,13 @@ async fn run_fleet(
     result
 }
 
+/// The first child that has exited, as `<name> exited (<status>; its log: <path>)`.
+fn first_exit(procs: &mut [Proc]) -> Option<String> {
+    procs.iter_mut().find_map(|p| {
+        p.exited().map(|status| format!("{} exited ({status}; its log: {})", p.name, p.log.display()))
+    })
+}
+
 /// Waits for `{base}/readyz`, failing early if a process exits.
 async fn wait_ready(http: &reqwest::Client, base: &str, procs: &mut [Proc]) -> anyhow::Result<()> {
     for _ in 0..300 {
@@ -351,9 +357,8 @@ async fn wait_ready(http: &reqwest::Client, base: &str, procs: &mut [Proc]) -> a
         {
             return Ok(());
         }
-        if let Some(p) = procs.iter_mut().find_map(|p| p.exited().map(|s| (p.name.clone(), s, p.log.clone())))
-        {
-            bail!("{} exited ({}) while starting; its log: {}", p.0, p.1, p.2.display());
+        if let Some(exit) = first_exit(procs) {
+            bail!("{exit} while starting");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
