@@ -107,3 +107,20 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().build().expect("http client")
 }
+
+/// A binary of this workspace, next to the test executables' directory (`target/<profile>/`),
+/// built with `cargo build -p <package> --bin <name>` if missing. After building one package's
+/// tests alone it may be stale: build the workspace first.
+pub fn workspace_bin(package: &str, name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", package, "--bin", name])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building {name}");
+    }
+    path
+}

@@ -13,20 +13,6 @@ use crm_jobs::testing::{REDIS_URL, unique};
 const PROVIDERS: [&str; 5] = ["hubspot", "salesforce", "pipedrive", "zoho", "close"];
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// A sibling binary of another package, built if missing.
-fn workspace_bin(package: &str, name: &str) -> PathBuf {
-    let crmctl = PathBuf::from(env!("CARGO_BIN_EXE_crmctl"));
-    let path = crmctl.parent().expect("target dir").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", package, "--bin", name])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building {name}");
-    }
-    path
-}
-
 /// The demo process and everything it printed so far.
 struct Demo {
     child: Child,
@@ -37,8 +23,8 @@ struct Demo {
 
 impl Demo {
     fn start(extra: &[&str]) -> Self {
-        workspace_bin("crm-sandbox", "crm-sandbox");
-        workspace_bin("crm-worker", "crm-worker");
+        crm_jobs::testing::workspace_bin("crm-sandbox", "crm-sandbox");
+        crm_jobs::testing::workspace_bin("crm-worker", "crm-worker");
         let database = format!("crm_fleet_demo_{}", unique("t").replace('-', "_"));
         let prefix = unique("crmtest-demo-");
         let mut child = Command::new(env!("CARGO_BIN_EXE_crmctl"))

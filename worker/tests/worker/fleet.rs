@@ -46,23 +46,6 @@ impl Drop for SchedulerProc {
     }
 }
 
-/// A workspace binary next to this test's executable: `cargo test --workspace` builds it fresh;
-/// it is built here if missing (after `cargo test -p crm-worker` alone it may be stale: build
-/// the workspace first).
-pub(crate) fn workspace_bin(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join(name);
-    if !path.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", name, "--bin", name])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building {name}");
-    }
-    path
-}
-
 impl Fleet {
     pub(crate) async fn start(providers: &[ProviderKind]) -> Self {
         let env = Env::new().await;
@@ -154,7 +137,8 @@ impl Fleet {
 
     /// A real `crm-scheduler` on this fleet's database and prefix, serving on a free port.
     pub(crate) fn spawn_scheduler(&self, extra: &[(&str, &str)]) -> SchedulerProc {
-        let mut cmd = std::process::Command::new(workspace_bin("crm-scheduler"));
+        let mut cmd =
+            std::process::Command::new(crm_jobs::testing::workspace_bin("crm-scheduler", "crm-scheduler"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", &self.env.db.url)
