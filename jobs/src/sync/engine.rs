@@ -6,7 +6,9 @@
 //!    wait is slept, a long one ends the attempt with a deferral (no worker held, no attempt).
 //! 3. Fetch the page (with a valid token; one refresh on a 401).
 //! 4. In one transaction: apply the page, store the next cursor, add to the run's counters,
-//!    and on the last page close the run.
+//!    and on the last page close the run. Meanwhile the next page is fetched (steps 2–3), so
+//!    a page's write and the next page's request overlap; the prefetched page is used only
+//!    after the write committed, and dropped if it failed or the worker is stopping.
 //! 5. Between pages, stop if the worker is shutting down (the job comes back and resumes).
 //! 6. On the last page, if another run was requested meanwhile (`buffer_one`), start it.
 //!
@@ -25,7 +27,7 @@ use crate::auth::call::CallError;
 use crate::enqueue::{Target, budget};
 use crate::job::{SyncJob, SyncMode};
 use crate::ops::JobContext;
-use crate::providers::{SyncCursor, ThrottleScope};
+use crate::providers::{ObjectKind, SyncCursor, SyncPage, ThrottleScope};
 
 /// Waits for a rate token shorter than this are slept inside the job; longer ones defer it.
 pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(1);
@@ -70,29 +72,26 @@ pub async fn run(
     let mut summary = RunSummary::default();
     let (mut run_id, mut cursor) = start_or_resume(ctx, &target, job, info).await?;
     let mut first_request = true;
+    // The next page, fetched while the previous one was being written.
+    let mut prefetched: Option<Result<SyncPage, FetchError>> = None;
+    // Asked once per page, before any request is started: a stopping worker sends none.
+    let mut stop = stopping();
     loop {
-        if stopping() {
+        if stop {
             return Err(JobError::defer(
                 Duration::ZERO,
                 "shutdown",
                 "worker stopping; resumes from the saved cursor",
             ));
         }
-        if !first_request {
-            wait_for_token(ctx, &rate).await?;
-        }
+        let fetched = match prefetched.take() {
+            Some(page) => page,
+            None => fetch(ctx, &target, client, object, &cursor, &rate, !first_request).await,
+        };
         first_request = false;
-        let result = crate::auth::call(&ctx.tokens, target.connection, |auth| {
-            let cursor = cursor.clone();
-            async move { client.sync_page(&auth, object, &cursor).await }
-        })
-        .await;
-        let page = match result {
-            Ok(reply) => {
-                crate::limits::observe(ctx, &target, reply.quota.as_ref()).await;
-                reply.value
-            }
-            Err(e) => return Err(outcome(ctx, &target, run_id, info, e).await),
+        let page = match fetched {
+            Ok(page) => page,
+            Err(e) => return Err(e.into_decision(ctx, &target, run_id, info).await),
         };
         let done = !page.has_more;
         let scope = Scope {
@@ -101,47 +100,26 @@ pub async fn run(
             connection: target.connection,
             run: run_id,
         };
-        let mut tx = ctx.pool.begin().await.map_err(db)?;
-        let counts =
-            store::apply_page(&mut tx, &scope, object, page.records, &page.deleted).await.map_err(db)?;
-        let cursor_json = serde_json::to_value(&page.next).unwrap_or_default();
-        let rerun: bool = sqlx::query_scalar(
-            "UPDATE sync_state SET cursor = $3, run_id = CASE WHEN $4 THEN NULL ELSE run_id END, \
-               last_success_at = CASE WHEN $4 THEN now() ELSE last_success_at END, \
-               rerun_requested = CASE WHEN $4 THEN false ELSE rerun_requested END, updated_at = now() \
-             WHERE connection_id = $1 AND object = $2 \
-             RETURNING (SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = $2)",
-            // The sub-select sees the row as it was before this statement: whether a rerun was
-            // requested while the run went on.
-        )
-        .bind(target.connection)
-        .bind(object.as_str())
-        .bind(&cursor_json)
-        .bind(done)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
-        sqlx::query(
-            "UPDATE sync_runs SET pages = pages + 1, processed = processed + $2, created = created + $3, \
-               updated = updated + $4, deleted = deleted + $5, unchanged = unchanged + $6, \
-               status = CASE WHEN $7 THEN 'succeeded' ELSE status END, \
-               finished_at = CASE WHEN $7 THEN now() ELSE finished_at END WHERE id = $1",
-        )
-        .bind(run_id)
-        .bind(counts.processed as i32)
-        .bind(counts.created as i32)
-        .bind(counts.updated as i32)
-        .bind(counts.deleted as i32)
-        .bind(counts.unchanged as i32)
-        .bind(done)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        // Write this page while the next one is fetched: the provider's latency and the
+        // database's overlap. The next page is only used once this one has committed, so the
+        // order of committed pages (and of cursors) is unchanged; if the write fails or the
+        // worker stops, the prefetched page is dropped and fetched again from the cursor.
+        stop = stopping();
+        let next_cursor = (!done && !stop).then(|| page.next.clone());
+        let write = commit_page(ctx, &scope, object, page, done);
+        let fetch_next = async {
+            match &next_cursor {
+                Some(c) => Some(fetch(ctx, &target, client, object, c, &rate, true).await),
+                None => None,
+            }
+        };
+        let (written, next) = tokio::join!(write, fetch_next);
+        let (counts, next_page_cursor, rerun) = written.map_err(db)?;
+        prefetched = next;
         record_metrics(&target, &counts);
         summary.pages += 1;
         add(&mut summary.counts, &counts);
-        cursor = page.next;
+        cursor = next_page_cursor;
         if done {
             tracing::info!(message = "sync run finished", run = %run_id, connection = %target.connection,
                 provider = %target.provider, object = %object, pages = summary.pages);
@@ -153,6 +131,99 @@ pub async fn run(
             first_request = false;
         }
     }
+}
+
+/// Why a page could not be fetched: the limiter's own decision (a long wait defers the job),
+/// or the provider call's error, which [`outcome`] turns into one.
+enum FetchError {
+    Decided(JobError),
+    Call(CallError),
+}
+
+impl FetchError {
+    async fn into_decision(
+        self,
+        ctx: &JobContext,
+        target: &Target,
+        run: Uuid,
+        info: AttemptInfo,
+    ) -> JobError {
+        match self {
+            FetchError::Decided(e) => e,
+            FetchError::Call(e) => outcome(ctx, target, run, info, e).await,
+        }
+    }
+}
+
+/// Fetches one page from `cursor` (taking a rate token first unless `take_token` is false: the
+/// first request of an attempt was admitted with the job) and feeds its quota observation to
+/// the limiter.
+async fn fetch(
+    ctx: &JobContext,
+    target: &Target,
+    client: &dyn crate::providers::CrmClient,
+    object: ObjectKind,
+    cursor: &SyncCursor,
+    rate: &str,
+    take_token: bool,
+) -> Result<SyncPage, FetchError> {
+    if take_token {
+        wait_for_token(ctx, rate).await.map_err(FetchError::Decided)?;
+    }
+    let reply = crate::auth::call(&ctx.tokens, target.connection, |auth| async move {
+        client.sync_page(&auth, object, cursor).await
+    })
+    .await
+    .map_err(FetchError::Call)?;
+    crate::limits::observe(ctx, target, reply.quota.as_ref()).await;
+    Ok(reply.value)
+}
+
+/// In one transaction: applies the page, stores the cursor after it and adds to the run's
+/// counters (closing the run on its last page). Returns the counts, the stored cursor and
+/// whether another run was requested meanwhile.
+async fn commit_page(
+    ctx: &JobContext,
+    scope: &Scope<'_>,
+    object: ObjectKind,
+    page: SyncPage,
+    done: bool,
+) -> Result<(PageCounts, SyncCursor, bool), sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    let counts = store::apply_page(&mut tx, scope, object, page.records, &page.deleted).await?;
+    let cursor_json = serde_json::to_value(&page.next).unwrap_or_default();
+    let rerun: bool = sqlx::query_scalar(
+        "UPDATE sync_state SET cursor = $3, run_id = CASE WHEN $4 THEN NULL ELSE run_id END, \
+           last_success_at = CASE WHEN $4 THEN now() ELSE last_success_at END, \
+           rerun_requested = CASE WHEN $4 THEN false ELSE rerun_requested END, updated_at = now() \
+         WHERE connection_id = $1 AND object = $2 \
+         RETURNING (SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = $2)",
+        // The sub-select sees the row as it was before this statement: whether a rerun was
+        // requested while the run went on.
+    )
+    .bind(scope.connection)
+    .bind(object.as_str())
+    .bind(&cursor_json)
+    .bind(done)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE sync_runs SET pages = pages + 1, processed = processed + $2, created = created + $3, \
+           updated = updated + $4, deleted = deleted + $5, unchanged = unchanged + $6, \
+           status = CASE WHEN $7 THEN 'succeeded' ELSE status END, \
+           finished_at = CASE WHEN $7 THEN now() ELSE finished_at END WHERE id = $1",
+    )
+    .bind(scope.run)
+    .bind(counts.processed as i32)
+    .bind(counts.created as i32)
+    .bind(counts.updated as i32)
+    .bind(counts.deleted as i32)
+    .bind(counts.unchanged as i32)
+    .bind(done)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((counts, page.next, rerun))
 }
 
 fn add(total: &mut PageCounts, page: &PageCounts) {

@@ -66,12 +66,6 @@ pub struct SyncArgs {
     /// the ingest. None by default: the path as shipped.
     #[arg(long = "pg-setting", value_name = "NAME=VALUE")]
     pub pg_settings: Vec<String>,
-    /// What-if: before measuring, add to the scratch database a partial index per object table
-    /// on the rows with a local pending change (`WHERE local_pending IS NOT NULL`), which the
-    /// conflict check per page can use whatever the table's statistics say. Not in the
-    /// migrations: this measures what such an index would change.
-    #[arg(long)]
-    pub what_if_pending_index: bool,
     /// Where to write the results JSON.
     #[arg(long, default_value = "/tmp/crm-bench-sync/results.json")]
     pub out: PathBuf,
@@ -166,9 +160,6 @@ fn variant(a: &SyncArgs) -> String {
     let mut v = Vec::new();
     if !a.pg_settings.is_empty() {
         v.push(format!("engine connections with {}", a.pg_settings.join(", ")));
-    }
-    if a.what_if_pending_index {
-        v.push("what-if partial index on local_pending".to_owned());
     }
     if v.is_empty() { String::new() } else { format!(" ({})", v.join("; ")) }
 }
@@ -368,15 +359,6 @@ async fn measure(args: &SyncArgs, redis_url: &str, db_url: &str) -> anyhow::Resu
         Duration::from_secs(10),
     )
     .await?;
-    if args.what_if_pending_index {
-        for t in ["crm_contacts", "crm_companies", "crm_deals"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE INDEX {t}_pending ON {t} (tenant_id, provider, external_id) WHERE local_pending IS NOT NULL"
-            )))
-            .execute(&pool)
-            .await?;
-        }
-    }
     let keys = Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[])?);
     let store = Store::new(pool.clone(), keys);
     let urls = serde_json::to_value(sandbox.urls())?;
