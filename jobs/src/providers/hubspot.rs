@@ -105,12 +105,13 @@ fn prop(p: &Value, name: &str) -> Option<String> {
 }
 
 /// Normalises a `SimplePublicObject`.
-fn record(kind: ObjectKind, obj: &Value) -> Result<CrmRecord, ProviderError> {
+/// (Takes the object by value: it becomes the record's `raw` without a copy.)
+fn record(kind: ObjectKind, obj: Value) -> Result<CrmRecord, ProviderError> {
     let id = obj
         .get("id")
         .and_then(Value::as_str)
         .ok_or_else(|| ProviderError::Protocol { status: 200, message: "object without id".into() })?;
-    let p = obj.get("properties").cloned().unwrap_or(Value::Null);
+    let p = obj.get("properties").unwrap_or(&Value::Null);
     let updated = parse_time(obj.get("updatedAt").unwrap_or(&Value::Null))
         .or_else(|| p.get(modified_property(kind)).and_then(parse_time))
         .unwrap_or_else(Utc::now);
@@ -143,7 +144,7 @@ fn record(kind: ObjectKind, obj: &Value) -> Result<CrmRecord, ProviderError> {
             });
         }
     }
-    r.raw = obj.clone();
+    r.raw = obj;
     Ok(r)
 }
 
@@ -331,9 +332,13 @@ impl HubspotClient {
         });
         let (v, q) =
             self.search(auth, &format!("/crm/v3/objects/{}/search", object_path(kind)), body).await?;
-        let results = v.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut v = v;
+        let results = match v.get_mut("results").map(Value::take) {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
         let mut page_records = Vec::with_capacity(results.len());
-        for obj in &results {
+        for obj in results {
             page_records.push(record(kind, obj)?);
         }
         let mut next = cursor.clone();
@@ -342,7 +347,8 @@ impl HubspotClient {
         }
         // The window restart below works from everything this page returned; the caller only
         // gets what the previous run had not already read at its upper bound.
-        let records_for_window = page_records.clone();
+        let stamps_for_window: Vec<(i64, String)> =
+            page_records.iter().map(|r| (r.remote_updated_at.timestamp_millis(), r.external_id.clone())).collect();
         let records: Vec<CrmRecord> = page_records
             .into_iter()
             .filter(|r| !cursor.seen_at_since(r.remote_updated_at, &r.external_id))
@@ -357,18 +363,18 @@ impl HubspotClient {
             Some(_) => {
                 // The next page would pass the 10,000 cap: restart the window at the last
                 // modification time read, excluding the ids already read at exactly that time.
-                let last = records_for_window.last().map(|r| r.remote_updated_at.timestamp_millis());
+                let last = stamps_for_window.last().map(|(ms, _)| *ms);
                 let Some(last_ms) = last else {
                     return Err(ProviderError::Protocol {
                         status: 200,
                         message: "paging without results".into(),
                     });
                 };
-                let mut ids: Vec<String> = records_for_window
-                    .iter()
+                let mut ids: Vec<String> = stamps_for_window
+                    .into_iter()
                     .rev()
-                    .take_while(|r| r.remote_updated_at.timestamp_millis() == last_ms)
-                    .map(|r| r.external_id.clone())
+                    .take_while(|(ms, _)| *ms == last_ms)
+                    .map(|(_, id)| id)
                     .collect();
                 if boundary_ms == Some(last_ms) {
                     ids.extend(boundary_ids);
@@ -470,7 +476,7 @@ impl CrmClient for HubspotClient {
             properties(object).join(",")
         );
         match self.call("get", auth, Method::GET, &path, None, true).await {
-            Ok((resp, q)) => Ok(Reply::new(Some(record(object, &resp.value())?), q)),
+            Ok((resp, q)) => Ok(Reply::new(Some(record(object, resp.value())?), q)),
             Err(ProviderError::NotFound { .. }) => Ok(Reply::new(None, None)),
             Err(e) => Err(e),
         }
@@ -594,7 +600,7 @@ impl CrmClient for HubspotClient {
         });
         let (v, q) = self.search(auth, "/crm/v3/objects/contacts/search", body).await?;
         let first = v.get("results").and_then(|r| r.get(0));
-        Ok(Reply::new(first.map(|o| record(ObjectKind::Contact, o)).transpose()?, q))
+        Ok(Reply::new(first.map(|o| record(ObjectKind::Contact, o.clone())).transpose()?, q))
     }
 
     async fn find_by_marker(
@@ -714,7 +720,7 @@ mod tests {
     fn normalises_a_contact() {
         let obj = json!({"id":"51","properties":{"email":"a@x.com","firstname":"Ann","lastname":"Lee","lastmodifieddate":"2025-01-02T03:04:05.000Z"},
             "createdAt":"2025-01-01T00:00:00.000Z","updatedAt":"2025-01-02T03:04:05.000Z","archived":false});
-        let r = record(ObjectKind::Contact, &obj).expect("record");
+        let r = record(ObjectKind::Contact, obj).expect("record");
         assert_eq!(r.external_id, "51");
         assert_eq!(r.email.as_deref(), Some("a@x.com"));
         assert_eq!(r.name.as_deref(), Some("Ann Lee"));

@@ -203,7 +203,7 @@ async fn upsert(
     pending: &HashMap<String, Value>,
 ) -> Result<(i64, i64), sqlx::Error> {
     let ids: Vec<&str> = records.iter().map(|r| r.external_id.as_str()).collect();
-    let raw: Vec<Value> = records.iter().map(|r| r.raw.clone()).collect();
+    let raw: Vec<sqlx::types::Json<&Value>> = records.iter().map(|r| sqlx::types::Json(&r.raw)).collect();
     let updated_at: Vec<DateTime<Utc>> = records.iter().map(|r| r.remote_updated_at).collect();
     let owner: Vec<Option<&str>> = records.iter().map(|r| r.owner.as_deref()).collect();
     let name: Vec<Option<&str>> = records.iter().map(|r| r.name.as_deref()).collect();

@@ -140,6 +140,8 @@ pub struct Account {
     pub limits: Mutex<AccountLimits>,
     private_token: Mutex<String>,
     initial_tokens: Mutex<Value>,
+    /// The last windowing search's total, against what it counted (see `search::run`).
+    pub(crate) window_total: Mutex<Option<(String, usize)>>,
 }
 
 impl Account {
@@ -446,6 +448,7 @@ impl HubSpot {
             limits: Mutex::new(limits),
             private_token: Mutex::new(pat.clone()),
             initial_tokens: Mutex::new(Value::Null),
+            window_total: Mutex::new(None),
         });
         let tokens = self.issue_pair(&account, scopes);
         *account.initial_tokens.lock() = tokens;

@@ -387,11 +387,16 @@ pub(crate) async fn search(
         Ok(r) => r,
         Err(r) => return authed.finish(r, &op),
     };
-    let resp = run(&hs, &authed, obj, req);
+    // What the results depend on besides the page position, to remember a window's total by.
+    let filters = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("filterGroups").map(Value::to_string))
+        .unwrap_or_default();
+    let resp = run(&hs, &authed, obj, req, &filters);
     authed.finish(resp, &op)
 }
 
-fn run(hs: &HubSpot, authed: &super::Authed, obj: ObjectType, req: SearchRequest) -> Response {
+fn run(hs: &HubSpot, authed: &super::Authed, obj: ObjectType, req: SearchRequest, filters: &str) -> Response {
     let st = &hs.state;
     let fail = |m: &str| errors::validation(st, m);
     if req.filter_groups.len() > MAX_GROUPS {
@@ -508,20 +513,37 @@ fn run(hs: &HubSpot, authed: &super::Authed, obj: ObjectType, req: SearchRequest
         };
         // Probe once: every filter must be decidable from the stamp.
         if groups.iter().flatten().all(|f| f.matches_stamp(obj, lo, 0).is_some()) {
+            // A sync asks for the same window page after page: its total is counted once
+            // and remembered against the index's generation (any change to the table
+            // invalidates it), so the following pages stop scanning at their last result.
+            let memo_key = format!("{}|{}|{}|{filters}", obj.name(), table.generation, visible_until);
+            let known = authed
+                .account
+                .window_total
+                .lock()
+                .as_ref()
+                .and_then(|(k, n)| (*k == memo_key).then_some(*n));
             let page_end = (after + limit as usize).min(SEARCH_RESULT_CAP);
-            let mut total = 0usize;
+            let mut seen = 0usize;
             let mut page: Vec<&Record> = Vec::with_capacity(limit as usize);
             for &(ts, id) in table.by_modified.range((lo, 0)..) {
-                if ts > visible_until {
+                if ts > visible_until || (known.is_some() && seen >= page_end) {
                     break; // by_modified is ordered by time: nothing later is visible either
                 }
                 if decide(ts, id) == Some(true) {
-                    if total >= after && total < page_end {
+                    if seen >= after && seen < page_end {
                         page.extend(table.active.get(&id));
                     }
-                    total += 1;
+                    seen += 1;
                 }
             }
+            let total = match known {
+                Some(n) => n,
+                None => {
+                    *authed.account.window_total.lock() = Some((memo_key, seen));
+                    seen
+                }
+            };
             return search_page(st, obj, &sel, total, after, limit, page);
         }
     }

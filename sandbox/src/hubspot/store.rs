@@ -81,11 +81,23 @@ pub struct Table {
     pub by_modified: BTreeSet<(Millis, u64)>,
     /// Unique property → normalised value → id, for live records.
     pub unique: BTreeMap<&'static str, HashMap<String, u64>>,
+    /// Changes whenever `by_modified` does, to a value no other table ever had (0: never
+    /// indexed, hence empty), so a count over the index can be remembered against it.
+    pub generation: u64,
+}
+
+/// Source of [`Table::generation`] values, process-wide so that a table replaced by another
+/// can never be mistaken for it.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Table {
     fn index(&mut self, obj: ObjectType, r: &Record) {
         self.by_modified.insert((r.updated_at, r.id));
+        self.generation = next_generation();
         for def in schema::properties(obj).iter().filter(|d| d.unique) {
             if let Some(v) = r.props.get(def.name) {
                 self.unique.entry(def.name).or_default().insert(unique_key(v), r.id);
@@ -95,6 +107,7 @@ impl Table {
 
     fn unindex(&mut self, obj: ObjectType, r: &Record) {
         self.by_modified.remove(&(r.updated_at, r.id));
+        self.generation = next_generation();
         for def in schema::properties(obj).iter().filter(|d| d.unique) {
             if let Some(v) = r.props.get(def.name)
                 && let Some(m) = self.unique.get_mut(def.name)

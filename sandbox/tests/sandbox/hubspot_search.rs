@@ -277,6 +277,18 @@ async fn windowing_fast_path_agrees_with_the_general_path() {
         assert!(pages[0]["total"].as_u64().is_some_and(|t| t >= 120), "{}", pages[0]);
         assert_eq!(pages[0], pages[1], "after={after} limit={limit}");
     }
+    // A change between two pages of the same window (the fast path remembers the window's
+    // total): the next page sees it, as the general path does.
+    let first = by_modification_time(&env, window(false), 0, 7).await;
+    env.ctl_ok(
+        "POST",
+        &format!("/_sandbox/hubspot/accounts/{}/mutations", env.hub),
+        Some(json!({"seed": 4, "creates": 5, "objects": ["contacts"], "step_ms": 0})),
+    )
+    .await;
+    let fast = by_modification_time(&env, window(false), 7, 7).await;
+    assert_eq!(fast, by_modification_time(&env, window(true), 7, 7).await);
+    assert_eq!(fast["total"].as_u64(), first["total"].as_u64().map(|t| t + 5), "{fast}");
     // A full sync's first window: no filter at all, sorted by modification time.
     for (after, limit) in [(0, 7), (150, 200), (290, 20)] {
         let mut pages = Vec::new();
