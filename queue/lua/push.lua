@@ -16,6 +16,23 @@ local now = now_ms()
 local out = {}
 local ready = 0
 local vts = {}
+-- Sorted-set additions are gathered and sent in chunks (one ZADD per chunk instead of one per
+-- job: the per-call cost of redis.call dominates this loop). Each chunk stays far below Lua's
+-- limit on unpack (8,000 values).
+local zadds = {}
+local function zadd(key, score, member)
+  local z = zadds[key]
+  if not z then
+    z = {}
+    zadds[key] = z
+  end
+  z[#z + 1] = score
+  z[#z + 1] = member
+  if #z >= 2000 then
+    redis.call('ZADD', key, unpack(z))
+    zadds[key] = nil
+  end
+end
 for i = 0, n - 1 do
   local o = 3 + i * 13
   local id, typ, lane, budgets, wk, cls = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
@@ -33,13 +50,13 @@ for i = 0, n - 1 do
     if delay > 0 then
       redis.call('HSET', jk, 'p', payload, 't', typ, 'l', lane, 'a', 0, 'm', maxa, 'o', 0, 'e', now,
         'u', uniq, 'meta', meta, 's', 'd')
-      redis.call('ZADD', base .. 'delayed', now + delay, id)
+      zadd(base .. 'delayed', now + delay, id)
       redis.call('HSET', lm, 'b', budgets, 'wk', wk, 'c', cls)
     else
       redis.call('HSET', jk, 'p', payload, 't', typ, 'l', lane, 'a', 0, 'm', maxa, 'o', 0, 'e', now,
         'u', uniq, 'meta', meta, 's', 'r')
       redis.call('RPUSH', lqueue(lane), id)
-      redis.call('ZADD', base .. 'readyz', now, id)
+      zadd(base .. 'readyz', now, id)
       local m = redis.call('HMGET', lm, 'st', 'pass')
       local st = m[1]
       if st == 'r' or st == 'b' or st == 's' then
@@ -52,13 +69,16 @@ for i = 0, n - 1 do
         end
         local pass = tonumber(m[2] or '0')
         if pass < vt then pass = vt end
-        redis.call('ZADD', base .. 'ready:' .. cls, pass, lane)
+        zadd(base .. 'ready:' .. cls, pass, lane)
         redis.call('HSET', lm, 'b', budgets, 'wk', wk, 'c', cls, 'st', 'r', 'pass', tostring(pass))
       end
       ready = ready + 1
     end
     out[#out + 1] = id
   end
+end
+for key, z in pairs(zadds) do
+  redis.call('ZADD', key, unpack(z))
 end
 signal(ready)
 return out

@@ -92,6 +92,7 @@ async fn run(n: i64) {
         .env("CRM_FLEET_REDIS_PREFIX", &prefix)
         .env("CRM_FLEET_API_ADDR", "127.0.0.1:0")
         .env("CRM_FLEET_LOG_FORMAT", "json")
+        .env("CRM_FLEET_TOKEN_KEY", crm_jobs::auth::Keyring::generate_base64())
         .env("RUST_LOG", "info,sqlx=warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -103,8 +104,12 @@ async fn run(n: i64) {
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Value)>();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send((Instant::now(), v));
+            match serde_json::from_str::<Value>(&line) {
+                Ok(v) => {
+                    let _ = tx.send((Instant::now(), v));
+                }
+                // Not a log line: a configuration error or a panic; show it.
+                Err(_) => eprintln!("crm-scheduler: {line}"),
             }
         }
     });

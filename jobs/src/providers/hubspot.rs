@@ -347,8 +347,10 @@ impl HubspotClient {
         }
         // The window restart below works from everything this page returned; the caller only
         // gets what the previous run had not already read at its upper bound.
-        let stamps_for_window: Vec<(i64, String)> =
-            page_records.iter().map(|r| (r.remote_updated_at.timestamp_millis(), r.external_id.clone())).collect();
+        let stamps_for_window: Vec<(i64, String)> = page_records
+            .iter()
+            .map(|r| (r.remote_updated_at.timestamp_millis(), r.external_id.clone()))
+            .collect();
         let records: Vec<CrmRecord> = page_records
             .into_iter()
             .filter(|r| !cursor.seen_at_since(r.remote_updated_at, &r.external_id))

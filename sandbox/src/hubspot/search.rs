@@ -517,12 +517,8 @@ fn run(hs: &HubSpot, authed: &super::Authed, obj: ObjectType, req: SearchRequest
             // and remembered against the index's generation (any change to the table
             // invalidates it), so the following pages stop scanning at their last result.
             let memo_key = format!("{}|{}|{}|{filters}", obj.name(), table.generation, visible_until);
-            let known = authed
-                .account
-                .window_total
-                .lock()
-                .as_ref()
-                .and_then(|(k, n)| (*k == memo_key).then_some(*n));
+            let known =
+                authed.account.window_total.lock().as_ref().and_then(|(k, n)| (*k == memo_key).then_some(*n));
             let page_end = (after + limit as usize).min(SEARCH_RESULT_CAP);
             let mut seen = 0usize;
             let mut page: Vec<&Record> = Vec::with_capacity(limit as usize);
