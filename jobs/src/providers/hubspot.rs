@@ -116,27 +116,27 @@ fn record(kind: ObjectKind, obj: Value) -> Result<CrmRecord, ProviderError> {
         .or_else(|| p.get(modified_property(kind)).and_then(parse_time))
         .unwrap_or_else(Utc::now);
     let mut r = CrmRecord::new(id, kind, updated);
-    r.owner = prop(&p, "hubspot_owner_id");
-    r.phone = prop(&p, "phone");
+    r.owner = prop(p, "hubspot_owner_id");
+    r.phone = prop(p, "phone");
     match kind {
         ObjectKind::Contact => {
-            r.email = prop(&p, "email");
-            r.first_name = prop(&p, "firstname");
-            r.last_name = prop(&p, "lastname");
+            r.email = prop(p, "email");
+            r.first_name = prop(p, "firstname");
+            r.last_name = prop(p, "lastname");
             r.name = match (&r.first_name, &r.last_name) {
                 (Some(f), Some(l)) => Some(format!("{f} {l}")),
                 (Some(x), None) | (None, Some(x)) => Some(x.clone()),
                 (None, None) => None,
             };
-            r.company = prop(&p, "associatedcompanyid").or_else(|| prop(&p, "company"));
+            r.company = prop(p, "associatedcompanyid").or_else(|| prop(p, "company"));
         }
-        ObjectKind::Company => r.name = prop(&p, "name"),
+        ObjectKind::Company => r.name = prop(p, "name"),
         ObjectKind::Deal => {
-            r.name = prop(&p, "dealname");
-            r.amount = prop(&p, "amount").and_then(|a| a.parse().ok());
-            r.currency = prop(&p, "deal_currency_code");
-            r.stage = prop(&p, "dealstage");
-            r.close_date = prop(&p, "closedate").and_then(|d| {
+            r.name = prop(p, "dealname");
+            r.amount = prop(p, "amount").and_then(|a| a.parse().ok());
+            r.currency = prop(p, "deal_currency_code");
+            r.stage = prop(p, "dealstage");
+            r.close_date = prop(p, "closedate").and_then(|d| {
                 DateTime::parse_from_rfc3339(&d)
                     .map(|t| t.date_naive())
                     .ok()
