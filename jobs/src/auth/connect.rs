@@ -26,9 +26,9 @@ use serde_json::json;
 use sha2::Sha256;
 use uuid::Uuid;
 
-use super::oauth::{self, GrantError};
+use super::oauth::{self, GrantError, OAuthApp};
 use super::{AuthError, Store, TokenManager};
-use crate::providers::Provider;
+use crate::providers::{Provider, ProviderError};
 
 /// How long an authorization may take (consent page to callback).
 pub const DEFAULT_STATE_TTL: Duration = Duration::from_secs(600);
@@ -245,7 +245,12 @@ async fn callback(
         GrantError::Transient(m) => AuthError::Transient(m).into(),
         GrantError::Config(m) => AuthError::Config(m).into(),
     })?;
-    let conn = s.store.save_grant(&tenant, &app, &grant, token_url.as_deref()).await?;
+    let account = match provider {
+        Provider::Zoho => Some(zoho_org(&s.http, &app, &grant).await?),
+        _ => None,
+    };
+    let conn =
+        s.store.save_grant_for(&tenant, &app, &grant, token_url.as_deref(), account.as_deref()).await?;
     s.tokens.invalidate(conn.id);
     tracing::info!(message = "connection authorised", connection = %conn.id, tenant = %tenant, provider = %provider,
         account = %conn.account_id);
@@ -277,4 +282,26 @@ async fn allowed_token_url(store: &Store, app: &oauth::OAuthApp, server: &str) -
             format!("{server:?} is not a known accounts server"),
         ))
     }
+}
+
+/// The Zoho org a grant belongs to: its token response names only the data centre's API host,
+/// shared by every org there, and keying connections (and rate budgets) by that would put every
+/// Zoho tenant of a data centre on one budget.
+async fn zoho_org(http: &reqwest::Client, app: &OAuthApp, grant: &oauth::Grant) -> Result<String, ApiError> {
+    let base = oauth::api_base(app, &grant.fields)
+        .ok_or_else(|| AuthError::Config("zoho: the token response named no API host".into()))?;
+    crate::providers::zoho::org_id(http, &base, &grant.access_token).await.map_err(|e| match e {
+        ProviderError::Unauthorized { .. } | ProviderError::Forbidden { .. } => {
+            tracing::warn!(message = "connect flow failed: zoho org lookup refused", error = %e);
+            ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                error: "org_lookup_refused",
+                field: None,
+                message: format!(
+                    "Zoho refused to name the organization ({e}); the Zoho OAuth app's scopes must include ZohoCRM.org.READ"
+                ),
+            }
+        }
+        other => AuthError::Transient(format!("zoho: reading the organization failed: {other}")).into(),
+    })
 }

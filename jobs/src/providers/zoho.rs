@@ -824,6 +824,49 @@ impl CrmClient for ZohoClient {
     }
 }
 
+/// The id of the org an access token belongs to: `GET {api_domain}/crm/v8/org` (scope
+/// `ZohoCRM.org.READ`). Zoho's token response names only its data centre's API host, which every
+/// org there shares, so the connect flow asks this to key the connection, and with it the org's
+/// rate budget, by org.
+pub async fn org_id(
+    http: &reqwest::Client,
+    api_base: &str,
+    access_token: &secrecy::SecretString,
+) -> Result<String, ProviderError> {
+    use secrecy::ExposeSecret as _;
+    let url = format!("{}/crm/v8/org", api_base.trim_end_matches('/'));
+    let resp = http
+        .get(&url)
+        .header(reqwest::header::AUTHORIZATION, format!("Zoho-oauthtoken {}", access_token.expose_secret()))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| ProviderError::Transient {
+            status: None,
+            retry_after: None,
+            message: format!("GET /crm/v8/org: {}", e.without_url()),
+        })?;
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let code = body.get("code").and_then(Value::as_str).map(str::to_owned);
+    let message = format!("GET /crm/v8/org answered {status} {}", code.as_deref().unwrap_or(""));
+    match status {
+        200 => body
+            .pointer("/org/0/id")
+            .and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string())))
+            .ok_or_else(|| ProviderError::Protocol {
+                status,
+                message: "organization data without an id".into(),
+            }),
+        401 => Err(ProviderError::Unauthorized { code, message }),
+        403 => Err(ProviderError::Forbidden { code, message }),
+        s if s >= 500 || s == 429 => {
+            Err(ProviderError::Transient { status: Some(s), retry_after: None, message })
+        }
+        _ => Err(ProviderError::Rejected { field: None, reason: message, code, status }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,6 +76,7 @@ pub(crate) fn router(state: Host) -> Router {
     let mut r = Router::new();
     for v in ["/crm/v7", "/crm/v8"] {
         r = r
+            .route(&format!("{v}/org"), get(org).fallback(method_not_allowed))
             .route(&format!("{v}/coql"), post(super::query::coql).fallback(method_not_allowed))
             .route(
                 &format!("{v}/{{module}}"),
@@ -96,6 +97,29 @@ pub(crate) fn router(state: Host) -> Router {
     r.fallback(|| async { errors::invalid_url() }).with_state(state)
 }
 
+/// `GET /crm/v{7,8}/org`: the organization the token belongs to (scope `ZohoCRM.org.READ`), as
+/// `{"org": [{…}]}`. The token response names no org, so this is how a client learns which org
+/// it was connected to (its id keys the org's rate budget).
+async fn org(State(h): State<Host>, headers: HeaderMap) -> Response {
+    let need = Need { scope: super::ScopeNeed::Org, heavy: false, cost: 1 };
+    let admitted = match h.zoho.admit(h.dc, &headers, need).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let account = &admitted.authed.account;
+    let admin = account.admin();
+    let body = serde_json::json!({ "org": [{
+        "id": account.org_id,
+        "zgid": account.org_id,
+        "domain_name": format!("org{}", account.org_id),
+        "company_name": format!("Sandbox org {}", account.org_id),
+        "primary_email": admin.email,
+        "time_zone": account.tz.name(),
+        "type": "production",
+    }] });
+    admitted.finish(json_response(StatusCode::OK, &body), "org.get")
+}
+
 async fn method_not_allowed() -> Response {
     errors::invalid_method()
 }
@@ -114,7 +138,8 @@ pub(crate) async fn begin(
         h.zoho.authenticate(h.dc, headers)?;
         return Err(errors::invalid_module());
     };
-    let admitted = h.zoho.admit(h.dc, headers, Need { scope: Some((m, access)), heavy, cost }).await?;
+    let admitted =
+        h.zoho.admit(h.dc, headers, Need { scope: super::ScopeNeed::Module(m, access), heavy, cost }).await?;
     Ok((admitted, m))
 }
 
@@ -1036,7 +1061,11 @@ async fn create_related_notes(
             Err(r) => r,
         };
     };
-    let need = Need { scope: Some((Module::Notes, Access::Create)), heavy: n > 10, cost: write_cost(n) };
+    let need = Need {
+        scope: super::ScopeNeed::Module(Module::Notes, Access::Create),
+        heavy: n > 10,
+        cost: write_cost(n),
+    };
     let a = match h.zoho.admit(h.dc, &headers, need).await {
         Ok(a) => a,
         Err(r) => return r,

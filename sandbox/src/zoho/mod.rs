@@ -340,12 +340,23 @@ fn add_headers(mut resp: Response, headers: &[(&'static str, String)]) -> Respon
 /// What a call needs, for admission.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Need {
-    /// Module and access for the scope check (`None`: COQL).
-    pub(crate) scope: Option<(Module, Access)>,
+    /// What the scope check asks for.
+    pub(crate) scope: ScopeNeed,
     /// Counts against the sub-concurrency limit.
     pub(crate) heavy: bool,
     /// Credits.
     pub(crate) cost: u64,
+}
+
+/// The scope a call needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ScopeNeed {
+    /// `ZohoCRM.modules.<module>.<access>` (or a wider form).
+    Module(Module, Access),
+    /// `ZohoCRM.coql.READ`.
+    Coql,
+    /// `ZohoCRM.org.READ` (organization data).
+    Org,
 }
 
 /// Per-host router state.
@@ -754,8 +765,9 @@ impl Zoho {
     pub(crate) async fn admit(&self, dc: Dc, headers: &HeaderMap, need: Need) -> Result<Admitted, Response> {
         let authed = self.authenticate(dc, headers)?;
         let allowed = match need.scope {
-            Some((m, access)) => schema::scope_allows(&authed.scopes, m, access),
-            None => schema::scope_allows_coql(&authed.scopes),
+            ScopeNeed::Module(m, access) => schema::scope_allows(&authed.scopes, m, access),
+            ScopeNeed::Coql => schema::scope_allows_coql(&authed.scopes),
+            ScopeNeed::Org => schema::scope_allows_org(&authed.scopes),
         };
         if !allowed {
             return Err(errors::scope_mismatch());

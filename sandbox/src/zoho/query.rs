@@ -915,7 +915,11 @@ fn run_query(d: &AccountData, tz: chrono_tz::Tz, q: &Query, m: Module) -> (Vec<V
 
 /// `POST /coql`.
 pub(crate) async fn coql(State(h): State<Host>, headers: HeaderMap, body: Bytes) -> Response {
-    let a = match h.zoho.admit(h.dc, &headers, Need { scope: None, heavy: true, cost: 1 }).await {
+    let a = match h
+        .zoho
+        .admit(h.dc, &headers, Need { scope: super::ScopeNeed::Coql, heavy: true, cost: 1 })
+        .await
+    {
         Ok(a) => a,
         Err(r) => return r,
     };

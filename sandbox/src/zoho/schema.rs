@@ -787,6 +787,14 @@ pub fn scope_allows_coql(scopes: &[String]) -> bool {
     })
 }
 
+/// Whether the scopes allow reading the organization (`GET /org`).
+pub fn scope_allows_org(scopes: &[String]) -> bool {
+    scopes.iter().any(|s| {
+        let s = s.to_ascii_lowercase();
+        s == "zohocrm.org.read" || s == "zohocrm.org.all"
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
