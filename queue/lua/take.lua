@@ -1,10 +1,15 @@
 -- Take one token of a rate budget for a request made inside a running job (fetch admission
--- takes the first). ARGV: base, budget. Returns 0 when taken, else the ms to wait (nothing
--- taken). A paused budget answers the remaining pause.
+-- takes the first). ARGV: base, budget, then any pause budgets that must also be clear (the
+-- account's throttle pause, the provider's breaker: set after this job was admitted, they
+-- must still stop its next request). Returns 0 when taken, else the ms to wait (nothing
+-- taken). A budget in force in `paused` (the rate budget itself or one named) answers its
+-- remaining pause.
 local b = ARGV[2]
 local now = now_ms()
-local untl = tonumber(redis.call('HGET', base .. 'paused', b) or '0')
-if untl > now then return untl - now end
+for i = 2, #ARGV do
+  local untl = tonumber(redis.call('HGET', base .. 'paused', ARGV[i]) or '0')
+  if untl > now then return math.ceil(untl - now) end
+end
 local spec = lookup(b)
 if not spec then return 0 end
 local t, burst = gcra(spec)
@@ -14,5 +19,7 @@ local tat = tonumber(redis.call('GET', rk) or '0')
 if tat < now then tat = now end
 local allow_at = tat + t - burst * t
 if allow_at > now then return math.ceil(allow_at - now) end
-redis.call('SET', rk, tostring(tat + t), 'PX', math.ceil(burst * t + t) + 1000)
+-- Three decimals, as in the prelude's take(): tostring's 14 significant digits would hand
+-- tokens out early.
+redis.call('SET', rk, string.format('%.3f', tat + t), 'PX', math.ceil(burst * t + t) + 1000)
 return 0

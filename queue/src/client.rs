@@ -617,7 +617,22 @@ impl Queue {
     /// Takes one token of a rate budget (or checks a pause) for a request inside a running job.
     /// `None`: go ahead; `Some(wait)`: nothing taken, try again after `wait`.
     pub async fn take_token(&self, budget: &str) -> Result<Option<Duration>, QueueError> {
-        let reply = self.run(&self.inner.scripts.take, vec![budget.as_bytes().to_vec()]).await?;
+        self.take_token_unless_paused(budget, &[]).await
+    }
+
+    /// As [`Queue::take_token`], but first checks that none of `pauses` is in force (a pause set
+    /// after the job was admitted, e.g. the account's throttle pause): while one is, nothing is
+    /// taken and the remaining pause comes back as the wait. A pause budget as `budget`, with no
+    /// limit of its own, makes this a pure check.
+    pub async fn take_token_unless_paused(
+        &self,
+        budget: &str,
+        pauses: &[&str],
+    ) -> Result<Option<Duration>, QueueError> {
+        let mut args = Vec::with_capacity(1 + pauses.len());
+        args.push(budget.as_bytes().to_vec());
+        args.extend(pauses.iter().map(|p| p.as_bytes().to_vec()));
+        let reply = self.run(&self.inner.scripts.take, args).await?;
         let wait = reply::int(&reply);
         Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
     }

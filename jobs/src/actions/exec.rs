@@ -94,6 +94,23 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
     let client = ctx.clients.get(target.provider);
     let marker = id.to_string();
 
+    // A throttle seen by any worker since this job was admitted paused the account (or the
+    // breaker opened): wait it out instead of sending into it. Nothing is recorded and no
+    // attempt is spent.
+    let account = crate::enqueue::budget::account_pause(target.provider, &target.account);
+    let breaker = crate::enqueue::budget::breaker(target.provider);
+    match ctx.queue.take_token_unless_paused(&account, &[&breaker]).await {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
+            return Err(JobError::defer(
+                wait,
+                "paused",
+                "provider account paused since this job was admitted",
+            ));
+        }
+        Err(e) => return Err(JobError::transient("queue", e.to_string())),
+    }
+
     if action.creates()
         && row.intent_at.is_some()
         && row.external_id.is_none()

@@ -168,7 +168,7 @@ async fn fetch(
     take_token: bool,
 ) -> Result<SyncPage, FetchError> {
     if take_token {
-        wait_for_token(ctx, rate).await.map_err(FetchError::Decided)?;
+        wait_for_token(ctx, target, rate).await.map_err(FetchError::Decided)?;
     }
     let reply = crate::auth::call(&ctx.tokens, target.connection, |auth| async move {
         client.sync_page(&auth, object, cursor).await
@@ -333,10 +333,14 @@ async fn new_run(
     Ok((run, cursor))
 }
 
-/// Takes a rate token for the next request, sleeping briefly or deferring the job.
-async fn wait_for_token(ctx: &JobContext, rate: &str) -> Result<(), JobError> {
+/// Takes a rate token for the next request, sleeping briefly or deferring the job. A pause of
+/// the account (a throttle seen by any worker since this job was admitted) or of the provider
+/// (its circuit breaker) stops the request the same way, without taking a token.
+async fn wait_for_token(ctx: &JobContext, target: &Target, rate: &str) -> Result<(), JobError> {
+    let account = budget::account_pause(target.provider, &target.account);
+    let breaker = budget::breaker(target.provider);
     loop {
-        match ctx.queue.take_token(rate).await {
+        match ctx.queue.take_token_unless_paused(rate, &[&account, &breaker]).await {
             Ok(None) => return Ok(()),
             Ok(Some(wait)) if wait <= MAX_INLINE_WAIT => {
                 metrics::histogram!("crm_fleet_limiter_wait_seconds").record(wait.as_secs_f64());
@@ -346,7 +350,7 @@ async fn wait_for_token(ctx: &JobContext, rate: &str) -> Result<(), JobError> {
                 return Err(JobError::defer(
                     wait,
                     "rate_limited",
-                    "account rate budget exhausted; resumes from the cursor",
+                    "provider account paused or its rate budget exhausted; resumes from the cursor",
                 ));
             }
             Err(e) => return Err(JobError::transient("queue", e.to_string())),

@@ -2,6 +2,7 @@
 //! idempotency keys, outcome-unknown reconciliation, duplicate adoption.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crm_jobs::actions::{Created, NewAction, parse, store};
 use crm_jobs::auth::{AuthKind, Keyring, Store, TokenManager};
@@ -203,6 +204,29 @@ async fn an_outcome_unknown_create_is_reconciled_not_repeated() {
     // A duplicate job for the same action does nothing.
     a.run(id, 1).await.expect("already done");
     assert_eq!(a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await["count"], 1);
+}
+
+/// A job admitted before the account was paused (a throttle another worker saw) does not send:
+/// it defers for the pause, records no intent and spends no attempt; once the pause is lifted
+/// it runs.
+#[tokio::test]
+async fn an_action_admitted_before_a_pause_waits_it_out_without_sending() {
+    let a = setup().await;
+    let id = a.new_action("k-paused", "create_task", json!({"subject": "After the pause"})).await;
+    let pause = crm_jobs::enqueue::budget::account_pause(Provider::Hubspot, HUB);
+    a.ctx.queue.pause(&pause, Duration::from_secs(30)).await.expect("pause");
+    let before = a.env.control.get(&format!("hubspot/accounts/{HUB}/counters")).await["requests"].as_u64();
+    let err = a.run(id, 1).await.expect_err("deferred");
+    assert!(
+        matches!(err.kind, FailureKind::Defer(d) if d > Duration::from_secs(25)) && err.class == "paused",
+        "{err:?}"
+    );
+    let after = a.env.control.get(&format!("hubspot/accounts/{HUB}/counters")).await["requests"].as_u64();
+    assert_eq!(before, after, "no request to the paused account");
+    assert!(a.row(id).await.intent_at.is_none(), "no intent recorded");
+    a.ctx.queue.pause(&pause, Duration::ZERO).await.expect("lift");
+    a.run(id, 1).await.expect("runs after the pause");
+    assert_eq!(a.row(id).await.state, "succeeded");
 }
 
 #[tokio::test]

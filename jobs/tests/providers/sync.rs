@@ -217,6 +217,35 @@ async fn an_interrupted_sync_resumes_after_its_last_committed_page() {
     assert_eq!(s.local(ObjectKind::Contact).await, s.remote(ObjectKind::Contact));
 }
 
+/// A throttle seen elsewhere pauses the account while this sync runs: its next page is not
+/// requested (the first was admitted with the job), and the job defers for the pause without
+/// spending an attempt, resuming after its committed page.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_paused_during_a_run_stops_its_next_request() {
+    let s = setup(1_000, 0).await;
+    let pause = crm_jobs::enqueue::budget::account_pause(Provider::Hubspot, &s.hub.to_string());
+    s.ctx.queue.pause(&pause, Duration::from_secs(30)).await.expect("pause");
+    let err =
+        crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || false)
+            .await
+            .expect_err("deferred by the pause");
+    assert!(
+        matches!(err.kind, FailureKind::Defer(d) if d > Duration::from_secs(25)),
+        "defers for the pause: {err:?}"
+    );
+    assert_eq!(s.search_requests().await, 1, "only the page admitted with the job was requested");
+    let (status, pages, created, ..) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!((status.as_str(), pages, created), ("running", 1, 200), "the first page committed");
+    s.ctx.queue.pause(&pause, Duration::ZERO).await.expect("lift");
+    s.sync(ObjectKind::Contact).await.expect("resumed");
+    assert_eq!(
+        s.search_requests().await,
+        1_000 / 200,
+        "resumed after the committed page: each page requested once"
+    );
+    assert_eq!(s.local(ObjectKind::Contact).await, s.remote(ObjectKind::Contact));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remote_change_that_collides_with_a_local_pending_change_is_recorded() {
     let s = setup(20, 0).await;
