@@ -12,18 +12,6 @@
 -- meta is read once (HMGET) and written once, and each class's virtual time is read once per
 -- call. The resulting state is exactly what `activate` would leave.
 local n = tonumber(ARGV[2])
--- Every job's arguments are checked before anything is written: a script that fails half-way
--- keeps what it wrote, and the sorted-set additions below are only sent at the end, so a late
--- failure would leave lanes marked ready but absent from their ready set.
-if not n or #ARGV ~= 2 + n * 13 then
-  return redis.error_reply('push: expected ' .. tostring(n) .. ' jobs of 13 arguments')
-end
-for i = 0, n - 1 do
-  local o = 3 + i * 13
-  if not tonumber(ARGV[o + 9]) or not tonumber(ARGV[o + 12]) then
-    return redis.error_reply('push: job ' .. (i + 1) .. ' has a malformed delay or dedupe TTL')
-  end
-end
 local now = now_ms()
 local out = {}
 local ready = 0

@@ -96,19 +96,18 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
 
     // A throttle seen by any worker since this job was admitted paused the account (or the
     // breaker opened): wait it out instead of sending into it. Nothing is recorded and no
-    // attempt is spent. (The pause budget has no limit of its own: this takes nothing.)
+    // attempt is spent.
     let account = crate::enqueue::budget::account_pause(target.provider, &target.account);
     let breaker = crate::enqueue::budget::breaker(target.provider);
     match ctx.queue.take_token_unless_paused(&account, &[&breaker]).await {
-        // Back to the head of its lane, which sleeps on the pause (and wakes when it is lifted).
-        Ok(crm_queue::InJobToken::Paused(_)) => {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
             return Err(JobError::defer(
-                Duration::ZERO,
+                wait,
                 "paused",
-                "provider account or provider paused since this job was admitted",
+                "provider account paused since this job was admitted",
             ));
         }
-        Ok(_) => {}
         Err(e) => return Err(JobError::transient("queue", e.to_string())),
     }
 

@@ -230,29 +230,14 @@ impl Store {
         let base = api_base(app, &grant.fields)
             .ok_or_else(|| AuthError::Config(format!("{provider}: the token response named no API host")))?;
         let mut tx = self.pool.begin().await?;
-        let find = "SELECT id FROM connections WHERE tenant_id = $1 AND provider = $2 AND account_id = $3 FOR UPDATE";
-        let mut existing: Option<Uuid> = sqlx::query_scalar(find)
-            .bind(tenant_id)
-            .bind(provider.as_str())
-            .bind(&account)
-            .fetch_optional(&mut *tx)
-            .await?;
-        // Before Zoho connections were keyed by org, the connect flow keyed them by the data
-        // centre's API host: re-authorising such a connection adopts it (same id, schedules and
-        // cursors) under its org id instead of adding a second connection beside it.
-        let mut adopt = false;
-        if existing.is_none()
-            && provider == Provider::Zoho
-            && let Some(legacy) = grant.fields.api_domain.as_deref().filter(|host| *host != account)
-        {
-            existing = sqlx::query_scalar(find)
-                .bind(tenant_id)
-                .bind(provider.as_str())
-                .bind(legacy)
-                .fetch_optional(&mut *tx)
-                .await?;
-            adopt = existing.is_some();
-        }
+        let existing: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM connections WHERE tenant_id = $1 AND provider = $2 AND account_id = $3 FOR UPDATE",
+        )
+        .bind(tenant_id)
+        .bind(provider.as_str())
+        .bind(&account)
+        .fetch_optional(&mut *tx)
+        .await?;
         let id = existing.unwrap_or_else(Uuid::new_v4);
         let access = self.keys.seal(grant.access_token.expose_secret().as_bytes(), &aad(id, "access"));
         let refresh = grant
@@ -275,15 +260,6 @@ impl Store {
             .bind(&grant.scopes)
             .execute(&mut *tx)
             .await?;
-            if adopt {
-                sqlx::query("UPDATE connections SET account_id = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(&account)
-                    .execute(&mut *tx)
-                    .await?;
-                tracing::info!(message = "zoho connection re-keyed from its API host to its org", connection = %id,
-                    account = %account);
-            }
         } else {
             sqlx::query(
                 "INSERT INTO connections (id, tenant_id, provider, auth_kind, account_id, api_base, token_url, access_token, \

@@ -533,16 +533,6 @@ async fn zoho_connections_are_keyed_by_org_not_by_the_data_centres_api_host() {
     };
     store.save_app(&app).await.expect("app");
     store.ensure_tenant("t1", "Tenant One").await.expect("tenant");
-    // A connection made before the fix, keyed by the API host: re-authorising adopts it.
-    let host = a["api_domain"].as_str().expect("api domain").to_owned();
-    let legacy_grant = Grant {
-        access_token: SecretString::from("1000.legacy".to_owned()),
-        refresh_token: None,
-        expires_at: None,
-        scopes: String::new(),
-        fields: ProviderTokenFields { api_domain: Some(host.clone()), ..ProviderTokenFields::default() },
-    };
-    let legacy = store.save_grant("t1", &app, &legacy_grant, None).await.expect("legacy").id;
     let browser = crm_jobs::testing::http_client();
     let connect = || browser.get(format!("{base}/v1/oauth/zoho/authorize?tenant_id=t1")).send();
 
@@ -555,7 +545,6 @@ async fn zoho_connections_are_keyed_by_org_not_by_the_data_centres_api_host() {
         assert_eq!(body["account_id"], org, "{body}");
         ids.push(body["connection_id"].as_str().expect("id").to_owned());
     }
-    assert_eq!(ids[0], legacy.to_string(), "the host-keyed connection was adopted by the first org");
     assert_ne!(ids[0], ids[1], "two orgs, two connections");
     let accounts: Vec<String> =
         sqlx::query_scalar("SELECT account_id FROM connections WHERE provider = 'zoho' ORDER BY account_id")
