@@ -6,9 +6,11 @@
 //!    wait is slept, a long one ends the attempt with a deferral (no worker held, no attempt).
 //! 3. Fetch the page (with a valid token; one refresh on a 401).
 //! 4. In one transaction: apply the page, store the next cursor, add to the run's counters,
-//!    and on the last page close the run. Meanwhile the next page is fetched (steps 2–3), so
-//!    a page's write and the next page's request overlap; the prefetched page is used only
-//!    after the write committed, and dropped if it failed or the worker is stopping.
+//!    and on the last page close the run ([`super::writer`]). Meanwhile the next page is
+//!    fetched (steps 2–3) and written in turn: up to two pages are written at once, on two
+//!    connections, and they commit strictly in page order, so the stored cursor is always
+//!    just after the last committed page. A failed write ends the attempt once the pages
+//!    before it have committed; the pages after it roll back and are fetched again.
 //! 5. Between pages, stop if the worker is shutting down (the job comes back and resumes).
 //! 6. On the last page, if another run was requested meanwhile (`buffer_one`), start it.
 //!
@@ -22,7 +24,8 @@ use std::time::Duration;
 use crm_queue::JobError;
 use uuid::Uuid;
 
-use super::store::{self, PageCounts, Scope};
+use super::store::PageCounts;
+use super::writer::{Committed, Subject, WriteError, Writer};
 use crate::auth::call::CallError;
 use crate::enqueue::{Target, budget};
 use crate::job::{SyncJob, SyncMode};
@@ -72,55 +75,53 @@ pub async fn run(
     let mut summary = RunSummary::default();
     let (mut run_id, mut cursor) = start_or_resume(ctx, &target, job, info).await?;
     let mut first_request = true;
-    // The next page, fetched while the previous one was being written.
-    let mut prefetched: Option<Result<SyncPage, FetchError>> = None;
+    let mut writer = Writer::new(
+        ctx.pool.clone(),
+        Subject {
+            tenant: target.tenant.clone(),
+            provider: target.provider.as_str(),
+            connection: target.connection,
+            object,
+        },
+    );
     // Asked once per page, before any request is started: a stopping worker sends none.
     let mut stop = stopping();
     loop {
         if stop {
+            settle(&target, &mut summary, writer.drain().await)?;
             return Err(JobError::defer(
                 Duration::ZERO,
                 "shutdown",
                 "worker stopping; resumes from the saved cursor",
             ));
         }
-        let fetched = match prefetched.take() {
-            Some(page) => page,
-            None => fetch(ctx, &target, client, object, &cursor, &rate, !first_request).await,
-        };
+        // The pages before this one are still being written meanwhile (see `writer`): the
+        // provider's latency and the database's overlap. `cursor` is the position after the
+        // last page fetched; the stored one follows it as pages commit.
+        let fetched = fetch(ctx, &target, client, object, &cursor, &rate, !first_request).await;
         first_request = false;
         let page = match fetched {
             Ok(page) => page,
-            Err(e) => return Err(e.into_decision(ctx, &target, run_id, info).await),
-        };
-        let done = !page.has_more;
-        let scope = Scope {
-            tenant: &target.tenant,
-            provider: target.provider.as_str(),
-            connection: target.connection,
-            run: run_id,
-        };
-        // Write this page while the next one is fetched: the provider's latency and the
-        // database's overlap. The next page is only used once this one has committed, so the
-        // order of committed pages (and of cursors) is unchanged; if the write fails or the
-        // worker stops, the prefetched page is dropped and fetched again from the cursor.
-        stop = stopping();
-        let next_cursor = (!done && !stop).then(|| page.next.clone());
-        let write = commit_page(ctx, &scope, object, page, done);
-        let fetch_next = async {
-            match &next_cursor {
-                Some(c) => Some(fetch(ctx, &target, client, object, c, &rate, true).await),
-                None => None,
+            Err(e) => {
+                // The pages in flight commit (or fail) before the decision is taken; a failed
+                // write does not skip the request's side effects (a throttle's pause, say).
+                if let Err(w) = settle(&target, &mut summary, writer.drain().await) {
+                    if let FetchError::Call(call) = &e {
+                        crate::limits::on_error(ctx, &target, call).await;
+                    }
+                    return Err(w);
+                }
+                return Err(e.into_decision(ctx, &target, run_id, info).await);
             }
         };
-        let (written, next) = tokio::join!(write, fetch_next);
-        let (counts, next_page_cursor, rerun) = written.map_err(db)?;
-        prefetched = next;
-        record_metrics(&target, &counts);
-        summary.pages += 1;
-        add(&mut summary.counts, &counts);
-        cursor = next_page_cursor;
+        let done = !page.has_more;
+        cursor = page.next.clone();
+        settle(&target, &mut summary, writer.submit(run_id, page, done).await)?;
+        stop = stopping();
         if done {
+            let last = writer.drain().await;
+            let rerun = last.as_ref().is_ok_and(|pages| pages.last().is_some_and(|p| p.done && p.rerun));
+            settle(&target, &mut summary, last)?;
             tracing::info!(message = "sync run finished", run = %run_id, connection = %target.connection,
                 provider = %target.provider, object = %object, pages = summary.pages);
             if !rerun {
@@ -131,6 +132,22 @@ pub async fn run(
             first_request = false;
         }
     }
+}
+
+/// Adds committed pages to the attempt's summary and metrics, or turns a failed write into
+/// the job's decision (retried from the stored cursor).
+fn settle(
+    target: &Target,
+    summary: &mut RunSummary,
+    committed: Result<Vec<Committed>, WriteError>,
+) -> Result<(), JobError> {
+    let committed = committed.map_err(|e| JobError::transient("database", format!("database: {e}")))?;
+    for page in committed {
+        record_metrics(target, &page.counts);
+        summary.pages += 1;
+        add(&mut summary.counts, &page.counts);
+    }
+    Ok(())
 }
 
 /// Why a page could not be fetched: the limiter's own decision (a long wait defers the job),
@@ -177,53 +194,6 @@ async fn fetch(
     .map_err(FetchError::Call)?;
     crate::limits::observe(ctx, target, reply.quota.as_ref()).await;
     Ok(reply.value)
-}
-
-/// In one transaction: applies the page, stores the cursor after it and adds to the run's
-/// counters (closing the run on its last page). Returns the counts, the stored cursor and
-/// whether another run was requested meanwhile.
-async fn commit_page(
-    ctx: &JobContext,
-    scope: &Scope<'_>,
-    object: ObjectKind,
-    page: SyncPage,
-    done: bool,
-) -> Result<(PageCounts, SyncCursor, bool), sqlx::Error> {
-    let mut tx = ctx.pool.begin().await?;
-    let counts = store::apply_page(&mut tx, scope, object, page.records, &page.deleted).await?;
-    let cursor_json = serde_json::to_value(&page.next).unwrap_or_default();
-    let rerun: bool = sqlx::query_scalar(
-        "UPDATE sync_state SET cursor = $3, run_id = CASE WHEN $4 THEN NULL ELSE run_id END, \
-           last_success_at = CASE WHEN $4 THEN now() ELSE last_success_at END, \
-           rerun_requested = CASE WHEN $4 THEN false ELSE rerun_requested END, updated_at = now() \
-         WHERE connection_id = $1 AND object = $2 \
-         RETURNING (SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = $2)",
-        // The sub-select sees the row as it was before this statement: whether a rerun was
-        // requested while the run went on.
-    )
-    .bind(scope.connection)
-    .bind(object.as_str())
-    .bind(&cursor_json)
-    .bind(done)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE sync_runs SET pages = pages + 1, processed = processed + $2, created = created + $3, \
-           updated = updated + $4, deleted = deleted + $5, unchanged = unchanged + $6, \
-           status = CASE WHEN $7 THEN 'succeeded' ELSE status END, \
-           finished_at = CASE WHEN $7 THEN now() ELSE finished_at END WHERE id = $1",
-    )
-    .bind(scope.run)
-    .bind(counts.processed as i32)
-    .bind(counts.created as i32)
-    .bind(counts.updated as i32)
-    .bind(counts.deleted as i32)
-    .bind(counts.unchanged as i32)
-    .bind(done)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok((counts, page.next, rerun))
 }
 
 fn add(total: &mut PageCounts, page: &PageCounts) {

@@ -9,5 +9,6 @@
 
 pub mod engine;
 pub mod store;
+pub mod writer;
 
 pub use engine::{RunSummary, run};

@@ -100,7 +100,10 @@ pub async fn apply_page(
             }
         }
     }
+    // In key order: neighbouring rows share index pages, and concurrent writers lock rows in
+    // one order.
     let mut records: Vec<CrmRecord> = newest.into_values().collect();
+    records.sort_unstable_by(|a, b| a.external_id.cmp(&b.external_id));
     let pending = resolve_conflicts(tx, scope, object, &mut records).await?;
     counts.conflicts = pending.conflicts;
     if !records.is_empty() {

@@ -311,3 +311,144 @@ async fn revoked_credentials_park_the_connection() {
     assert_eq!(status, "needs_reauth");
     assert!(s.ctx.queue.pauses().await.expect("pauses").contains_key(&format!("x:conn:{}", s.connection)));
 }
+
+/// Ordered page writes (`crm_jobs::sync::writer`), driven directly with pages made up here so
+/// that the database can be made slow or failing at a chosen record (a trigger of this test's
+/// own database): two pages are written at once, yet they commit in order.
+mod ordered_writes {
+    use super::*;
+    use crm_jobs::providers::{CrmRecord, SyncCursor, SyncPage};
+    use crm_jobs::sync::writer::{Subject, WriteError, Writer};
+
+    /// A run row and a sync_state row for the connection, as `sync::run` makes them.
+    async fn start_run(s: &SyncEnv) -> Uuid {
+        let run = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, status) \
+             VALUES ($1, $2, 'acme', 'hubspot', 'contact', 'full', 'running')",
+        )
+        .bind(run)
+        .bind(s.connection)
+        .execute(&s.db.pool)
+        .await
+        .expect("run");
+        sqlx::query(
+            "INSERT INTO sync_state (connection_id, object, cursor, run_id) VALUES ($1, 'contact', '{}', $2)",
+        )
+        .bind(s.connection)
+        .bind(run)
+        .execute(&s.db.pool)
+        .await
+        .expect("state");
+        run
+    }
+
+    /// Records with these ids, changed at `minute`; the cursor after them names the page.
+    fn page(name: &str, ids: &[&str], minute: u32) -> SyncPage {
+        let at = chrono::DateTime::parse_from_rfc3339(&format!("2026-11-01T00:{minute:02}:00Z"))
+            .expect("time")
+            .to_utc();
+        let records = ids
+            .iter()
+            .map(|id| {
+                let mut r = CrmRecord::new(*id, ObjectKind::Contact, at);
+                r.email = Some(format!("{id}.{minute}@example.com"));
+                r.raw = json!({ "id": id, "minute": minute });
+                r
+            })
+            .collect();
+        let next = SyncCursor { token: Some(name.to_owned()), ..SyncCursor::full() };
+        SyncPage { records, deleted: Vec::new(), next, has_more: true }
+    }
+
+    /// A trigger that sleeps `secs` before writing the record `id`, then fails if `fail`.
+    async fn slow_at(s: &SyncEnv, id: &str, secs: f64, fail: bool) {
+        let raise = if fail { "RAISE EXCEPTION 'refused by the test';" } else { "" };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.external_id = '{id}' THEN PERFORM pg_sleep({secs}); {raise} END IF; RETURN NEW; END $$"
+        )))
+        .execute(&s.db.pool)
+        .await
+        .expect("function");
+        sqlx::query(
+            "CREATE TRIGGER slow_write BEFORE INSERT ON crm_contacts FOR EACH ROW EXECUTE FUNCTION slow_write()",
+        )
+        .execute(&s.db.pool)
+        .await
+        .expect("trigger");
+    }
+
+    async fn stored(s: &SyncEnv) -> (Option<String>, i32, BTreeMap<String, Option<String>>) {
+        let (token, pages): (Option<String>, i32) = sqlx::query_as(
+            "SELECT s.cursor->>'token', r.pages FROM sync_state s JOIN sync_runs r ON r.id = s.run_id \
+             WHERE s.connection_id = $1",
+        )
+        .bind(s.connection)
+        .fetch_one(&s.db.pool)
+        .await
+        .expect("state");
+        (token, pages, s.local(ObjectKind::Contact).await)
+    }
+
+    fn writer(s: &SyncEnv) -> Writer {
+        Writer::new(
+            s.db.pool.clone(),
+            Subject {
+                tenant: "acme".into(),
+                provider: "hubspot",
+                connection: s.connection,
+                object: ObjectKind::Contact,
+            },
+        )
+    }
+
+    /// Page 1 is slow to reach a record that page 2 also holds. Were page 2 to write it first
+    /// and then wait for page 1 to commit, each would wait for the other forever; the writer
+    /// sees the shared record and holds page 2 back until page 1 has committed.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn pages_sharing_a_record_commit_in_order_without_deadlock() {
+        let s = setup(0, 0).await;
+        let run = start_run(&s).await;
+        slow_at(&s, "a-slow", 1.0, false).await;
+        let mut w = writer(&s);
+        let mut committed =
+            w.submit(run, page("p1", &["a-slow", "b-shared"], 1), false).await.expect("page 1");
+        committed.extend(w.submit(run, page("p2", &["b-shared", "c"], 2), false).await.expect("page 2"));
+        let rest = tokio::time::timeout(Duration::from_secs(20), w.drain()).await.expect("no deadlock");
+        committed.extend(rest.expect("both commit"));
+        let tokens: Vec<Option<String>> = committed.iter().map(|c| c.cursor.token.clone()).collect();
+        assert_eq!(tokens, [Some("p1".to_owned()), Some("p2".to_owned())], "committed in page order");
+        let (token, pages, rows) = stored(&s).await;
+        assert_eq!((token.as_deref(), pages), (Some("p2"), 2));
+        assert_eq!(
+            rows.get("b-shared"),
+            Some(&Some("b-shared.2@example.com".to_owned())),
+            "the later page wins"
+        );
+        assert_eq!(rows.len(), 3);
+    }
+
+    /// Page 2 is written while page 1 is still open; page 1 then fails. Page 2 must roll back:
+    /// committing it would store a cursor past page 1, whose records were never written.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_page_rolls_back_the_page_written_after_it() {
+        let s = setup(0, 0).await;
+        let run = start_run(&s).await;
+        let mut w = writer(&s);
+        w.submit(run, page("p1", &["a"], 1), false).await.expect("page 1");
+        let first = w.drain().await.expect("page 1 commits");
+        assert_eq!(first.len(), 1);
+        slow_at(&s, "b-fails", 1.0, true).await;
+        w.submit(run, page("p2", &["b-fails"], 2), false).await.expect("page 2 submitted");
+        let early = w.submit(run, page("p3", &["c"], 3), false).await.expect("page 3 submitted");
+        assert!(early.is_empty(), "page 3 went in while page 2 was still being written");
+        let err = w.drain().await.expect_err("page 2 fails");
+        assert!(matches!(err, WriteError::Db(_)), "page 2's own error comes first: {err}");
+        let err = w.drain().await.expect_err("page 3 does not commit");
+        assert!(matches!(err, WriteError::Predecessor), "page 3 rolled back for page 2: {err}");
+        let (token, pages, rows) = stored(&s).await;
+        assert_eq!((token.as_deref(), pages), (Some("p1"), 1), "cursor and counters stay after page 1");
+        assert_eq!(rows.keys().collect::<Vec<_>>(), ["a"], "page 3's row rolled back");
+    }
+}
