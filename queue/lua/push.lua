@@ -12,6 +12,20 @@
 -- meta is read once (HMGET) and written once, and each class's virtual time is read once per
 -- call. The resulting state is exactly what `activate` would leave.
 local n = tonumber(ARGV[2])
+-- Every job's arguments are checked before anything is written: a script that fails half-way
+-- keeps what it wrote, and the sorted-set additions below are sent at the end, so a late
+-- failure would leave lanes marked ready but absent from their ready set. (The client checks
+-- the same; this keeps the invariant whoever calls.)
+if not n or #ARGV ~= 2 + n * 13 then
+  return redis.error_reply('push: expected ' .. tostring(ARGV[2]) .. ' jobs of 13 arguments')
+end
+for i = 0, n - 1 do
+  local o = 3 + i * 13
+  local delay, ttl = tonumber(ARGV[o + 9]), tonumber(ARGV[o + 12])
+  if not delay or (ARGV[o + 11] ~= '' and (not ttl or ttl < 1 or ttl ~= math.floor(ttl))) then
+    return redis.error_reply('push: job ' .. (i + 1) .. ' has a malformed delay or dedupe TTL')
+  end
+end
 local now = now_ms()
 local out = {}
 local ready = 0

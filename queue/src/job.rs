@@ -248,12 +248,14 @@ impl NewJob {
                 reason: "must be at least 1".into(),
             });
         }
+        // Redis keeps expiries in whole milliseconds; a TTL under one would be sent as 0,
+        // which `SET … PX` refuses half-way through a bulk push.
         if let Some((key, ttl)) = &self.dedupe
-            && (key.is_empty() || ttl.is_zero())
+            && (key.is_empty() || *ttl < Duration::from_millis(1))
         {
             return Err(QueueError::InvalidJob {
                 field: "dedupe",
-                reason: "key and ttl must be non-empty".into(),
+                reason: "key must be non-empty and ttl at least 1 ms".into(),
             });
         }
         if self.unique_key.as_deref() == Some("") {

@@ -371,6 +371,75 @@ async fn invalid_jobs_are_refused_with_the_field_named() {
     assert!(err.to_string().contains("max_attempts"), "{err}");
 }
 
+/// A bulk push is all or nothing on bad input: a dedupe TTL under a millisecond (Redis would
+/// refuse it as `PX 0` after the jobs before it were written) is refused before any write.
+#[tokio::test]
+async fn a_bulk_push_with_one_bad_job_writes_nothing() {
+    let env = TestEnv::new().await;
+    let good = job("t1").dedupe_key("tick:s1:contact:1", Duration::from_secs(60));
+    let bad = job("t2").dedupe_key("tick:s2:contact:1", Duration::from_micros(500));
+    let err = env.queue.push_bulk(vec![good, bad]).await.expect_err("refused");
+    assert!(err.to_string().contains("dedupe"), "names the field: {err}");
+    let stats = env.queue.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.delayed, stats.active_lanes), (0, 0, 0), "nothing written: {stats:?}");
+    // The first job's dedupe key was not taken either: it can be pushed on its own.
+    let again = job("t1").dedupe_key("tick:s1:contact:1", Duration::from_secs(60));
+    assert!(!env.queue.push(again).await.expect("push").is_duplicate());
+}
+
+/// The same holds for a caller that bypasses the client: `push.lua` checks every job's
+/// arguments before its first write.
+#[tokio::test]
+async fn the_push_script_refuses_malformed_arguments_before_writing() {
+    let env = TestEnv::new().await;
+    let script = redis::Script::new(&format!(
+        "{}\n{}",
+        include_str!("../../lua/common.lua"),
+        include_str!("../../lua/push.lua")
+    ));
+    let keys = env.queue.keys();
+    let job = |id: &str, tenant: &str, ttl: &str| -> Vec<String> {
+        [
+            id,
+            "noop",
+            &format!("1:hubspot:{tenant}"),
+            "",
+            "",
+            "1",
+            "{}",
+            "3",
+            "",
+            "0",
+            "",
+            &format!("tick:{id}"),
+            ttl,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let mut conn = redis::Client::open(crate::support::REDIS_URL)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for (label, args) in [
+        ("a TTL of 0", [vec!["2".to_owned()], job("a", "t1", "60000"), job("b", "t2", "0")].concat()),
+        ("a fractional TTL", [vec!["2".to_owned()], job("a", "t1", "60000"), job("b", "t2", "0.5")].concat()),
+        ("too few arguments", [vec!["2".to_owned()], job("a", "t1", "60000")].concat()),
+    ] {
+        let mut inv = script.key(keys.route());
+        inv.arg(keys.base());
+        for a in &args {
+            inv.arg(a);
+        }
+        let reply: redis::RedisResult<redis::Value> = inv.invoke_async(&mut conn).await;
+        assert!(reply.is_err(), "{label}: refused, got {reply:?}");
+        let written: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}*", keys.base())).query_async(&mut conn).await.expect("keys");
+        assert!(written.is_empty(), "{label}: nothing written, found {written:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_dedupe_key_outlives_its_job() {
     let env = TestEnv::new().await;
