@@ -516,7 +516,10 @@ fn run(hs: &HubSpot, authed: &super::Authed, obj: ObjectType, req: SearchRequest
             // A sync asks for the same window page after page: its total is counted once
             // and remembered against the index's generation (any change to the table
             // invalidates it), so the following pages stop scanning at their last result.
-            let memo_key = format!("{}|{}|{}|{filters}", obj.name(), table.generation, visible_until);
+            // The visibility horizon moves with the clock, but only the newest record it lets
+            // in changes the count: key on that record, so the memo holds under a live clock.
+            let horizon = table.by_modified.range(..=(visible_until, u64::MAX)).next_back();
+            let memo_key = format!("{}|{}|{horizon:?}|{filters}", obj.name(), table.generation);
             let known =
                 authed.account.window_total.lock().as_ref().and_then(|(k, n)| (*k == memo_key).then_some(*n));
             let page_end = (after + limit as usize).min(SEARCH_RESULT_CAP);
