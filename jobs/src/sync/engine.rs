@@ -25,7 +25,7 @@ use crm_queue::JobError;
 use uuid::Uuid;
 
 use super::store::PageCounts;
-use super::writer::{Committed, Subject, WriteError, Writer};
+use super::writer::{Subject, WriteError, Writer};
 use crate::auth::call::CallError;
 use crate::enqueue::{Target, budget};
 use crate::job::{SyncJob, SyncMode};
@@ -88,7 +88,8 @@ pub async fn run(
     let mut stop = stopping();
     loop {
         if stop {
-            settle(&target, &mut summary, writer.drain().await)?;
+            let drained = writer.drain().await;
+            settle(&target, &mut summary, &mut writer, drained)?;
             return Err(JobError::defer(
                 Duration::ZERO,
                 "shutdown",
@@ -105,7 +106,8 @@ pub async fn run(
             Err(e) => {
                 // The pages in flight commit (or fail) before the decision is taken; a failed
                 // write does not skip the request's side effects (a throttle's pause, say).
-                if let Err(w) = settle(&target, &mut summary, writer.drain().await) {
+                let drained = writer.drain().await;
+                if let Err(w) = settle(&target, &mut summary, &mut writer, drained) {
                     if let FetchError::Call(call) = &e {
                         crate::limits::on_error(ctx, &target, call).await;
                     }
@@ -116,12 +118,12 @@ pub async fn run(
         };
         let done = !page.has_more;
         cursor = page.next.clone();
-        settle(&target, &mut summary, writer.submit(run_id, page, done).await)?;
+        let submitted = writer.submit(run_id, page, done).await;
+        settle(&target, &mut summary, &mut writer, submitted)?;
         stop = stopping();
         if done {
-            let last = writer.drain().await;
-            let rerun = last.as_ref().is_ok_and(|pages| pages.last().is_some_and(|p| p.done && p.rerun));
-            settle(&target, &mut summary, last)?;
+            let drained = writer.drain().await;
+            let rerun = settle(&target, &mut summary, &mut writer, drained)?;
             tracing::info!(message = "sync run finished", run = %run_id, connection = %target.connection,
                 provider = %target.provider, object = %object, pages = summary.pages);
             if !rerun {
@@ -134,20 +136,24 @@ pub async fn run(
     }
 }
 
-/// Adds committed pages to the attempt's summary and metrics, or turns a failed write into
-/// the job's decision (retried from the stored cursor).
+/// Adds the pages committed so far to the attempt's summary and metrics (also when a later
+/// one failed), then turns a failed write into the job's decision (retried from the stored
+/// cursor). Returns whether a committed last page found another run requested.
 fn settle(
     target: &Target,
     summary: &mut RunSummary,
-    committed: Result<Vec<Committed>, WriteError>,
-) -> Result<(), JobError> {
-    let committed = committed.map_err(|e| JobError::transient("database", format!("database: {e}")))?;
-    for page in committed {
+    writer: &mut Writer,
+    result: Result<(), WriteError>,
+) -> Result<bool, JobError> {
+    let mut rerun = false;
+    for page in writer.take_committed() {
         record_metrics(target, &page.counts);
         summary.pages += 1;
         add(&mut summary.counts, &page.counts);
+        rerun |= page.done && page.rerun;
     }
-    Ok(())
+    result.map_err(|e| JobError::transient("database", format!("database: {e}")))?;
+    Ok(rerun)
 }
 
 /// Why a page could not be fetched: the limiter's own decision (a long wait defers the job),

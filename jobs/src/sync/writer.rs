@@ -5,27 +5,30 @@
 //! page N's transaction is still open, on a second connection; but the pages **commit in
 //! order**, so the stored cursor is always just after the last committed page:
 //!
-//! 1. page N+1 writes its rows (upsert, deletions, conflicts);
-//! 2. it waits for page N's outcome; if page N did not commit, page N+1 rolls back;
-//! 3. only then does it store its cursor and counters and commit.
+//! 1. page N takes a transaction-scoped advisory lock of its own before page N+1 starts;
+//! 2. page N+1 writes its rows (upsert, deletions, conflicts);
+//! 3. it then waits for page N's advisory lock, i.e. for page N's transaction to end, and
+//!    reads page N's outcome; if page N did not commit, page N+1 rolls back;
+//! 4. only then does it store its cursor and counters and commit.
 //!
-//! Why this cannot deadlock: while page N+1 waits in step 2 it holds the row locks of its own
-//! records only. Page N never needs those unless the two pages share a record (a record
-//! modified during the sync can come back in a later page), and for such a pair page N+1
-//! waits for page N *before* writing anything. The cursor and run rows are touched by one
-//! transaction at a time (step 3 follows page N's commit). Both transactions are in READ
-//! COMMITTED, so page N+1's statements see whatever page N committed before them; last write
-//! wins on the remote modification time either way.
+//! Why waits cannot hang: page N+1 waits for page N *inside PostgreSQL* (the advisory lock),
+//! so any cycle through it — page N blocked on a row that another sync holds, which waits for
+//! a row page N+1 wrote — is one PostgreSQL's deadlock detector sees and breaks (one of them
+//! fails with 40P01 and its job retries from its stored cursor). Within one sync, two pages
+//! that share a record are not written at once at all: the second waits for the first to
+//! commit before it starts. The cursor and run rows are touched by one transaction at a time
+//! (step 4 follows page N's end). Both transactions are in READ COMMITTED; last write wins on
+//! the remote modification time either way.
 //!
-//! A second connection is taken only when the pool has one to spare; otherwise the page waits
-//! for its predecessor and reuses the connection it returned, so a busy worker's syncs hold
-//! one connection each, as before. Dropping the writer aborts the writes in flight (their
+//! A second connection is used only when the pool yields one at once; otherwise the page waits
+//! for its predecessor and reuses the connection it returned, so a busy worker's syncs hold one
+//! connection each, as before. Dropping the writer aborts the writes in flight (their
 //! transactions roll back), as dropping a single write's future would.
 
 use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Acquire as _, PgPool, Postgres};
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -76,12 +79,23 @@ pub enum WriteError {
     Task(String),
 }
 
+/// How long a page waits for a second connection before it waits for its predecessor instead.
+const SPARE_WAIT: Duration = Duration::from_millis(50);
+
 struct InFlight {
     handle: JoinHandle<Result<Committed, WriteError>>,
     /// External ids the page touches (records and deletions).
     ids: HashSet<String>,
+    /// The advisory lock its transaction holds until it ends.
+    lock: i64,
     /// Told whether the page committed; taken by the next page.
     outcome: Option<oneshot::Receiver<bool>>,
+}
+
+/// The predecessor a page waits for before it commits.
+struct Previous {
+    lock: i64,
+    outcome: oneshot::Receiver<bool>,
 }
 
 /// Writes a run's pages, at most [`IN_FLIGHT`] at once, committing them in order.
@@ -89,26 +103,29 @@ pub struct Writer {
     pool: PgPool,
     target: Subject,
     in_flight: VecDeque<InFlight>,
+    /// Pages committed and not yet taken by [`Writer::take_committed`].
+    committed: Vec<Committed>,
+    /// Pages submitted so far (names each page's advisory lock).
+    seq: u64,
+    /// A page failed: nothing after it may commit.
+    failed: bool,
 }
 
 impl Writer {
     /// A writer for one (connection, object).
     pub fn new(pool: PgPool, target: Subject) -> Self {
-        Self { pool, target, in_flight: VecDeque::new() }
+        Self { pool, target, in_flight: VecDeque::new(), committed: Vec::new(), seq: 0, failed: false }
     }
 
-    /// Starts writing `page` of `run`. Returns the pages that committed meanwhile (in order):
-    /// to make room, or because no second connection was free. The first error ends the
-    /// run's writes: the caller drops the writer.
-    pub async fn submit(
-        &mut self,
-        run: Uuid,
-        page: SyncPage,
-        done: bool,
-    ) -> Result<Vec<Committed>, WriteError> {
-        let mut committed = Vec::new();
+    /// Starts writing `page` of `run`; pages that committed meanwhile (to make room, or because
+    /// no second connection was free) are kept for [`Writer::take_committed`]. After an error
+    /// the writer refuses further pages: the caller ends the attempt.
+    pub async fn submit(&mut self, run: Uuid, page: SyncPage, done: bool) -> Result<(), WriteError> {
+        if self.failed {
+            return Err(WriteError::Predecessor);
+        }
         while self.in_flight.len() >= IN_FLIGHT {
-            committed.push(self.pop().await?);
+            self.pop().await?;
         }
         let ids: HashSet<String> = page
             .records
@@ -116,43 +133,67 @@ impl Writer {
             .map(|r| r.external_id.clone())
             .chain(page.deleted.iter().map(|d| d.external_id.clone()))
             .collect();
-        if !self.in_flight.is_empty() && !self.spare_connection() {
-            committed.extend(self.drain().await?);
+        // A page sharing a record with the one in flight is written after it, not beside it.
+        if self.in_flight.back().is_some_and(|p| !p.ids.is_disjoint(&ids)) {
+            self.drain().await?;
         }
-        let conn = self.pool.acquire().await?;
+        let mut tx = match self.in_flight.is_empty() {
+            true => self.pool.begin().await?,
+            false => match tokio::time::timeout(SPARE_WAIT, self.pool.begin()).await {
+                Ok(tx) => tx?,
+                Err(_) => {
+                    self.drain().await?;
+                    self.pool.begin().await?
+                }
+            },
+        };
+        self.seq += 1;
+        let lock = lock_key(run, self.seq);
+        // Held before the next page can start, so that page's wait for it is always a real one.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock).execute(&mut *tx).await?;
+        let previous = self
+            .in_flight
+            .back_mut()
+            .and_then(|p| p.outcome.take().map(|outcome| Previous { lock: p.lock, outcome }));
         let (tell, outcome) = oneshot::channel();
-        let (previous, overlaps) = match self.in_flight.back_mut() {
-            Some(p) => (p.outcome.take(), !p.ids.is_disjoint(&ids)),
-            None => (None, false),
-        };
-        let handle =
-            tokio::spawn(write(conn, self.target.clone(), run, page, done, previous, overlaps, tell));
-        self.in_flight.push_back(InFlight { handle, ids, outcome: Some(outcome) });
-        Ok(committed)
+        let handle = tokio::spawn(write(tx, self.target.clone(), run, page, done, previous, tell));
+        self.in_flight.push_back(InFlight { handle, ids, lock, outcome: Some(outcome) });
+        Ok(())
     }
 
-    /// Waits for every page in flight; returns them in order, or the first error.
-    pub async fn drain(&mut self) -> Result<Vec<Committed>, WriteError> {
-        let mut committed = Vec::with_capacity(self.in_flight.len());
+    /// Waits for every page in flight, in order; stops at the first error.
+    pub async fn drain(&mut self) -> Result<(), WriteError> {
         while !self.in_flight.is_empty() {
-            committed.push(self.pop().await?);
+            self.pop().await?;
         }
-        Ok(committed)
+        Ok(())
     }
 
-    async fn pop(&mut self) -> Result<Committed, WriteError> {
-        let Some(mut first) = self.in_flight.pop_front() else {
-            return Err(WriteError::Task("no page in flight".into()));
-        };
-        match (&mut first.handle).await {
+    /// The pages committed since the last call, in order (also after an error).
+    pub fn take_committed(&mut self) -> Vec<Committed> {
+        std::mem::take(&mut self.committed)
+    }
+
+    /// Waits for the oldest page. Cancel-safe: the page stays in flight (and is aborted with
+    /// the writer) until its task has answered.
+    async fn pop(&mut self) -> Result<(), WriteError> {
+        let Some(first) = self.in_flight.front_mut() else { return Ok(()) };
+        let joined = (&mut first.handle).await;
+        self.in_flight.pop_front();
+        let result = match joined {
             Ok(result) => result,
             Err(e) => Err(WriteError::Task(e.to_string())),
+        };
+        match result {
+            Ok(page) => {
+                self.committed.push(page);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
         }
-    }
-
-    /// Whether a second connection can be had now without waiting for another job's.
-    fn spare_connection(&self) -> bool {
-        self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections()
     }
 }
 
@@ -164,27 +205,33 @@ impl Drop for Writer {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A 64-bit advisory lock key for page `seq` of `run` (a collision with another run's key only
+/// makes a page wait a moment longer).
+fn lock_key(run: Uuid, seq: u64) -> i64 {
+    let v = run.as_u128();
+    ((v as u64) ^ ((v >> 64) as u64) ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
+}
+
 async fn write(
-    mut conn: PoolConnection<Postgres>,
+    mut tx: Transaction<'static, Postgres>,
     target: Subject,
     run: Uuid,
     page: SyncPage,
     done: bool,
-    previous: Option<oneshot::Receiver<bool>>,
-    overlaps: bool,
+    previous: Option<Previous>,
     tell: oneshot::Sender<bool>,
 ) -> Result<Committed, WriteError> {
     let result = async {
-        let mut previous = previous;
-        let mut tx = conn.begin().await?;
-        if overlaps {
-            after(previous.take()).await?;
-        }
         let scope =
             Scope { tenant: &target.tenant, provider: target.provider, connection: target.connection, run };
         let counts = store::apply_page(&mut tx, &scope, target.object, page.records, &page.deleted).await?;
-        after(previous.take()).await?;
+        if let Some(p) = previous {
+            // Granted when the previous page's transaction has ended, committed or not.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(p.lock).execute(&mut *tx).await?;
+            if p.outcome.await != Ok(true) {
+                return Err(WriteError::Predecessor);
+            }
+        }
         let rerun = commit(&mut tx, &scope, target.object, &page.next, &counts, done).await?;
         tx.commit().await?;
         Ok(Committed { counts, cursor: page.next, done, rerun })
@@ -193,17 +240,6 @@ async fn write(
     // The next page may already be waiting on this answer; a dropped sender reads as "no".
     let _ = tell.send(result.is_ok());
     result
-}
-
-/// Waits for the previous page's outcome, if there is one in flight.
-async fn after(previous: Option<oneshot::Receiver<bool>>) -> Result<(), WriteError> {
-    match previous {
-        None => Ok(()),
-        Some(rx) => match rx.await {
-            Ok(true) => Ok(()),
-            _ => Err(WriteError::Predecessor),
-        },
-    }
 }
 
 /// Stores the cursor after the page and adds the page to the run's counters (closing the run
@@ -217,20 +253,30 @@ async fn commit(
     done: bool,
 ) -> Result<bool, sqlx::Error> {
     let cursor_json = serde_json::to_value(next).unwrap_or_default();
-    let rerun: bool = sqlx::query_scalar(
+    // On the last page: was another run asked for meanwhile? Read under the row lock, so a
+    // request committed a moment before is seen here rather than cleared unseen below.
+    let rerun = if done {
+        sqlx::query_scalar(
+            "SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = $2 FOR UPDATE",
+        )
+        .bind(scope.connection)
+        .bind(object.as_str())
+        .fetch_one(&mut *tx)
+        .await?
+    } else {
+        false
+    };
+    sqlx::query(
         "UPDATE sync_state SET cursor = $3, run_id = CASE WHEN $4 THEN NULL ELSE run_id END, \
            last_success_at = CASE WHEN $4 THEN now() ELSE last_success_at END, \
            rerun_requested = CASE WHEN $4 THEN false ELSE rerun_requested END, updated_at = now() \
-         WHERE connection_id = $1 AND object = $2 \
-         RETURNING (SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = $2)",
-        // The sub-select sees the row as it was before this statement: whether a rerun was
-        // requested while the run went on.
+         WHERE connection_id = $1 AND object = $2",
     )
     .bind(scope.connection)
     .bind(object.as_str())
     .bind(&cursor_json)
     .bind(done)
-    .fetch_one(&mut *tx)
+    .execute(&mut *tx)
     .await?;
     sqlx::query(
         "UPDATE sync_runs SET pages = pages + 1, processed = processed + $2, created = created + $3, \

@@ -404,20 +404,19 @@ mod ordered_writes {
     }
 
     /// Page 1 is slow to reach a record that page 2 also holds. Were page 2 to write it first
-    /// and then wait for page 1 to commit, each would wait for the other forever; the writer
-    /// sees the shared record and holds page 2 back until page 1 has committed.
+    /// and then wait for page 1 to commit, each would wait for the other; the writer sees the
+    /// shared record and writes page 2 only after page 1 has committed.
     #[tokio::test(flavor = "multi_thread")]
     async fn pages_sharing_a_record_commit_in_order_without_deadlock() {
         let s = setup(0, 0).await;
         let run = start_run(&s).await;
         slow_at(&s, "a-slow", 1.0, false).await;
         let mut w = writer(&s);
-        let mut committed =
-            w.submit(run, page("p1", &["a-slow", "b-shared"], 1), false).await.expect("page 1");
-        committed.extend(w.submit(run, page("p2", &["b-shared", "c"], 2), false).await.expect("page 2"));
+        w.submit(run, page("p1", &["a-slow", "b-shared"], 1), false).await.expect("page 1");
+        w.submit(run, page("p2", &["b-shared", "c"], 2), false).await.expect("page 2");
         let rest = tokio::time::timeout(Duration::from_secs(20), w.drain()).await.expect("no deadlock");
-        committed.extend(rest.expect("both commit"));
-        let tokens: Vec<Option<String>> = committed.iter().map(|c| c.cursor.token.clone()).collect();
+        rest.expect("both commit");
+        let tokens: Vec<Option<String>> = w.take_committed().iter().map(|c| c.cursor.token.clone()).collect();
         assert_eq!(tokens, [Some("p1".to_owned()), Some("p2".to_owned())], "committed in page order");
         let (token, pages, rows) = stored(&s).await;
         assert_eq!((token.as_deref(), pages), (Some("p2"), 2));
@@ -437,18 +436,59 @@ mod ordered_writes {
         let run = start_run(&s).await;
         let mut w = writer(&s);
         w.submit(run, page("p1", &["a"], 1), false).await.expect("page 1");
-        let first = w.drain().await.expect("page 1 commits");
-        assert_eq!(first.len(), 1);
+        w.drain().await.expect("page 1 commits");
+        assert_eq!(w.take_committed().len(), 1);
         slow_at(&s, "b-fails", 1.0, true).await;
         w.submit(run, page("p2", &["b-fails"], 2), false).await.expect("page 2 submitted");
-        let early = w.submit(run, page("p3", &["c"], 3), false).await.expect("page 3 submitted");
-        assert!(early.is_empty(), "page 3 went in while page 2 was still being written");
+        w.submit(run, page("p3", &["c"], 3), false).await.expect("page 3 submitted");
+        assert!(w.take_committed().is_empty(), "page 3 went in while page 2 was still being written");
         let err = w.drain().await.expect_err("page 2 fails");
         assert!(matches!(err, WriteError::Db(_)), "page 2's own error comes first: {err}");
         let err = w.drain().await.expect_err("page 3 does not commit");
         assert!(matches!(err, WriteError::Predecessor), "page 3 rolled back for page 2: {err}");
+        let err = w.submit(run, page("p4", &["d"], 4), false).await.expect_err("no page after a failure");
+        assert!(matches!(err, WriteError::Predecessor), "{err}");
         let (token, pages, rows) = stored(&s).await;
         assert_eq!((token.as_deref(), pages), (Some("p1"), 1), "cursor and counters stay after page 1");
         assert_eq!(rows.keys().collect::<Vec<_>>(), ["a"], "page 3's row rolled back");
+    }
+
+    /// A wait between two pages of one sync must be one PostgreSQL can see. Here another
+    /// writer (a second connection of the same tenant and provider, whose ids collide) holds
+    /// a row page 1 needs and waits for a row page 2 wrote, while page 2 waits for page 1:
+    /// a cycle. PostgreSQL's deadlock detector must break it; were page 2's wait invisible
+    /// to it (an in-process channel), all three would wait forever.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_cycle_through_another_writer_is_broken_by_postgresql() {
+        let s = setup(0, 0).await;
+        let run = start_run(&s).await;
+        slow_at(&s, "01-slow", 1.5, false).await;
+        let mut w = writer(&s);
+        w.submit(run, page("p1", &["01-slow", "10"], 1), false).await.expect("page 1");
+        w.submit(run, page("p2", &["20"], 2), false).await.expect("page 2");
+        // Page 2 has written "20" and waits for page 1, which sleeps before writing "10".
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut other = s.db.pool.begin().await.expect("other writer");
+        let upsert = "INSERT INTO crm_contacts (tenant_id, provider, external_id, connection_id, raw, remote_updated_at) \
+                      VALUES ('acme', 'hubspot', $1, $2, '{}', now()) \
+                      ON CONFLICT (tenant_id, provider, external_id) DO UPDATE SET raw = EXCLUDED.raw";
+        sqlx::query(upsert).bind("10").bind(s.connection).execute(&mut *other).await.expect("takes 10 first");
+        let blocked = tokio::spawn(async move {
+            // Blocks on page 2's uncommitted "20".
+            let r = sqlx::query(upsert).bind("20").bind(Uuid::nil()).execute(&mut *other).await;
+            match r {
+                Ok(_) => other.commit().await.map(|_| ()),
+                Err(e) => Err(e),
+            }
+        });
+        let writes =
+            tokio::time::timeout(Duration::from_secs(20), w.drain()).await.expect("the cycle was broken");
+        let other = tokio::time::timeout(Duration::from_secs(20), blocked).await.expect("other writer freed");
+        let other = other.expect("task");
+        // PostgreSQL chose a victim: either the other writer or one of the pages failed.
+        assert!(writes.is_err() || other.is_err(), "someone was aborted: writes {writes:?}, other {other:?}");
+        if let Err(e) = &writes {
+            assert!(e.to_string().contains("deadlock") || matches!(e, WriteError::Predecessor), "{e}");
+        }
     }
 }
