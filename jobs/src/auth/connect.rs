@@ -246,7 +246,17 @@ async fn callback(
         GrantError::Config(m) => AuthError::Config(m).into(),
     })?;
     let account = match provider {
-        Provider::Zoho => Some(zoho_org(&s.http, &app, &grant).await?),
+        Provider::Zoho => match zoho_org(&s.http, &app, &grant).await {
+            Ok(org) => Some(org),
+            Err(e) => {
+                // Nothing is saved, so give the refresh token back: Zoho keeps at most 20 per
+                // user and deletes the oldest to make room — a user retrying a misconfigured
+                // app would otherwise lose the tokens of their working connections.
+                let token_url = token_url.as_deref().unwrap_or(&app.token_url);
+                give_back(&s.http, &app, token_url, &grant).await;
+                return Err(e);
+            }
+        },
         _ => None,
     };
     let conn =
@@ -284,6 +294,20 @@ async fn allowed_token_url(store: &Store, app: &oauth::OAuthApp, server: &str) -
     }
 }
 
+/// Revokes a grant's refresh token at the accounts server that issued it (Zoho's revoke
+/// endpoint sits beside its token endpoint, per data centre). Best effort: a failure is logged.
+async fn give_back(http: &reqwest::Client, app: &OAuthApp, token_url: &str, grant: &oauth::Grant) {
+    let Some(refresh) = &grant.refresh_token else { return };
+    let revoke_url = format!("{}/revoke", token_url.trim_end_matches('/'));
+    match oauth::revoke_refresh(http, app, &revoke_url, refresh).await {
+        Ok(()) => tracing::info!(message = "unused refresh token revoked", provider = %app.provider),
+        Err(error) => {
+            tracing::warn!(message = "could not revoke an unused refresh token; it stays valid at the provider",
+            provider = %app.provider, %error)
+        }
+    }
+}
+
 /// The Zoho org a grant belongs to: its token response names only the data centre's API host,
 /// shared by every org there, and keying connections (and rate budgets) by that would put every
 /// Zoho tenant of a data centre on one budget.
@@ -302,6 +326,17 @@ async fn zoho_org(http: &reqwest::Client, app: &OAuthApp, grant: &oauth::Grant) 
                 ),
             }
         }
-        other => AuthError::Transient(format!("zoho: reading the organization failed: {other}")).into(),
+        e @ (ProviderError::Throttled { .. } | ProviderError::Transient { .. } | ProviderError::OutcomeUnknown { .. }) => {
+            AuthError::Transient(format!("zoho: reading the organization failed: {e}")).into()
+        }
+        other => {
+            tracing::warn!(message = "connect flow failed: zoho org lookup failed", error = %other);
+            ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                error: "org_lookup_failed",
+                field: None,
+                message: format!("Zoho did not name the organization ({other}); authorising again will not help until this is fixed"),
+            }
+        }
     })
 }

@@ -293,6 +293,38 @@ pub async fn refresh(
     result
 }
 
+/// Revokes a refresh token the way RFC 7009 describes (a form with `token` and
+/// `token_type_hint`, the client authenticated as at the token endpoint), which Zoho,
+/// Salesforce, Pipedrive and Close accept. Used to give back a token we obtained but will not
+/// keep. Sent with our HTTP client rather than `oauth2`'s revocation request, which refuses
+/// any URL that is not `https` (the sandbox's are plain loopback HTTP).
+pub async fn revoke_refresh(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    revoke_url: &str,
+    refresh_token: &SecretString,
+) -> Result<(), GrantError> {
+    let mut form = vec![("token", refresh_token.expose_secret()), ("token_type_hint", "refresh_token")];
+    let mut req = http.post(revoke_url);
+    match auth_type(app.provider) {
+        AuthType::BasicAuth => req = req.basic_auth(&app.client_id, Some(app.client_secret.expose_secret())),
+        _ => {
+            form.push(("client_id", app.client_id.as_str()));
+            form.push(("client_secret", app.client_secret.expose_secret()));
+        }
+    }
+    let resp =
+        req.form(&form).send().await.map_err(|e| GrantError::Transient(e.without_url().to_string()))?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else if status.is_client_error() && status.as_u16() != 429 {
+        Err(GrantError::Rejected { code: format!("http_{}", status.as_u16()) })
+    } else {
+        Err(GrantError::Transient(format!("HTTP {status}")))
+    }
+}
+
 /// The account id a grant names, per provider.
 pub fn account_id(provider: Provider, f: &ProviderTokenFields) -> Option<String> {
     match provider {

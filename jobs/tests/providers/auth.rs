@@ -2,6 +2,7 @@
 //! single-flight fenced refresh under concurrency, rotation, revoked grants, the connect flow,
 //! and no secrets in logs.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -561,6 +562,9 @@ async fn zoho_connections_are_keyed_by_org_not_by_the_data_centres_api_host() {
     // connection saved under the data centre's host.
     app.scopes = "ZohoCRM.modules.ALL".into();
     store.save_app(&app).await.expect("app");
+    let zoho = env.sandbox.zoho().expect("zoho");
+    let tokens = &zoho.state().tokens;
+    let before: HashSet<String> = tokens.issued_secrets().into_iter().collect();
     let resp = connect().await.expect("flow");
     assert_eq!(resp.status(), 502);
     let err: Value = resp.json().await.expect("json");
@@ -568,4 +572,14 @@ async fn zoho_connections_are_keyed_by_org_not_by_the_data_centres_api_host() {
     assert!(err["message"].as_str().is_some_and(|m| m.contains("ZohoCRM.org.READ")), "{err}");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM connections").fetch_one(&db.pool).await.expect("n");
     assert_eq!(n, 2);
+    // The refresh token Zoho issued for the failed attempt was given back: Zoho keeps 20 per
+    // user and evicts the oldest, so each failed retry would otherwise cost a live connection.
+    let issued: Vec<_> = tokens
+        .issued_secrets()
+        .into_iter()
+        .filter(|t| !before.contains(t))
+        .filter_map(|t| tokens.refresh_info(&t))
+        .collect();
+    assert_eq!(issued.len(), 1, "one refresh token issued by the failed attempt");
+    assert_eq!(issued[0].state, crm_sandbox::tokens::RefreshState::Revoked, "and revoked");
 }
