@@ -137,20 +137,23 @@ impl Writer {
         if self.in_flight.back().is_some_and(|p| !p.ids.is_disjoint(&ids)) {
             self.drain().await?;
         }
-        let mut tx = match self.in_flight.is_empty() {
-            true => self.pool.begin().await?,
-            false => match tokio::time::timeout(SPARE_WAIT, self.pool.begin()).await {
+        self.seq += 1;
+        let lock = lock_key(run, self.seq);
+        // The page's advisory lock is taken with its BEGIN (one round trip), before the next
+        // page can start, so that page's wait for it is always a real one.
+        let pool = self.pool.clone();
+        let begin =
+            || pool.begin_with(sqlx::AssertSqlSafe(format!("BEGIN; SELECT pg_advisory_xact_lock({lock})")));
+        let tx = match self.in_flight.is_empty() {
+            true => begin().await?,
+            false => match tokio::time::timeout(SPARE_WAIT, begin()).await {
                 Ok(tx) => tx?,
                 Err(_) => {
                     self.drain().await?;
-                    self.pool.begin().await?
+                    begin().await?
                 }
             },
         };
-        self.seq += 1;
-        let lock = lock_key(run, self.seq);
-        // Held before the next page can start, so that page's wait for it is always a real one.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock).execute(&mut *tx).await?;
         let previous = self
             .in_flight
             .back_mut()
