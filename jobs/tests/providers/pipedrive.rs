@@ -782,3 +782,60 @@ async fn fault_table_maps_each_sandbox_knob_to_the_right_error() {
     // its retry, the retry after the hang (a hung request is never served).
     assert_eq!(pd.created_with("act-table-").await, 4);
 }
+
+/// Reconciliation is bounded by time, not by a count: 5,500 activities updated after the task
+/// an action created hide it from a scan of the newest 5,000 (the scan without a bound says
+/// "not found", which would create it twice), but not from the scan of everything updated
+/// since the action was created.
+#[tokio::test]
+async fn reconciliation_finds_a_marked_object_behind_more_than_five_thousand_newer_ones() {
+    let pd = Pd::start(2).await;
+    let c = pd.client();
+    let auth = pd.auth();
+    let clock = pd.ctl().get("clock").await;
+    let created_at =
+        chrono::DateTime::parse_from_rfc3339(clock["now"].as_str().expect("clock")).expect("time").to_utc();
+    let task = CreateTask {
+        subject: "Call back".into(),
+        body: None,
+        due_at: None,
+        contact_id: None,
+        deal_id: None,
+        company_id: None,
+        priority: None,
+        owner_id: None,
+        marker: "act-buried".into(),
+    };
+    let id = c.create_task(&auth, &task).await.expect("create_task").value.id;
+    let note = CreateNote {
+        body: "Buried".into(),
+        title: None,
+        contact_id: None,
+        deal_id: Some("1".into()),
+        company_id: None,
+        marker: "act-buried-note".into(),
+    };
+    let note_id = c.create_note(&auth, &note).await.expect("create_note").value.id;
+    pd.env.control.advance("1m").await;
+    for object in ["activities", "notes"] {
+        pd.ctl()
+            .post(&pd.path("/mutations"), json!({"seed": 3, "creates": 5_500, "objects": [object]}))
+            .await;
+    }
+    let since = created_at - chrono::Duration::minutes(10);
+    for (kind, marker, id) in
+        [(ActionObject::Task, "act-buried", &id), (ActionObject::Note, "act-buried-note", &note_id)]
+    {
+        let unbounded = c.find_by_marker(&auth, kind, marker).await.expect("scan").value;
+        assert_eq!(
+            unbounded, None,
+            "{kind:?}: the newest 5,000 do not reach it (the gap the time bound closes)"
+        );
+        let found = c.find_by_marker_since(&auth, kind, marker, since).await.expect("scan").value;
+        assert_eq!(found.map(|f| f.id).as_ref(), Some(id), "{kind:?}: found by the time-bounded scan");
+    }
+    // A marker that was never used: the bounded scan reads to the end and says so.
+    let none =
+        c.find_by_marker_since(&auth, ActionObject::Task, "act-never", since).await.expect("scan").value;
+    assert_eq!(none, None);
+}
