@@ -349,12 +349,18 @@ async fn quota_run(jobs: i64, quota: u64, window_ms: u64) -> (usize, f64, f64) {
     let share = throttled as f64 / steady.len().max(1) as f64;
     let served = steady.iter().filter(|(_, s)| *s != 429).count();
     let utilisation = served as f64 / ((end - start - w).max(1) as f64 / window_ms as f64 * quota as f64);
+    // Where unused quota went: long silences (a pause) versus a slow steady rate.
+    let gaps: Vec<i64> = steady.windows(2).map(|p| p[1].0 - p[0].0).collect();
+    let interval = window_ms as i64 / quota as i64;
+    let silent: i64 = gaps.iter().filter(|g| **g > 5 * interval).map(|g| g - interval).sum();
     eprintln!(
         "quota {quota}/{window_ms} ms, {jobs} jobs, 3 workers: {} requests, {throttled} throttled after the first window \
-         ({:.2}%), utilisation {:.1}% of the quota",
+         ({:.2}%), utilisation {:.1}% of the quota; longest gap {} ms, {} ms in gaps over 5 intervals",
         log.len(),
         share * 100.0,
-        utilisation * 100.0
+        utilisation * 100.0,
+        gaps.iter().max().copied().unwrap_or(0),
+        silent
     );
     (log.len(), share, utilisation)
 }
