@@ -114,7 +114,7 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
     if action.creates()
         && row.intent_at.is_some()
         && row.external_id.is_none()
-        && let Some(found) = reconcile(ctx, &target, &action, &marker, row.created_at).await?
+        && let Some(found) = reconcile(ctx, &target, &action, &marker).await?
     {
         tracing::info!(message = "outcome-unknown action reconciled: adopting the object created earlier",
             action = %id, external_id = %found.id);
@@ -169,7 +169,7 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
             Ok(())
         }
         Err(CallError::Provider(ProviderError::Conflict { existing_id: None, .. })) if action.creates() => {
-            match reconcile(ctx, &target, &action, &marker, row.created_at).await? {
+            match reconcile(ctx, &target, &action, &marker).await? {
                 Some(found) => {
                     store::succeed(
                         &ctx.pool,
@@ -208,23 +208,17 @@ async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool) -> J
     decision
 }
 
-/// How far before the action's creation (our database's clock) an object it created may be
-/// stamped by the provider's clock: a generous bound on clock skew.
-const RECONCILE_SKEW: chrono::Duration = chrono::Duration::minutes(10);
-
-/// Looks for the object an earlier attempt may have created (none can predate the action).
+/// Looks for the object an earlier attempt may have created.
 async fn reconcile(
     ctx: &JobContext,
     target: &Target,
     action: &Action,
     marker: &str,
-    created_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<ExternalRef>, JobError> {
     let Some(kind) = object_of(action) else { return Ok(None) };
     let client = ctx.clients.get(target.provider);
-    let since = created_at - RECONCILE_SKEW;
     let found = crate::auth::call(&ctx.tokens, target.connection, |auth| async move {
-        client.find_by_marker_since(&auth, kind, marker, since).await
+        client.find_by_marker(&auth, kind, marker).await
     })
     .await;
     match found {

@@ -150,22 +150,6 @@ pub trait CrmClient: Send + Sync {
         kind: ActionObject,
         marker: &str,
     ) -> ProviderResult<Option<ExternalRef>>;
-
-    /// [`CrmClient::find_by_marker`] for an object that cannot have been created before
-    /// `since` (the action's creation, less a margin for clock skew). A client whose lookup is
-    /// a scan of recent objects bounds it by that time instead of by a count, and answers
-    /// [`ProviderError::OutcomeUnknown`] rather than "not found" when it cannot finish the
-    /// scan — a wrong "not found" would create the object twice. Others look up as usual.
-    async fn find_by_marker_since(
-        &self,
-        auth: &Auth,
-        kind: ActionObject,
-        marker: &str,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> ProviderResult<Option<ExternalRef>> {
-        let _ = since;
-        self.find_by_marker(auth, kind, marker).await
-    }
 }
 
 /// Every provider's client over one shared HTTP client.

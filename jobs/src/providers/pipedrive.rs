@@ -32,18 +32,15 @@
 //! noteFields}` and cached), and [`CrmClient::find_by_marker`] finds the object again:
 //!
 //! * `create_contact`: exact-match `persons/search` on custom fields;
-//! * `create_task`, `log_call`: a scan of the activities updated since the action was created
-//!   (`updated_since`, newest first, pages of 500), matched on the field;
-//! * `create_note`: the same over `/v1/notes` sorted by update time, stopping at the first note
-//!   older than the action.
+//! * `create_task`, `log_call`: the 5,000 most recently updated activities (pages of 500),
+//!   matched on the field;
+//! * `create_note`: the 5,000 most recently updated notes (`/v1/notes`), matched on the field.
 //!
 //! Creates are sent as non-idempotent, so a lost answer is `OutcomeUnknown` and the executor must
-//! reconcile with [`CrmClient::find_by_marker_since`] before creating again. The scans are bounded
-//! by time, not by a count, so an object cannot hide behind newer ones; past 100,000 objects
-//! updated since the action, the scan answers `OutcomeUnknown` ("not creating again") instead of
-//! "not found". Residual duplicate risk: person search is eventually consistent (a person created
-//! a moment ago may not be found yet). (Without a time bound, [`CrmClient::find_by_marker`] scans
-//! the 5,000 most recently updated objects.) Updates (`PATCH` with absolute values) are idempotent.
+//! reconcile with `find_by_marker` before creating again. Residual duplicate risk: search is
+//! eventually consistent (a person created a moment ago may not be found yet), and the activity
+//! and note scans (up to 10 pages of 500, newest first, stopping at a match) miss an object
+//! once more than 5,000 others were updated after it; a retry in that window creates a duplicate. Updates (`PATCH` with absolute values) are idempotent.
 //!
 //! The marker field is not part of [`Auth`], so the client looks it up by name the first time a
 //! credential creates or reconciles (one extra `GET`; again after an OAuth refresh, since the cache
@@ -78,14 +75,10 @@ pub const MARKER_FIELD_NAME: &str = "crm-fleet action id";
 const LIST_LIMIT: usize = 500;
 /// Page size of a marker reconciliation's scan of recently updated activities or notes.
 const MARKER_SCAN: usize = 500;
-/// Pages a marker reconciliation without a time bound scans at most: the 5,000 most recently
-/// updated objects. A retry comes a lease period or a backoff after the lost answer; at
-/// hundreds of creates per second in one account, 500 was too few (seen as duplicates in the
-/// chaos test).
+/// Pages a marker reconciliation scans at most: the 5,000 most recently updated objects. A
+/// retry comes a lease period or a backoff after the lost answer; at hundreds of creates per
+/// second in one account, 500 was too few (seen as duplicates in the chaos test).
 const MARKER_SCAN_PAGES: usize = 10;
-/// Pages a time-bounded reconciliation scans at most (100,000 objects updated since the
-/// action was created) before it gives up with "outcome unknown" instead of "not found".
-const MARKER_SCAN_PAGES_SINCE: usize = 200;
 /// Pipedrive's burst window, the wait when a 429 names none.
 const BURST_WINDOW: Duration = Duration::from_secs(2);
 /// How long to stay away after the Cloudflare abuse page ("stop hammering").
@@ -968,45 +961,7 @@ impl CrmClient for PipedriveClient {
         kind: ActionObject,
         marker: &str,
     ) -> ProviderResult<Option<ExternalRef>> {
-        self.find_marker(auth, kind, marker, None).await
-    }
-
-    async fn find_by_marker_since(
-        &self,
-        auth: &Auth,
-        kind: ActionObject,
-        marker: &str,
-        since: DateTime<Utc>,
-    ) -> ProviderResult<Option<ExternalRef>> {
-        self.find_marker(auth, kind, marker, Some(since)).await
-    }
-}
-
-impl PipedriveClient {
-    /// Finds the object carrying `marker`. Persons: an exact-match search. Activities and notes
-    /// have no search on custom fields: a scan, newest update first, of those updated since
-    /// `since` (all of them, up to [`MARKER_SCAN_PAGES_SINCE`] pages, else "outcome unknown"),
-    /// or without a bound of the [`MARKER_SCAN_PAGES`] newest pages.
-    async fn find_marker(
-        &self,
-        auth: &Auth,
-        kind: ActionObject,
-        marker: &str,
-        since: Option<DateTime<Utc>>,
-    ) -> ProviderResult<Option<ExternalRef>> {
         let found = |id: Option<String>, q| Reply::new(id.map(|id| ExternalRef { id, created: false }), q);
-        let pages = if since.is_some() { MARKER_SCAN_PAGES_SINCE } else { MARKER_SCAN_PAGES };
-        // Newest first: once an object older than `since` shows, none further can match.
-        let past = |item: &Value| {
-            since.is_some_and(|s| item.get("update_time").and_then(parse_time).is_some_and(|t| t < s))
-        };
-        let inconclusive = |what: &str| ProviderError::OutcomeUnknown {
-            message: format!(
-                "reconciliation scanned {} {what} updated since the action was created without reaching its \
-                 start; not creating again",
-                pages * MARKER_SCAN
-            ),
-        };
         match kind {
             ActionObject::Contact => {
                 let path = format!(
@@ -1034,19 +989,15 @@ impl PipedriveClient {
                 let want = if kind == ActionObject::Call { "call" } else { "task" };
                 let mut cursor: Option<String> = None;
                 let mut last = None;
-                for _ in 0..pages {
+                for _ in 0..MARKER_SCAN_PAGES {
                     let mut path = format!(
                         "/api/v2/activities?sort_by=update_time&sort_direction=desc&limit={MARKER_SCAN}"
                     );
-                    if let Some(s) = since {
-                        path.push_str(&format!("&updated_since={}", enc(&v2_time(s))));
-                    }
                     if let Some(c) = &cursor {
                         path.push_str(&format!("&cursor={}", enc(c)));
                     }
                     let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
-                    let items = data_array(&v);
-                    let id = items
+                    let id = data_array(&v)
                         .iter()
                         .find(|a| {
                             a.pointer(&format!("/custom_fields/{key}")).and_then(Value::as_str)
@@ -1059,29 +1010,24 @@ impl PipedriveClient {
                         .and_then(Value::as_str)
                         .filter(|c| !c.is_empty())
                         .map(str::to_owned);
-                    if id.is_some() || cursor.is_none() || items.iter().any(past) {
+                    if id.is_some() || cursor.is_none() {
                         return Ok(found(id, q));
                     }
                     last = q;
                 }
-                match since {
-                    Some(_) => Err(inconclusive("activities")),
-                    None => Ok(found(None, last)),
-                }
+                Ok(found(None, last))
             }
             ActionObject::Note => {
                 let key = self.marker_key(auth, Entity::Notes).await?;
                 let mut last = None;
-                for page in 0..pages {
-                    // No time filter: `/v1/notes` documents none (the sort bounds the scan).
+                for page in 0..MARKER_SCAN_PAGES {
                     let path = format!(
                         "/v1/notes?start={}&limit={MARKER_SCAN}&sort={}",
                         page * MARKER_SCAN,
                         enc("update_time DESC")
                     );
                     let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
-                    let items = data_array(&v);
-                    let id = items
+                    let id = data_array(&v)
                         .iter()
                         .find(|n| n.get(&key).and_then(Value::as_str) == Some(marker))
                         .and_then(id_of);
@@ -1089,15 +1035,12 @@ impl PipedriveClient {
                         .pointer("/additional_data/pagination/more_items_in_collection")
                         .and_then(Value::as_bool)
                         .unwrap_or(false);
-                    if id.is_some() || !more || items.iter().any(past) {
+                    if id.is_some() || !more {
                         return Ok(found(id, q));
                     }
                     last = q;
                 }
-                match since {
-                    Some(_) => Err(inconclusive("notes")),
-                    None => Ok(found(None, last)),
-                }
+                Ok(found(None, last))
             }
         }
     }
