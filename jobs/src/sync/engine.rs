@@ -25,7 +25,7 @@ use crm_queue::JobError;
 use uuid::Uuid;
 
 use super::store::PageCounts;
-use super::writer::{Subject, WriteError, Writer};
+use super::writer::{WriteError, Writer};
 use crate::auth::call::CallError;
 use crate::enqueue::{Target, budget};
 use crate::job::{SyncJob, SyncMode};
@@ -75,15 +75,7 @@ pub async fn run(
     let mut summary = RunSummary::default();
     let (mut run_id, mut cursor) = start_or_resume(ctx, &target, job, info).await?;
     let mut first_request = true;
-    let mut writer = Writer::new(
-        ctx.pool.clone(),
-        Subject {
-            tenant: target.tenant.clone(),
-            provider: target.provider.as_str(),
-            connection: target.connection,
-            object,
-        },
-    );
+    let mut writer = Writer::new(ctx.pool.clone(), target.clone(), object);
     // Asked once per page, before any request is started: a stopping worker sends none.
     let mut stop = stopping();
     loop {

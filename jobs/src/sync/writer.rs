@@ -34,23 +34,11 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::store::{self, PageCounts, Scope};
+use crate::enqueue::Target;
 use crate::providers::{ObjectKind, SyncCursor, SyncPage};
 
 /// Pages written at once by one sync.
 pub const IN_FLIGHT: usize = 2;
-
-/// Who is being synced: the owned form of [`Scope`], carried into the write's task.
-#[derive(Debug, Clone)]
-pub struct Subject {
-    /// Tenant id.
-    pub tenant: String,
-    /// Provider name.
-    pub provider: &'static str,
-    /// Connection id.
-    pub connection: Uuid,
-    /// The (connection, object) whose cursor advances.
-    pub object: ObjectKind,
-}
 
 /// A committed page.
 #[derive(Debug, Clone)]
@@ -101,7 +89,8 @@ struct Previous {
 /// Writes a run's pages, at most [`IN_FLIGHT`] at once, committing them in order.
 pub struct Writer {
     pool: PgPool,
-    target: Subject,
+    target: Target,
+    object: ObjectKind,
     in_flight: VecDeque<InFlight>,
     /// Pages committed and not yet taken by [`Writer::take_committed`].
     committed: Vec<Committed>,
@@ -113,8 +102,16 @@ pub struct Writer {
 
 impl Writer {
     /// A writer for one (connection, object).
-    pub fn new(pool: PgPool, target: Subject) -> Self {
-        Self { pool, target, in_flight: VecDeque::new(), committed: Vec::new(), seq: 0, failed: false }
+    pub fn new(pool: PgPool, target: Target, object: ObjectKind) -> Self {
+        Self {
+            pool,
+            target,
+            object,
+            in_flight: VecDeque::new(),
+            committed: Vec::new(),
+            seq: 0,
+            failed: false,
+        }
     }
 
     /// Starts writing `page` of `run`; pages that committed meanwhile (to make room, or because
@@ -159,7 +156,8 @@ impl Writer {
             .back_mut()
             .and_then(|p| p.outcome.take().map(|outcome| Previous { lock: p.lock, outcome }));
         let (tell, outcome) = oneshot::channel();
-        let handle = tokio::spawn(write(tx, self.target.clone(), run, page, done, previous, tell));
+        let handle =
+            tokio::spawn(write(tx, self.target.clone(), self.object, run, page, done, previous, tell));
         self.in_flight.push_back(InFlight { handle, ids, lock, outcome: Some(outcome) });
         Ok(())
     }
@@ -215,9 +213,11 @@ fn lock_key(run: Uuid, seq: u64) -> i64 {
     ((v as u64) ^ ((v >> 64) as u64) ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write(
     mut tx: Transaction<'static, Postgres>,
-    target: Subject,
+    target: Target,
+    object: ObjectKind,
     run: Uuid,
     page: SyncPage,
     done: bool,
@@ -225,9 +225,13 @@ async fn write(
     tell: oneshot::Sender<bool>,
 ) -> Result<Committed, WriteError> {
     let result = async {
-        let scope =
-            Scope { tenant: &target.tenant, provider: target.provider, connection: target.connection, run };
-        let counts = store::apply_page(&mut tx, &scope, target.object, page.records, &page.deleted).await?;
+        let scope = Scope {
+            tenant: &target.tenant,
+            provider: target.provider.as_str(),
+            connection: target.connection,
+            run,
+        };
+        let counts = store::apply_page(&mut tx, &scope, object, page.records, &page.deleted).await?;
         if let Some(p) = previous {
             // Granted when the previous page's transaction has ended, committed or not.
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(p.lock).execute(&mut *tx).await?;
@@ -235,7 +239,7 @@ async fn write(
                 return Err(WriteError::Predecessor);
             }
         }
-        let rerun = commit(&mut tx, &scope, target.object, &page.next, &counts, done).await?;
+        let rerun = commit(&mut tx, &scope, object, &page.next, &counts, done).await?;
         tx.commit().await?;
         Ok(Committed { counts, cursor: page.next, done, rerun })
     }

@@ -317,8 +317,9 @@ async fn revoked_credentials_park_the_connection() {
 /// own database): two pages are written at once, yet they commit in order.
 mod ordered_writes {
     use super::*;
+    use crm_jobs::enqueue::Target;
     use crm_jobs::providers::{CrmRecord, SyncCursor, SyncPage};
-    use crm_jobs::sync::writer::{Subject, WriteError, Writer};
+    use crm_jobs::sync::writer::{WriteError, Writer};
 
     /// A run row and a sync_state row for the connection, as `sync::run` makes them.
     async fn start_run(s: &SyncEnv) -> Uuid {
@@ -392,15 +393,13 @@ mod ordered_writes {
     }
 
     fn writer(s: &SyncEnv) -> Writer {
-        Writer::new(
-            s.db.pool.clone(),
-            Subject {
-                tenant: "acme".into(),
-                provider: "hubspot",
-                connection: s.connection,
-                object: ObjectKind::Contact,
-            },
-        )
+        let target = Target {
+            tenant: "acme".into(),
+            provider: Provider::Hubspot,
+            connection: s.connection,
+            account: s.hub.to_string(),
+        };
+        Writer::new(s.db.pool.clone(), target, ObjectKind::Contact)
     }
 
     /// Page 1 is slow to reach a record that page 2 also holds. Were page 2 to write it first
