@@ -461,6 +461,92 @@ async fn a_dedupe_key_outlives_its_job() {
     );
 }
 
+/// A bulk push decides each job as a push of that job alone would, in order: a job must see
+/// the ids, dedupe keys and unique keys taken by the jobs before it in the same call. The same
+/// sequence — repeated ids, dedupe keys and unique keys, within the call and from an earlier
+/// call, several jobs on one lane, a delayed job — goes to one queue in one `push_bulk` and to
+/// another one job at a time; outcomes, depth and the order jobs are fetched in must agree.
+#[tokio::test]
+async fn a_bulk_push_decides_each_job_as_pushing_it_alone_would() {
+    let env = TestEnv::new().await;
+    let bulk = env.queue.clone();
+    let alone = crm_queue::Queue::connect(
+        crm_queue::QueueConfig::new(crate::support::REDIS_URL, "q-alone").with_prefix(env.prefix.clone()),
+    )
+    .await
+    .expect("redis");
+    let id = |n: u128| crm_queue::JobId(uuid::Uuid::from_u128(n));
+    let ttl = Duration::from_secs(60);
+    let earlier = || vec![job("t9").with_id(id(90)).dedupe_key("tick:early", ttl).unique_key("sync:early")];
+    let jobs = || {
+        vec![
+            job("t1").with_id(id(1)),
+            job("t1").with_id(id(1)), // same id in the call
+            job("t1").with_id(id(2)).dedupe_key("tick:a", ttl),
+            job("t2").with_id(id(3)).dedupe_key("tick:a", ttl), // dedupe key in the call
+            job("t2").with_id(id(4)).unique_key("sync:x"),
+            job("t3").with_id(id(5)).unique_key("sync:x"), // unique key in the call
+            job("t3").with_id(id(6)).dedupe_key("tick:b", ttl).unique_key("sync:x"), // takes tick:b
+            job("t3").with_id(id(7)).dedupe_key("tick:b", ttl), // ... so this is a duplicate
+            job("t4").with_id(id(8)).dedupe_key("tick:early", ttl), // from the earlier call
+            job("t4").with_id(id(9)).unique_key("sync:early"), // held by the earlier job
+            job("t4").with_id(id(90)),                     // the earlier job's id
+            job("t1").with_id(id(10)),
+            job("t5").with_id(id(11)).delay(Duration::from_secs(3600)),
+            job("t5").with_id(id(12)),
+        ]
+    };
+    bulk.push_bulk(earlier()).await.expect("earlier");
+    alone.push_bulk(earlier()).await.expect("earlier");
+    let from_bulk = bulk.push_bulk(jobs()).await.expect("bulk push");
+    let mut from_alone = Vec::new();
+    for j in jobs() {
+        from_alone.push(alone.push(j).await.expect("push"));
+    }
+    assert_eq!(from_bulk, from_alone);
+    let enqueued: Vec<u128> =
+        from_bulk.iter().filter(|o| !o.is_duplicate()).map(|o| o.id().0.as_u128()).collect();
+    assert_eq!(enqueued, vec![1, 2, 4, 10, 11, 12], "{from_bulk:?}");
+    let (sb, sa) = (bulk.stats().await.expect("stats"), alone.stats().await.expect("stats"));
+    assert_eq!((sb.ready, sb.delayed), (sa.ready, sa.delayed));
+    assert_eq!((sb.ready, sb.delayed), (6, 1), "the earlier job, five ready now and one delayed");
+    let order = |q: crm_queue::Queue| async move {
+        let mut out = Vec::new();
+        while let Some(j) = q.fetch("w", 1).await.expect("fetch").pop() {
+            out.push((j.lane.clone(), j.lease.job.0.as_u128()));
+            q.ack(&[j.lease]).await.expect("ack");
+        }
+        out
+    };
+    let (ob, oa) = (order(bulk.clone()).await, order(alone.clone()).await);
+    assert_eq!(ob.len(), 6);
+    assert_eq!(ob, oa, "fetch order (lanes and their FIFO)");
+    let _ = alone.destroy().await;
+}
+
+/// A dedupe key is remembered for its TTL, not less, and then forgotten.
+#[tokio::test]
+async fn a_dedupe_key_is_remembered_for_at_least_its_ttl_then_forgotten() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let ttl = Duration::from_millis(500);
+    let tick = || job("t").dedupe_key("tick:s1:contact:1", ttl);
+    let pushed = std::time::Instant::now();
+    let first = q.push(tick()).await.expect("push");
+    assert!(!first.is_duplicate());
+    let forgotten = loop {
+        let outcome = q.push(tick()).await.expect("push");
+        if !outcome.is_duplicate() {
+            break pushed.elapsed();
+        }
+        assert_eq!(outcome, PushOutcome::Duplicate(first.id()));
+        assert!(pushed.elapsed() < Duration::from_secs(10), "the key was never forgotten");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(forgotten >= ttl, "forgotten after {forgotten:?}, before its TTL");
+    println!("forgotten after {forgotten:?} (ttl {ttl:?})");
+}
+
 #[tokio::test]
 async fn in_job_requests_take_rate_tokens_and_respect_pauses() {
     let env = TestEnv::new().await;

@@ -9,9 +9,10 @@
 //! 3. when timers come due, plans each due schedule ([`super::timing::Timing::plan`]: the
 //!    on-time tick plus the missed ticks its policy keeps), reads the due schedules and their
 //!    connections in **one** query (a schedule disabled or deleted, a connection disabled,
-//!    objects or overlap policy changed: all apply at the tick), builds one job per
-//!    (tick, object) with `scheduled_sync_job`, and pushes them all at once with `push_bulk`
-//!    (in batches of `push_batch` jobs, `push_concurrency` in flight, so memory stays flat);
+//!    objects or overlap policy changed: all apply at the tick) and, as its rows stream in,
+//!    builds one job per (tick, object) with `scheduled_sync_job` and pushes them with
+//!    `push_bulk`, `push_batch` schedules at a time with `push_concurrency` batches in flight
+//!    (the read overlaps the pushes, and memory stays flat);
 //! 4. reads each push outcome: *enqueued*; *duplicate* — the queue returned the tick's own
 //!    deterministic id, the tick was enqueued before (a retried push, or a leader that died
 //!    before recording it); *skipped* — the queue returned another job's id, a sync of the
@@ -33,7 +34,7 @@ use chrono::{DateTime, Utc};
 use crm_jobs::providers::ObjectKind;
 use crm_queue::{JobId, PushOutcome, Queue};
 use croner::Cron;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -59,13 +60,14 @@ pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(100);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Concurrent `request_rerun` calls after a tick (one row update each).
 pub const DEFAULT_RERUN_CONCURRENCY: usize = 8;
-/// Jobs per `push_bulk` call within a tick. Measured with 100,000 due schedules (see
-/// docs/benchmarks.md): one call for all of them peaked at 460 MB of RSS (every job, its
-/// encoded arguments and the packed commands alive at once), batches of 10,000 at 240 MB,
-/// batches of 2,000 at 145 MB — at the same speed, since the push is bound by the Redis
-/// server's script time, and two batches in flight keep it busy.
+/// Due schedules per `push_bulk` call within a tick (a schedule brings one job per object and
+/// fired tick). Measured with 100,000 due schedules (see docs/benchmarks.md): one call for all
+/// of them peaked at 460 MB of RSS (every job, its encoded arguments and the packed commands
+/// alive at once), batches of 10,000 at 240 MB, batches of 2,000 at 145 MB (110–115 MB once
+/// the due rows were streamed instead of read whole) — at the same speed, since the push is
+/// bound by the Redis server's script time, and two batches in flight keep it busy.
 pub const DEFAULT_PUSH_BATCH: usize = 2_000;
-/// Batches in flight at once: one being encoded while another is on the wire.
+/// Batches in flight at once: one being built while another is pushed.
 pub const DEFAULT_PUSH_CONCURRENCY: usize = 2;
 
 /// Engine settings.
@@ -131,10 +133,11 @@ pub struct TickReport {
     pub catch_up: u64,
     /// Planning time.
     pub plan: Duration,
-    /// The tick-time database read.
+    /// The tick-time database read, until its last row arrived (it overlaps the pushes).
     pub read: Duration,
-    /// The push.
-    pub push: Duration,
+    /// Reading the due rows and pushing their jobs, wall time: the tick's latency after
+    /// planning.
+    pub enqueue: Duration,
     /// Recording `last_tick_at`.
     pub record: Duration,
 }
@@ -298,89 +301,59 @@ impl Ticker {
             .collect();
         report.plan = started.elapsed();
 
-        let read_started = Instant::now();
-        let rows = store::due(&self.pool, &due).await?;
-        report.read = read_started.elapsed();
-
-        // One job per (schedule, tick, object); jobs are built batch by batch, so that
-        // memory stays flat however many schedules are due.
-        let mut specs: Vec<Spec> = Vec::new();
-        let mut advance: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = Vec::with_capacity(rows.len());
-        let mut seen: HashSet<Uuid> = HashSet::with_capacity(rows.len());
+        // One query reads the due rows; as they stream in, every `push_batch` of them is
+        // planned and pushed, `push_concurrency` batches in flight: the read overlaps the
+        // pushes, and memory stays flat however many schedules are due.
+        let enqueue_started = Instant::now();
+        let queue = &self.queue;
+        let plans = &plans;
+        let mut last_row = enqueue_started;
+        let mut chunks = store::due(&self.pool, &due)
+            .try_chunks(self.config.push_batch.max(1))
+            .map(|rows| {
+                last_row = Instant::now();
+                async move {
+                    let rows = rows.map_err(|e| e.1)?;
+                    push_rows(queue, rows, plans).await
+                }
+            })
+            .buffered(self.config.push_concurrency.max(1));
+        let mut advance: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = Vec::with_capacity(due.len());
+        let mut seen: HashSet<Uuid> = HashSet::with_capacity(due.len());
         let mut disabled: Vec<Uuid> = Vec::new();
-        for row in &rows {
-            seen.insert(row.id);
-            if !row.enabled {
-                disabled.push(row.id);
-                continue;
-            }
-            let Some(plan) = plans.get(&row.id) else { continue };
-            let Some(through) = plan.handled_through else { continue };
-            advance.push((row.id, through, plan.next));
-            let objects = row.objects.len() as u64;
-            report.skipped += plan.dropped * objects;
-            report.catch_up += plan.fire.len() as u64 - u64::from(plan.on_time);
-            let target = match (&row.target, row.connection_status.as_str()) {
-                (Some(t), "active" | "needs_reauth") if lane_label_ok(&t.tenant) => t,
-                (target, status) => {
-                    tracing::debug!(message = "tick skipped", schedule = %row.id, connection_status = status,
-                        reason = if target.is_none() { "unknown provider" } else { "connection not active or bad tenant id" });
-                    report.skipped += plan.fire.len() as u64 * objects;
-                    continue;
-                }
-            };
-            for &tick in &plan.fire {
-                for &object in &row.objects {
-                    specs.push(Spec { row, target, tick, object });
-                }
-            }
+        let mut pushed: Vec<Pushed> = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            report.skipped += chunk.skipped;
+            report.catch_up += chunk.catch_up;
+            advance.extend(chunk.advance);
+            seen.extend(chunk.seen);
+            disabled.extend(chunk.disabled);
+            pushed.extend(chunk.pushed);
         }
-
-        let push_started = Instant::now();
-        report.jobs = specs.len();
-        let batches = {
-            let mut batches = Vec::new();
-            let mut chunks = specs.chunks(self.config.push_batch.max(1));
-            let mut in_flight = futures::stream::FuturesOrdered::new();
-            loop {
-                while in_flight.len() < self.config.push_concurrency.max(1) {
-                    match chunks.next() {
-                        Some(chunk) => in_flight.push_back(push_batch(&self.queue, chunk)),
-                        None => break,
-                    }
-                }
-                match in_flight.next().await {
-                    Some(batch) => batches.push(batch),
-                    None => break,
-                }
-            }
-            batches
-        };
-        let mut outcomes = Vec::with_capacity(specs.len());
-        for batch in batches {
-            outcomes.extend(batch?);
-        }
-        report.push = push_started.elapsed();
+        drop(chunks);
+        report.read = last_row - enqueue_started;
+        report.enqueue = enqueue_started.elapsed();
+        report.jobs = pushed.len();
         let pushed_at = Utc::now();
 
         let mut reruns: Vec<(Uuid, ObjectKind)> = Vec::new();
         let mut fired: HashSet<(Uuid, DateTime<Utc>)> = HashSet::new();
-        for (spec, (id, outcome)) in specs.iter().zip(&outcomes) {
-            let row = spec.row;
-            match outcome {
+        for p in &pushed {
+            match p.outcome {
                 PushOutcome::Enqueued(_) => report.enqueued += 1,
-                PushOutcome::Duplicate(existing) if existing == id => report.duplicate += 1,
+                PushOutcome::Duplicate(existing) if existing == p.id => report.duplicate += 1,
                 PushOutcome::Duplicate(_) => {
                     report.skipped += 1;
-                    if row.overlap_policy == OverlapPolicy::BufferOne {
-                        reruns.push((spec.target.connection, spec.object));
+                    if p.overlap == OverlapPolicy::BufferOne {
+                        reruns.push((p.connection, p.object));
                     }
                 }
             }
-            if fired.insert((row.id, spec.tick))
-                && let Some(e) = self.entries.get(&row.id)
+            if fired.insert((p.schedule, p.tick))
+                && let Some(e) = self.entries.get(&p.schedule)
             {
-                let lag = (pushed_at - e.timing.fire_at(spec.tick)).to_std().unwrap_or_default();
+                let lag = (pushed_at - e.timing.fire_at(p.tick)).to_std().unwrap_or_default();
                 metrics::histogram!("crm_fleet_scheduler_lag_seconds").record(lag.as_secs_f64());
             }
         }
@@ -506,7 +479,7 @@ impl Ticker {
                                     catch_up = r.catch_up,
                                     plan_ms = r.plan.as_millis() as u64,
                                     read_ms = r.read.as_millis() as u64,
-                                    push_ms = r.push.as_millis() as u64,
+                                    enqueue_ms = r.enqueue.as_millis() as u64,
                                     record_ms = r.record.as_millis() as u64,
                                 )
                             };
@@ -623,18 +596,89 @@ struct Spec<'a> {
     object: ObjectKind,
 }
 
-/// Builds and pushes one batch; returns each job's id (its tick's deterministic id) and
-/// outcome, in order.
-async fn push_batch(queue: &Queue, chunk: &[Spec<'_>]) -> Result<Vec<(JobId, PushOutcome)>, TickError> {
-    let mut ids = Vec::with_capacity(chunk.len());
-    let mut jobs = Vec::with_capacity(chunk.len());
-    for s in chunk {
-        let job = crm_jobs::enqueue::scheduled_sync_job(s.target, s.object, s.row.id, s.tick)?;
-        ids.push(job.id);
-        jobs.push(job);
+/// A pushed job and what the queue answered.
+struct Pushed {
+    schedule: Uuid,
+    connection: Uuid,
+    overlap: OverlapPolicy,
+    tick: DateTime<Utc>,
+    object: ObjectKind,
+    /// The tick's deterministic job id.
+    id: JobId,
+    outcome: PushOutcome,
+}
+
+/// What one chunk of due schedules came to.
+#[derive(Default)]
+struct Chunk {
+    skipped: u64,
+    catch_up: u64,
+    /// (schedule, handled through, next tick) to record.
+    advance: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)>,
+    /// Schedules that still exist.
+    seen: Vec<Uuid>,
+    /// Schedules found disabled.
+    disabled: Vec<Uuid>,
+    pushed: Vec<Pushed>,
+}
+
+/// Builds and pushes one job per (tick, object) of the due rows `rows` whose schedule is
+/// still enabled and whose connection is usable.
+async fn push_rows(
+    queue: &Queue,
+    rows: Vec<store::DueRow>,
+    plans: &HashMap<Uuid, Plan>,
+) -> Result<Chunk, TickError> {
+    let mut chunk = Chunk::default();
+    let mut specs: Vec<Spec> = Vec::new();
+    for row in &rows {
+        chunk.seen.push(row.id);
+        if !row.enabled {
+            chunk.disabled.push(row.id);
+            continue;
+        }
+        let Some(plan) = plans.get(&row.id) else { continue };
+        let Some(through) = plan.handled_through else { continue };
+        chunk.advance.push((row.id, through, plan.next));
+        let objects = row.objects.len() as u64;
+        chunk.skipped += plan.dropped * objects;
+        chunk.catch_up += plan.fire.len() as u64 - u64::from(plan.on_time);
+        let target = match (&row.target, row.connection_status.as_str()) {
+            (Some(t), "active" | "needs_reauth") if lane_label_ok(&t.tenant) => t,
+            (target, status) => {
+                tracing::debug!(message = "tick skipped", schedule = %row.id, connection_status = status,
+                    reason = if target.is_none() { "unknown provider" } else { "connection not active or bad tenant id" });
+                chunk.skipped += plan.fire.len() as u64 * objects;
+                continue;
+            }
+        };
+        for &tick in &plan.fire {
+            for &object in &row.objects {
+                specs.push(Spec { row, target, tick, object });
+            }
+        }
     }
+    let mut jobs = Vec::with_capacity(specs.len());
+    for s in &specs {
+        jobs.push(crm_jobs::enqueue::scheduled_sync_job(s.target, s.object, s.row.id, s.tick)?);
+    }
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     let outcomes = queue.push_bulk(jobs).await?;
-    Ok(ids.into_iter().zip(outcomes).collect())
+    chunk.pushed = specs
+        .iter()
+        .zip(ids)
+        .zip(outcomes)
+        .map(|((s, id), outcome)| Pushed {
+            schedule: s.row.id,
+            connection: s.target.connection,
+            overlap: s.row.overlap_policy,
+            tick: s.tick,
+            object: s.object,
+            id,
+            outcome,
+        })
+        .collect();
+    Ok(chunk)
 }
 
 /// Whether a tenant id can label a queue lane (the queue refuses a whole push over one job

@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use crm_jobs::providers::{ObjectKind, Provider};
+use futures::TryStreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -252,32 +253,32 @@ pub struct DueRow {
     pub connection_status: String,
 }
 
-/// Reads the due schedules (those that still exist) and their connections, in one query.
-pub async fn due(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<DueRow>, sqlx::Error> {
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(Uuid, bool, Vec<String>, String, Uuid, String, String, String, String)> = sqlx::query_as(
+/// Reads the due schedules (those that still exist) and their connections, in one query whose
+/// rows are yielded as they arrive.
+pub fn due<'a>(
+    pool: &'a PgPool,
+    ids: &'a [Uuid],
+) -> impl futures::Stream<Item = Result<DueRow, sqlx::Error>> + Send + 'a {
+    type Row = (Uuid, bool, Vec<String>, String, Uuid, String, String, String, String);
+    sqlx::query_as::<_, Row>(
         "SELECT s.id, s.enabled, s.objects, s.overlap_policy, c.id, c.tenant_id, c.provider, c.account_id, c.status \
          FROM unnest($1::uuid[]) AS u(id) JOIN schedules s ON s.id = u.id JOIN connections c ON c.id = s.connection_id",
     )
     .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, enabled, objects, overlap, connection, tenant, provider, account, status)| DueRow {
-            id,
-            enabled,
-            objects: objects.iter().filter_map(|o| o.parse().ok()).collect(),
-            overlap_policy: overlap.parse().unwrap_or_default(),
-            target: provider.parse::<Provider>().ok().map(|provider| crm_jobs::enqueue::Target {
-                tenant,
-                provider,
-                connection,
-                account,
-            }),
-            connection_status: status,
-        })
-        .collect())
+    .fetch(pool)
+    .map_ok(|(id, enabled, objects, overlap, connection, tenant, provider, account, status)| DueRow {
+        id,
+        enabled,
+        objects: objects.iter().filter_map(|o| o.parse().ok()).collect(),
+        overlap_policy: overlap.parse().unwrap_or_default(),
+        target: provider.parse::<Provider>().ok().map(|provider| crm_jobs::enqueue::Target {
+            tenant,
+            provider,
+            connection,
+            account,
+        }),
+        connection_status: status,
+    })
 }
 
 /// Records that every tick up to `through` is handled, per schedule; never moves backwards.
