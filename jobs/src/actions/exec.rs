@@ -114,7 +114,7 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
     if action.creates()
         && row.intent_at.is_some()
         && row.external_id.is_none()
-        && let Some(found) = reconcile(ctx, &target, &action, &marker).await?
+        && let Some(found) = reconcile(ctx, &target, &action, &marker, row.created_at).await?
     {
         tracing::info!(message = "outcome-unknown action reconciled: adopting the object created earlier",
             action = %id, external_id = %found.id);
@@ -169,7 +169,7 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
             Ok(())
         }
         Err(CallError::Provider(ProviderError::Conflict { existing_id: None, .. })) if action.creates() => {
-            match reconcile(ctx, &target, &action, &marker).await? {
+            match reconcile(ctx, &target, &action, &marker, row.created_at).await? {
                 Some(found) => {
                     store::succeed(
                         &ctx.pool,
@@ -208,17 +208,21 @@ async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool) -> J
     decision
 }
 
-/// Looks for the object an earlier attempt may have created.
+/// Looks for the object an earlier attempt may have created. None can be older than the
+/// action (`created_at`, our database's clock); the provider is told that age, a duration,
+/// never a time to compare with its own clock.
 async fn reconcile(
     ctx: &JobContext,
     target: &Target,
     action: &Action,
     marker: &str,
+    created_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<ExternalRef>, JobError> {
     let Some(kind) = object_of(action) else { return Ok(None) };
     let client = ctx.clients.get(target.provider);
+    let age = (chrono::Utc::now() - created_at).to_std().unwrap_or_default();
     let found = crate::auth::call(&ctx.tokens, target.connection, |auth| async move {
-        client.find_by_marker(&auth, kind, marker).await
+        client.find_by_marker_within(&auth, kind, marker, age).await
     })
     .await;
     match found {

@@ -150,6 +150,24 @@ pub trait CrmClient: Send + Sync {
         kind: ActionObject,
         marker: &str,
     ) -> ProviderResult<Option<ExternalRef>>;
+
+    /// [`CrmClient::find_by_marker`] for an object that cannot have been created more than
+    /// `age` ago (the action's age, on our clock, plus a margin). A client whose lookup is a
+    /// scan of recently updated objects bounds it by that age instead of by a count, reading
+    /// "now" from the provider's own timestamps (never comparing our clock with the
+    /// provider's), and answers [`ProviderError::OutcomeUnknown`] rather than "not found" when
+    /// it cannot finish the scan — a wrong "not found" would create the object twice. Others
+    /// look up as usual.
+    async fn find_by_marker_within(
+        &self,
+        auth: &Auth,
+        kind: ActionObject,
+        marker: &str,
+        age: std::time::Duration,
+    ) -> ProviderResult<Option<ExternalRef>> {
+        let _ = age;
+        self.find_by_marker(auth, kind, marker).await
+    }
 }
 
 /// Every provider's client over one shared HTTP client.

@@ -29,18 +29,23 @@
 //! **Idempotency.** Pipedrive has no idempotency key and no unique fields. Creates write the
 //! action's marker into the company's varchar custom field named [`MARKER_FIELD_NAME`] (its
 //! 40-character key is looked up once per connection from `/v1/{personFields,activityFields,
-//! noteFields}` and cached), and [`CrmClient::find_by_marker`] finds the object again:
+//! noteFields}` and cached), and [`CrmClient::find_by_marker_within`] finds the object again:
 //!
 //! * `create_contact`: exact-match `persons/search` on custom fields;
-//! * `create_task`, `log_call`: the 5,000 most recently updated activities (pages of 500),
-//!   matched on the field;
-//! * `create_note`: the 5,000 most recently updated notes (`/v1/notes`), matched on the field.
+//! * `create_task`, `log_call`: a scan of the activities (`sort_by=update_time`, newest first,
+//!   pages of 500), matched on the field;
+//! * `create_note`: the same over `/v1/notes` (`sort=update_time DESC`).
 //!
 //! Creates are sent as non-idempotent, so a lost answer is `OutcomeUnknown` and the executor must
-//! reconcile with `find_by_marker` before creating again. Residual duplicate risk: search is
-//! eventually consistent (a person created a moment ago may not be found yet), and the activity
-//! and note scans (up to 10 pages of 500, newest first, stopping at a match) miss an object
-//! once more than 5,000 others were updated after it; a retry in that window creates a duplicate. Updates (`PATCH` with absolute values) are idempotent.
+//! reconcile before creating again. The scans are bounded by the action's age, not by a count:
+//! they read until they pass the objects updated within that age (plus 10 minutes) of the
+//! newest one — Pipedrive's "now" read from its own timestamps, since comparing our clock with
+//! the provider's could stop a scan early and create the object twice — so an object cannot
+//! hide behind newer ones. Past 100,000 such objects the scan answers `OutcomeUnknown` ("not
+//! creating again", the job dead-letters for an operator) instead of "not found". Residual
+//! duplicate risk: person search is eventually consistent (a person created a moment ago may
+//! not be found yet). Without an age, [`CrmClient::find_by_marker`] scans the 5,000 most
+//! recently updated objects. Updates (`PATCH` with absolute values) are idempotent.
 //!
 //! The marker field is not part of [`Auth`], so the client looks it up by name the first time a
 //! credential creates or reconciles (one extra `GET`; again after an OAuth refresh, since the cache
@@ -75,10 +80,14 @@ pub const MARKER_FIELD_NAME: &str = "crm-fleet action id";
 const LIST_LIMIT: usize = 500;
 /// Page size of a marker reconciliation's scan of recently updated activities or notes.
 const MARKER_SCAN: usize = 500;
-/// Pages a marker reconciliation scans at most: the 5,000 most recently updated objects. A
-/// retry comes a lease period or a backoff after the lost answer; at hundreds of creates per
-/// second in one account, 500 was too few (seen as duplicates in the chaos test).
+/// Pages a marker reconciliation without an age bound scans at most: the 5,000 most recently
+/// updated objects. A retry comes a lease period or a backoff after the lost answer; at
+/// hundreds of creates per second in one account, 500 was too few (seen as duplicates in the
+/// chaos test).
 const MARKER_SCAN_PAGES: usize = 10;
+/// Pages an age-bounded reconciliation scans at most (100,000 objects updated within the
+/// action's age) before it answers "outcome unknown" instead of "not found".
+const MARKER_SCAN_PAGES_WITHIN: usize = 200;
 /// Pipedrive's burst window, the wait when a 429 names none.
 const BURST_WINDOW: Duration = Duration::from_secs(2);
 /// How long to stay away after the Cloudflare abuse page ("stop hammering").
@@ -961,7 +970,43 @@ impl CrmClient for PipedriveClient {
         kind: ActionObject,
         marker: &str,
     ) -> ProviderResult<Option<ExternalRef>> {
+        self.find_marker(auth, kind, marker, None).await
+    }
+
+    async fn find_by_marker_within(
+        &self,
+        auth: &Auth,
+        kind: ActionObject,
+        marker: &str,
+        age: Duration,
+    ) -> ProviderResult<Option<ExternalRef>> {
+        self.find_marker(auth, kind, marker, Some(age)).await
+    }
+}
+
+impl PipedriveClient {
+    /// Finds the object carrying `marker`. Persons: an exact-match search. Activities and notes
+    /// have no search on custom fields: a scan, newest update first. With an `age`, the scan
+    /// reads until it passes the objects updated within `age` of the newest one — the
+    /// provider's own "now", so our clock is never compared with Pipedrive's — and past
+    /// [`MARKER_SCAN_PAGES_WITHIN`] pages answers "outcome unknown"; without, it reads the
+    /// [`MARKER_SCAN_PAGES`] newest pages.
+    async fn find_marker(
+        &self,
+        auth: &Auth,
+        kind: ActionObject,
+        marker: &str,
+        age: Option<Duration>,
+    ) -> ProviderResult<Option<ExternalRef>> {
         let found = |id: Option<String>, q| Reply::new(id.map(|id| ExternalRef { id, created: false }), q);
+        let pages = if age.is_some() { MARKER_SCAN_PAGES_WITHIN } else { MARKER_SCAN_PAGES };
+        let mut scan = AgeBound::new(age);
+        let inconclusive = |what: &str| ProviderError::OutcomeUnknown {
+            message: format!(
+                "reconciliation scanned {} {what} without passing the action's age; not creating again",
+                pages * MARKER_SCAN
+            ),
+        };
         match kind {
             ActionObject::Contact => {
                 let path = format!(
@@ -989,7 +1034,7 @@ impl CrmClient for PipedriveClient {
                 let want = if kind == ActionObject::Call { "call" } else { "task" };
                 let mut cursor: Option<String> = None;
                 let mut last = None;
-                for _ in 0..MARKER_SCAN_PAGES {
+                for _ in 0..pages {
                     let mut path = format!(
                         "/api/v2/activities?sort_by=update_time&sort_direction=desc&limit={MARKER_SCAN}"
                     );
@@ -997,7 +1042,9 @@ impl CrmClient for PipedriveClient {
                         path.push_str(&format!("&cursor={}", enc(c)));
                     }
                     let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
-                    let id = data_array(&v)
+                    let items = data_array(&v);
+                    let passed = scan.passed(&items);
+                    let id = items
                         .iter()
                         .find(|a| {
                             a.pointer(&format!("/custom_fields/{key}")).and_then(Value::as_str)
@@ -1010,24 +1057,29 @@ impl CrmClient for PipedriveClient {
                         .and_then(Value::as_str)
                         .filter(|c| !c.is_empty())
                         .map(str::to_owned);
-                    if id.is_some() || cursor.is_none() {
+                    if id.is_some() || cursor.is_none() || passed {
                         return Ok(found(id, q));
                     }
                     last = q;
                 }
-                Ok(found(None, last))
+                match age {
+                    Some(_) => Err(inconclusive("activities")),
+                    None => Ok(found(None, last)),
+                }
             }
             ActionObject::Note => {
                 let key = self.marker_key(auth, Entity::Notes).await?;
                 let mut last = None;
-                for page in 0..MARKER_SCAN_PAGES {
+                for page in 0..pages {
                     let path = format!(
                         "/v1/notes?start={}&limit={MARKER_SCAN}&sort={}",
                         page * MARKER_SCAN,
                         enc("update_time DESC")
                     );
                     let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
-                    let id = data_array(&v)
+                    let items = data_array(&v);
+                    let passed = scan.passed(&items);
+                    let id = items
                         .iter()
                         .find(|n| n.get(&key).and_then(Value::as_str) == Some(marker))
                         .and_then(id_of);
@@ -1035,14 +1087,56 @@ impl CrmClient for PipedriveClient {
                         .pointer("/additional_data/pagination/more_items_in_collection")
                         .and_then(Value::as_bool)
                         .unwrap_or(false);
-                    if id.is_some() || !more {
+                    if id.is_some() || !more || passed {
                         return Ok(found(id, q));
                     }
                     last = q;
                 }
-                Ok(found(None, last))
+                match age {
+                    Some(_) => Err(inconclusive("notes")),
+                    None => Ok(found(None, last)),
+                }
             }
         }
+    }
+}
+
+/// How far back an age-bounded marker scan must read, on the provider's clock. The scan reads
+/// newest update first, so the first page's newest `update_time` is the provider's "now" or
+/// earlier; an object created `age` ago or less was updated at or after that time less `age`
+/// (and less [`AgeBound::MARGIN`]). A page that shows an object older than that ends the scan:
+/// every object after it is older still. Reading "now" from the first page rather than a
+/// clock errs only towards reading more.
+struct AgeBound {
+    age: Option<chrono::Duration>,
+    oldest_needed: Option<DateTime<Utc>>,
+}
+
+impl AgeBound {
+    /// Covers a worker's clock running behind the database's that stamped the action, and the
+    /// one-second resolution of `update_time`.
+    const MARGIN: chrono::Duration = chrono::Duration::minutes(10);
+
+    fn new(age: Option<Duration>) -> Self {
+        let age = age.map(|a| chrono::Duration::from_std(a).unwrap_or(chrono::Duration::MAX));
+        Self { age, oldest_needed: None }
+    }
+
+    /// Whether `page` (the next page of the scan) reaches past the objects that need reading.
+    fn passed(&mut self, page: &[Value]) -> bool {
+        let Some(age) = self.age else { return false };
+        let times = || page.iter().filter_map(|item| item.get("update_time").and_then(parse_time));
+        if self.oldest_needed.is_none() {
+            let Some(newest) = times().max() else { return false };
+            self.oldest_needed =
+                newest.checked_sub_signed(age).and_then(|t| t.checked_sub_signed(Self::MARGIN));
+            if self.oldest_needed.is_none() {
+                // An age reaching before the calendar's start: read everything.
+                self.age = None;
+                return false;
+            }
+        }
+        self.oldest_needed.is_some_and(|bound| times().any(|t| t < bound))
     }
 }
 

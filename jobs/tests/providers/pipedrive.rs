@@ -782,3 +782,72 @@ async fn fault_table_maps_each_sandbox_knob_to_the_right_error() {
     // its retry, the retry after the hang (a hung request is never served).
     assert_eq!(pd.created_with("act-table-").await, 4);
 }
+
+/// Reconciliation is bounded by the action's age, not by a count, and reads "now" from
+/// Pipedrive's own timestamps. The sandbox's clock is set to a time months behind ours (as a
+/// real provider's never is; the fleet tests' frozen sandbox clock is): a bound that compared
+/// our clock with Pipedrive's would stop at once and say "not found". 5,500 activities and notes updated after a marked task and note hide them from a
+/// scan of the newest 5,000 ("not found", which would create them twice), not from the scan of
+/// everything updated within the action's age. Objects older than that age end the scan.
+#[tokio::test]
+async fn reconciliation_finds_a_marked_object_behind_more_than_five_thousand_newer_ones() {
+    let pd = Pd::start(2).await;
+    pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
+    let c = pd.client();
+    let auth = pd.auth();
+    let task = CreateTask {
+        subject: "Call back".into(),
+        body: None,
+        due_at: None,
+        contact_id: None,
+        deal_id: None,
+        company_id: None,
+        priority: None,
+        owner_id: None,
+        marker: "act-buried".into(),
+    };
+    let id = c.create_task(&auth, &task).await.expect("create_task").value.id;
+    let note = CreateNote {
+        body: "Buried".into(),
+        title: None,
+        contact_id: None,
+        deal_id: Some("1".into()),
+        company_id: None,
+        marker: "act-buried-note".into(),
+    };
+    let note_id = c.create_note(&auth, &note).await.expect("create_note").value.id;
+    pd.env.control.advance("1m").await;
+    for object in ["activities", "notes"] {
+        pd.ctl()
+            .post(&pd.path("/mutations"), json!({"seed": 3, "creates": 5_500, "objects": [object]}))
+            .await;
+    }
+    // The action is a few seconds old by our clock; Pipedrive's moved a minute meanwhile.
+    let age = Duration::from_secs(5);
+    for (kind, marker, id) in
+        [(ActionObject::Task, "act-buried", &id), (ActionObject::Note, "act-buried-note", &note_id)]
+    {
+        let unbounded = c.find_by_marker(&auth, kind, marker).await.expect("scan").value;
+        assert_eq!(
+            unbounded, None,
+            "{kind:?}: the newest 5,000 do not reach it (the gap the age bound closes)"
+        );
+        let found = c.find_by_marker_within(&auth, kind, marker, age).await.expect("scan").value;
+        assert_eq!(found.map(|f| f.id).as_ref(), Some(id), "{kind:?}: found by the age-bounded scan");
+    }
+    // A marker that was never used: the bounded scan reads to the end and says so.
+    let none =
+        c.find_by_marker_within(&auth, ActionObject::Task, "act-never", age).await.expect("scan").value;
+    assert_eq!(none, None);
+    // A day later (Pipedrive's clock), newer objects lead the scan; the marked task is now far
+    // older than an action of that age can be, so the scan stops before reaching it.
+    pd.env.control.advance("1d").await;
+    pd.ctl().post(&pd.path("/mutations"), json!({"seed": 4, "creates": 10, "objects": ["activities"]})).await;
+    let stopped =
+        c.find_by_marker_within(&auth, ActionObject::Task, "act-buried", age).await.expect("scan").value;
+    assert_eq!(stopped, None, "the scan ends at objects older than the action's age");
+    let longer = Duration::from_secs(2 * 24 * 3600);
+    let found =
+        c.find_by_marker_within(&auth, ActionObject::Task, "act-buried", longer).await.expect("scan").value;
+    assert_eq!(found.map(|f| f.id), Some(id), "an older action's scan reads further back");
+}
