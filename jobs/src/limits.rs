@@ -53,6 +53,11 @@ pub async fn observe(ctx: &JobContext, target: &Target, quota: Option<&QuotaObse
         if let Err(e) = ctx.queue.pause(&b, d).await {
             tracing::warn!(message = "could not pause an exhausted account", %e);
         }
+        let scope = if q.daily_remaining == Some(0) { "daily" } else { "window" };
+        metrics::counter!("crm_fleet_provider_quota_exhausted_total", "provider" => target.provider.as_str(), "scope" => scope)
+            .increment(1);
+        tracing::info!(message = "provider quota used up; account paused fleet-wide", provider = %target.provider,
+            scope, pause_ms = d.as_millis() as u64);
     }
 }
 

@@ -353,14 +353,27 @@ async fn quota_run(jobs: i64, quota: u64, window_ms: u64) -> (usize, f64, f64) {
     let gaps: Vec<i64> = steady.windows(2).map(|p| p[1].0 - p[0].0).collect();
     let interval = window_ms as i64 / quota as i64;
     let silent: i64 = gaps.iter().filter(|g| **g > 5 * interval).map(|g| g - interval).sum();
+    // Pauses taken because an answer said the quota was used up (not throttled).
+    let used_up: Vec<u64> = f
+        .env
+        .logs
+        .lock()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "provider quota used up; account paused fleet-wide")
+        .filter_map(|v| v["pause_ms"].as_u64())
+        .collect();
     eprintln!(
         "quota {quota}/{window_ms} ms, {jobs} jobs, 3 workers: {} requests, {throttled} throttled after the first window \
-         ({:.2}%), utilisation {:.1}% of the quota; longest gap {} ms, {} ms in gaps over 5 intervals",
+         ({:.2}%), utilisation {:.1}% of the quota; longest gap {} ms, {} ms in gaps over 5 intervals; \
+         {} pauses on a used-up quota ({} ms in all)",
         log.len(),
         share * 100.0,
         utilisation * 100.0,
         gaps.iter().max().copied().unwrap_or(0),
-        silent
+        silent,
+        used_up.len(),
+        used_up.iter().sum::<u64>()
     );
     (log.len(), share, utilisation)
 }
