@@ -96,19 +96,18 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
 
     // A throttle seen by any worker since this job was admitted paused the account (or the
     // breaker opened): wait it out instead of sending into it. Nothing is recorded and no
-    // attempt is spent. (The pause budget has no limit of its own: this takes nothing.)
+    // attempt is spent.
     let account = crate::enqueue::budget::account_pause(target.provider, &target.account);
     let breaker = crate::enqueue::budget::breaker(target.provider);
     match ctx.queue.take_token_unless_paused(&account, &[&breaker]).await {
-        // Back to the head of its lane, which sleeps on the pause (and wakes when it is lifted).
-        Ok(crm_queue::InJobToken::Paused(_)) => {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
             return Err(JobError::defer(
-                Duration::ZERO,
+                wait,
                 "paused",
-                "provider account or provider paused since this job was admitted",
+                "provider account paused since this job was admitted",
             ));
         }
-        Ok(_) => {}
         Err(e) => return Err(JobError::transient("queue", e.to_string())),
     }
 
@@ -210,8 +209,8 @@ async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool) -> J
 }
 
 /// Looks for the object an earlier attempt may have created. None can be older than the
-/// action (`created_at`, our database's clock); the provider is told that age, a duration,
-/// never a time to compare with its own clock.
+/// action (`created_at`, our database's clock, which also gives "now"); the provider is told
+/// that age, a duration, never a time to compare with its own clock.
 async fn reconcile(
     ctx: &JobContext,
     target: &Target,
@@ -221,13 +220,25 @@ async fn reconcile(
 ) -> Result<Option<ExternalRef>, JobError> {
     let Some(kind) = object_of(action) else { return Ok(None) };
     let client = ctx.clients.get(target.provider);
-    let age = (chrono::Utc::now() - created_at).to_std().unwrap_or_default();
+    // The age on the clock that stamped `created_at` (a worker's clock may be off).
+    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&ctx.pool)
+        .await
+        .map_err(|e| JobError::transient("database", e.to_string()))?;
+    let age = (now - created_at).to_std().unwrap_or_default();
     let found = crate::auth::call(&ctx.tokens, target.connection, |auth| async move {
         client.find_by_marker_within(&auth, kind, marker, age).await
     })
     .await;
     match found {
         Ok(reply) => Ok(reply.value),
+        // The lookup could not tell whether the object exists (a scan that could not reach back
+        // to the action's creation): neither create again nor retry the same scan; an operator
+        // decides from the dead letter. Not a provider failure, so the breaker is not told.
+        Err(CallError::Provider(ProviderError::OutcomeUnknown { message })) => Err(JobError::permanent(
+            "reconcile_inconclusive",
+            format!("could not tell whether an earlier attempt created the object: {message}"),
+        )),
         Err(e) => {
             let decision = crate::limits::on_error(ctx, target, &e).await;
             let decision = if matches!(decision.kind, FailureKind::Permanent) {

@@ -41,11 +41,14 @@
 //! they read until they pass the objects updated within that age (plus 10 minutes) of the
 //! newest one — Pipedrive's "now" read from its own timestamps, since comparing our clock with
 //! the provider's could stop a scan early and create the object twice — so an object cannot
-//! hide behind newer ones. Past 100,000 such objects the scan answers `OutcomeUnknown` ("not
-//! creating again", the job dead-letters for an operator) instead of "not found". Residual
-//! duplicate risk: person search is eventually consistent (a person created a moment ago may
-//! not be found yet). Without an age, [`CrmClient::find_by_marker`] scans the 5,000 most
-//! recently updated objects. Updates (`PATCH` with absolute values) are idempotent.
+//! hide behind newer ones and be taken for absent: past 5,000 such objects the scan answers
+//! `OutcomeUnknown` ("not creating again": the executor dead-letters the job for an operator)
+//! instead of "not found". Residual duplicate risk: person search is eventually consistent (a
+//! person created a moment ago may not be found yet); an object updated while the scan runs
+//! moves to the front, already read, and offset pages of notes shift when one is deleted
+//! mid-scan; a task whose activity type was changed is not matched. Without an age,
+//! [`CrmClient::find_by_marker`] scans the 5,000 most recently updated objects and answers "not
+//! found" past them. Updates (`PATCH` with absolute values) are idempotent.
 //!
 //! The marker field is not part of [`Auth`], so the client looks it up by name the first time a
 //! credential creates or reconciles (one extra `GET`; again after an OAuth refresh, since the cache
@@ -85,9 +88,11 @@ const MARKER_SCAN: usize = 500;
 /// hundreds of creates per second in one account, 500 was too few (seen as duplicates in the
 /// chaos test).
 const MARKER_SCAN_PAGES: usize = 10;
-/// Pages an age-bounded reconciliation scans at most (100,000 objects updated within the
-/// action's age) before it answers "outcome unknown" instead of "not found".
-const MARKER_SCAN_PAGES_WITHIN: usize = 200;
+/// Pages an age-bounded reconciliation scans at most (5,000 objects updated within the
+/// action's age) before it answers "outcome unknown" instead of "not found". As many as the
+/// unbounded scan: the pages take no rate token of their own, and a scan throttled half-way
+/// would start again from the top.
+const MARKER_SCAN_PAGES_WITHIN: usize = 10;
 /// Pipedrive's burst window, the wait when a 429 names none.
 const BURST_WINDOW: Duration = Duration::from_secs(2);
 /// How long to stay away after the Cloudflare abuse page ("stop hammering").
@@ -1113,8 +1118,8 @@ struct AgeBound {
 }
 
 impl AgeBound {
-    /// Covers a worker's clock running behind the database's that stamped the action, and the
-    /// one-second resolution of `update_time`.
+    /// Covers the one-second resolution of `update_time` and any drift between the clocks'
+    /// rates; generous, since reading further back only costs pages.
     const MARGIN: chrono::Duration = chrono::Duration::minutes(10);
 
     fn new(age: Option<Duration>) -> Self {

@@ -783,14 +783,16 @@ async fn fault_table_maps_each_sandbox_knob_to_the_right_error() {
     assert_eq!(pd.created_with("act-table-").await, 4);
 }
 
-/// Reconciliation is bounded by the action's age, not by a count, and reads "now" from
-/// Pipedrive's own timestamps. The sandbox's clock is set to a time months behind ours (as a
-/// real provider's never is; the fleet tests' frozen sandbox clock is): a bound that compared
-/// our clock with Pipedrive's would stop at once and say "not found". 5,500 activities and notes updated after a marked task and note hide them from a
-/// scan of the newest 5,000 ("not found", which would create them twice), not from the scan of
-/// everything updated within the action's age. Objects older than that age end the scan.
+/// Reconciliation is bounded by the action's age, read against Pipedrive's own timestamps, and
+/// never takes a hidden object for an absent one. The sandbox's clock is set months behind ours
+/// (as a real provider's never is; the fleet tests' frozen sandbox clock is): a bound that
+/// compared our clock with Pipedrive's would stop at the first page and say "not found".
+/// 5,500 activities and notes updated a day after a marked task and note hide them from the
+/// scan of the newest 5,000, which says "not found" (a second create would follow); the
+/// age-bounded scan cannot reach back to the action either and says "outcome unknown" instead.
+/// Objects older than an action's age end its scan, so a recent action's "not found" is quick.
 #[tokio::test]
-async fn reconciliation_finds_a_marked_object_behind_more_than_five_thousand_newer_ones() {
+async fn reconciliation_never_takes_a_hidden_object_for_an_absent_one() {
     let pd = Pd::start(2).await;
     pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
     let c = pd.client();
@@ -816,38 +818,108 @@ async fn reconciliation_finds_a_marked_object_behind_more_than_five_thousand_new
         marker: "act-buried-note".into(),
     };
     let note_id = c.create_note(&auth, &note).await.expect("create_note").value.id;
-    pd.env.control.advance("1m").await;
+    let recent = Duration::from_secs(5);
+    let objects =
+        [(ActionObject::Task, "act-buried", &id), (ActionObject::Note, "act-buried-note", &note_id)];
+    for (kind, marker, id) in objects {
+        let found = c.find_by_marker_within(&auth, kind, marker, recent).await.expect("scan").value;
+        assert_eq!(found.map(|f| f.id).as_ref(), Some(id), "{kind:?}: a recent action's object is found");
+    }
+    pd.env.control.advance("1d").await;
     for object in ["activities", "notes"] {
         pd.ctl()
             .post(&pd.path("/mutations"), json!({"seed": 3, "creates": 5_500, "objects": [object]}))
             .await;
     }
-    // The action is a few seconds old by our clock; Pipedrive's moved a minute meanwhile.
-    let age = Duration::from_secs(5);
-    for (kind, marker, id) in
-        [(ActionObject::Task, "act-buried", &id), (ActionObject::Note, "act-buried-note", &note_id)]
-    {
+    let two_days = Duration::from_secs(2 * 24 * 3600);
+    for (kind, marker, _) in objects {
         let unbounded = c.find_by_marker(&auth, kind, marker).await.expect("scan").value;
-        assert_eq!(
-            unbounded, None,
-            "{kind:?}: the newest 5,000 do not reach it (the gap the age bound closes)"
+        assert_eq!(unbounded, None, "{kind:?}: the newest 5,000 hide it (the hazard)");
+        let bounded = c.find_by_marker_within(&auth, kind, marker, two_days).await;
+        assert!(
+            matches!(bounded, Err(ProviderError::OutcomeUnknown { .. })),
+            "{kind:?}: a scan that cannot reach the action's creation does not say \"not found\": {bounded:?}"
         );
-        let found = c.find_by_marker_within(&auth, kind, marker, age).await.expect("scan").value;
-        assert_eq!(found.map(|f| f.id).as_ref(), Some(id), "{kind:?}: found by the age-bounded scan");
     }
-    // A marker that was never used: the bounded scan reads to the end and says so.
-    let none =
-        c.find_by_marker_within(&auth, ActionObject::Task, "act-never", age).await.expect("scan").value;
-    assert_eq!(none, None);
-    // A day later (Pipedrive's clock), newer objects lead the scan; the marked task is now far
-    // older than an action of that age can be, so the scan stops before reaching it.
+    // A day later still, a few newer activities; a recent action's marker that was never used:
+    // the objects older than its age end the scan at the first page.
     pd.env.control.advance("1d").await;
     pd.ctl().post(&pd.path("/mutations"), json!({"seed": 4, "creates": 10, "objects": ["activities"]})).await;
-    let stopped =
-        c.find_by_marker_within(&auth, ActionObject::Task, "act-buried", age).await.expect("scan").value;
-    assert_eq!(stopped, None, "the scan ends at objects older than the action's age");
-    let longer = Duration::from_secs(2 * 24 * 3600);
-    let found =
-        c.find_by_marker_within(&auth, ActionObject::Task, "act-buried", longer).await.expect("scan").value;
-    assert_eq!(found.map(|f| f.id), Some(id), "an older action's scan reads further back");
+    let none =
+        c.find_by_marker_within(&auth, ActionObject::Task, "act-never", recent).await.expect("scan").value;
+    assert_eq!(none, None);
+}
+
+/// The executor's side of an inconclusive reconciliation: a task whose create answer was lost,
+/// then buried under 5,500 newer activities, is neither created again nor retried into the
+/// same scan: the job fails for good (`reconcile_inconclusive`, dead-lettered for an operator),
+/// and Pipedrive holds exactly one task with its marker.
+#[tokio::test]
+async fn an_inconclusive_reconciliation_fails_the_action_instead_of_creating_it_twice() {
+    use std::sync::Arc;
+
+    use crm_jobs::actions::{Created, NewAction, parse, store};
+    use crm_jobs::auth::{AuthKind, Keyring, Store, TokenManager};
+    use crm_jobs::ops::JobContext;
+    use crm_jobs::testing::{REDIS_URL, TestDb, purge_redis_prefix, unique};
+    use crm_queue::{FailureKind, Queue, QueueConfig};
+    use secrecy::SecretString;
+
+    let pd = Pd::start(2).await;
+    pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
+    let db = TestDb::new().await;
+    let store = Store::new(
+        db.pool.clone(),
+        Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key")),
+    );
+    store.ensure_tenant("acme", "Acme").await.expect("tenant");
+    let connection = store
+        .save_key(
+            "acme",
+            crm_jobs::providers::Provider::Pipedrive,
+            AuthKind::ApiKey,
+            &SecretString::from(pd.api_token.clone()),
+            &pd.api_base,
+            &pd.company,
+        )
+        .await
+        .expect("connection")
+        .id;
+    let prefix = unique("crmtest-");
+    let queue = Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
+    let ctx = JobContext {
+        pool: db.pool.clone(),
+        queue,
+        tokens: TokenManager::new(store, crm_jobs::testing::http_client()),
+        clients: pd.env.clients.clone(),
+    };
+    let action = NewAction {
+        tenant: "acme".into(),
+        connection,
+        provider: "pipedrive".into(),
+        action: parse("create_task", &json!({"subject": "Lost answer"})).expect("valid"),
+        idempotency_key: "k-buried".into(),
+        traceparent: None,
+    };
+    let Created::New(row) = store::create(&db.pool, &action).await.expect("create") else {
+        panic!("expected a new action")
+    };
+    let id = row.id;
+    pd.fault(json!({"method": "POST", "path": "/api/v2/activities", "action": {"type": "drop_after_commit"}, "times": 1}))
+        .await;
+    let err = crm_jobs::actions::exec::run(&ctx, id, 1, 10).await.expect_err("answer lost");
+    assert_eq!(err.class, "outcome_unknown");
+    assert_eq!(pd.created_with(&id.to_string()).await, 1, "the lost create landed");
+    pd.env.control.advance("1d").await;
+    pd.ctl()
+        .post(&pd.path("/mutations"), json!({"seed": 5, "creates": 5_500, "objects": ["activities"]}))
+        .await;
+    let err = crm_jobs::actions::exec::run(&ctx, id, 2, 10).await.expect_err("cannot tell");
+    assert_eq!(
+        (err.kind.clone(), err.class.as_str()),
+        (FailureKind::Permanent, "reconcile_inconclusive"),
+        "{err:?}"
+    );
+    assert_eq!(pd.created_with(&id.to_string()).await, 1, "not created a second time");
+    purge_redis_prefix(&prefix);
 }
