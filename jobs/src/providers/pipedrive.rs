@@ -46,9 +46,9 @@
 //! instead of "not found". Residual duplicate risk: person search is eventually consistent (a
 //! person created a moment ago may not be found yet); an object updated while the scan runs
 //! moves to the front, already read, and offset pages of notes shift when one is deleted
-//! mid-scan; a task whose activity type was changed is not matched. Without an age,
-//! [`CrmClient::find_by_marker`] scans the 5,000 most recently updated objects and answers "not
-//! found" past them. Updates (`PATCH` with absolute values) are idempotent.
+//! mid-scan. An activity is matched by the marker alone, whatever its type now. Without an
+//! age, [`CrmClient::find_by_marker`] scans the 5,000 most recently updated objects and answers
+//! "not found" past them. Updates (`PATCH` with absolute values) are idempotent.
 //!
 //! The marker field is not part of [`Auth`], so the client looks it up by name the first time a
 //! credential creates or reconciles (one extra `GET`; again after an OAuth refresh, since the cache
@@ -1036,7 +1036,6 @@ impl PipedriveClient {
             }
             ActionObject::Task | ActionObject::Call => {
                 let key = self.marker_key(auth, Entity::Activities).await?;
-                let want = if kind == ActionObject::Call { "call" } else { "task" };
                 let mut cursor: Option<String> = None;
                 let mut last = None;
                 for _ in 0..pages {
@@ -1049,12 +1048,13 @@ impl PipedriveClient {
                     let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
                     let items = data_array(&v);
                     let passed = scan.passed(&items);
+                    // The marker alone decides (it is the action's id): an activity whose type
+                    // someone changed since ("task" to "meeting") is still the one created.
                     let id = items
                         .iter()
                         .find(|a| {
                             a.pointer(&format!("/custom_fields/{key}")).and_then(Value::as_str)
                                 == Some(marker)
-                                && a.get("type").and_then(Value::as_str).is_none_or(|t| t == want)
                         })
                         .and_then(id_of);
                     cursor = v

@@ -410,10 +410,6 @@ async fn every_action_works_and_lands_in_the_sandbox() {
         assert_eq!(f.map(|r| (r.id, r.created)), Some((id.clone(), false)), "{kind:?}");
         assert!(c.find_by_marker(&auth, kind, "act-missing").await.expect("find").value.is_none());
     }
-    assert!(
-        c.find_by_marker(&auth, ActionObject::Call, "act-task-1").await.expect("find").value.is_none(),
-        "a task is not a call"
-    );
     // Exactly one object per marker.
     for m in ["act-contact-1", "act-task-1", "act-call-1", "act-note-1"] {
         assert_eq!(pd.created_with(m).await, 1, "{m}");
@@ -922,4 +918,41 @@ async fn an_inconclusive_reconciliation_fails_the_action_instead_of_creating_it_
     );
     assert_eq!(pd.created_with(&id.to_string()).await, 1, "not created a second time");
     purge_redis_prefix(&prefix);
+}
+
+/// A task whose activity type someone changed after it was created (here to "meeting") is
+/// still the one its action created: reconciliation matches the marker alone, so the action
+/// adopts it instead of creating a second task.
+#[tokio::test]
+async fn a_marked_task_whose_type_was_changed_is_still_found() {
+    let pd = Pd::start(2).await;
+    let c = pd.client();
+    let auth = pd.auth();
+    let task = CreateTask {
+        subject: "Call back".into(),
+        body: None,
+        due_at: None,
+        contact_id: None,
+        deal_id: None,
+        company_id: None,
+        priority: None,
+        owner_id: None,
+        marker: "act-retyped".into(),
+    };
+    let id = c.create_task(&auth, &task).await.expect("create_task").value.id;
+    let resp = reqwest::Client::new()
+        .patch(format!("{}/api/v2/activities/{id}", pd.api_base.trim_end_matches('/')))
+        .header("x-api-token", &pd.api_token)
+        .json(&json!({"type": "meeting"}))
+        .send()
+        .await
+        .expect("patch");
+    assert!(resp.status().is_success(), "retyped: {}", resp.status());
+    assert_eq!(pd.record("activities", &id).await["type"], "meeting");
+    let found = c
+        .find_by_marker_within(&auth, ActionObject::Task, "act-retyped", Duration::from_secs(5))
+        .await
+        .expect("scan")
+        .value;
+    assert_eq!(found.map(|f| f.id), Some(id));
 }
