@@ -142,7 +142,7 @@ async fn run(n: i64) {
         tick["schedules"], tick["jobs"], tick["enqueued"], tick["duplicate"]
     );
     println!(
-        "tick wall time: plan {} ms + database read and push {} ms (reads overlap pushes; {} ms in reads) = {} ms; then last_tick_at recorded in {} ms",
+        "tick wall time: plan {} ms + database read and push {} ms (the read overlaps the pushes; its last rows taken at {} ms) = {} ms; then last_tick_at recorded in {} ms",
         ms("plan_ms"),
         ms("enqueue_ms"),
         ms("read_ms"),

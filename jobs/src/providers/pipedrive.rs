@@ -1133,13 +1133,13 @@ impl AgeBound {
         let times = || page.iter().filter_map(|item| item.get("update_time").and_then(parse_time));
         if self.oldest_needed.is_none() {
             let Some(newest) = times().max() else { return false };
-            self.oldest_needed =
-                newest.checked_sub_signed(age).and_then(|t| t.checked_sub_signed(Self::MARGIN));
-            if self.oldest_needed.is_none() {
-                // An age reaching before the calendar's start: read everything.
-                self.age = None;
-                return false;
-            }
+            // An age reaching before the calendar's start: read everything.
+            self.oldest_needed = Some(
+                newest
+                    .checked_sub_signed(age)
+                    .and_then(|t| t.checked_sub_signed(Self::MARGIN))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            );
         }
         self.oldest_needed.is_some_and(|bound| times().any(|t| t < bound))
     }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crm_jobs::actions::{Created, NewAction, parse, store};
-use crm_jobs::auth::{AuthKind, Keyring, Store, TokenManager};
+use crm_jobs::auth::{AuthKind, Keyring, Store};
 use crm_jobs::ops::JobContext;
 use crm_jobs::providers::Provider;
-use crm_jobs::testing::{REDIS_URL, TestDb, purge_redis_prefix, unique};
-use crm_queue::{FailureKind, Queue, QueueConfig};
+use crm_jobs::testing::{TestDb, purge_redis_prefix};
+use crm_queue::FailureKind;
 use crm_sandbox::config::ProviderKind;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -58,14 +58,7 @@ async fn setup() -> A {
         .await
         .expect("connection")
         .id;
-    let prefix = unique("crmtest-");
-    let queue = Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
-    let ctx = JobContext {
-        pool: db.pool.clone(),
-        queue,
-        tokens: TokenManager::new(store, crm_jobs::testing::http_client()),
-        clients: env.clients.clone(),
-    };
+    let (ctx, prefix) = crate::support::job_context(store, &env.clients).await;
     A { env, db, ctx, connection, prefix }
 }
 

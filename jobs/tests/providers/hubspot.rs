@@ -386,17 +386,7 @@ async fn each_fault_maps_to_its_error_variant() {
 
     // A create whose answer is lost: outcome unknown, and exactly one object exists.
     fault(&env, json!({ "times": 1, "method": "POST", "path": "/crm/v3/objects/tasks", "action": { "type": "drop_after_commit" } })).await;
-    let task = CreateTask {
-        subject: "Lost answer".into(),
-        body: None,
-        due_at: None,
-        contact_id: None,
-        deal_id: None,
-        company_id: None,
-        priority: None,
-        owner_id: None,
-        marker: "act-lost-1".into(),
-    };
+    let task = crate::support::task("Lost answer", "act-lost-1");
     assert!(matches!(client.create_task(&auth, &task).await, Err(ProviderError::OutcomeUnknown { .. })));
     let found = client.find_by_marker(&auth, ActionObject::Task, "act-lost-1").await.expect("find").value;
     assert!(found.is_some(), "the lost create happened");

@@ -793,17 +793,7 @@ async fn reconciliation_never_takes_a_hidden_object_for_an_absent_one() {
     pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
     let c = pd.client();
     let auth = pd.auth();
-    let task = CreateTask {
-        subject: "Call back".into(),
-        body: None,
-        due_at: None,
-        contact_id: None,
-        deal_id: None,
-        company_id: None,
-        priority: None,
-        owner_id: None,
-        marker: "act-buried".into(),
-    };
+    let task = crate::support::task("Call back", "act-buried");
     let id = c.create_task(&auth, &task).await.expect("create_task").value.id;
     let note = CreateNote {
         body: "Buried".into(),
@@ -855,10 +845,9 @@ async fn an_inconclusive_reconciliation_fails_the_action_instead_of_creating_it_
     use std::sync::Arc;
 
     use crm_jobs::actions::{Created, NewAction, parse, store};
-    use crm_jobs::auth::{AuthKind, Keyring, Store, TokenManager};
-    use crm_jobs::ops::JobContext;
-    use crm_jobs::testing::{REDIS_URL, TestDb, purge_redis_prefix, unique};
-    use crm_queue::{FailureKind, Queue, QueueConfig};
+    use crm_jobs::auth::{AuthKind, Keyring, Store};
+    use crm_jobs::testing::{TestDb, purge_redis_prefix};
+    use crm_queue::FailureKind;
     use secrecy::SecretString;
 
     let pd = Pd::start(2).await;
@@ -881,14 +870,7 @@ async fn an_inconclusive_reconciliation_fails_the_action_instead_of_creating_it_
         .await
         .expect("connection")
         .id;
-    let prefix = unique("crmtest-");
-    let queue = Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
-    let ctx = JobContext {
-        pool: db.pool.clone(),
-        queue,
-        tokens: TokenManager::new(store, crm_jobs::testing::http_client()),
-        clients: pd.env.clients.clone(),
-    };
+    let (ctx, prefix) = crate::support::job_context(store, &pd.env.clients).await;
     let action = NewAction {
         tenant: "acme".into(),
         connection,
@@ -928,17 +910,7 @@ async fn a_marked_task_whose_type_was_changed_is_still_found() {
     let pd = Pd::start(2).await;
     let c = pd.client();
     let auth = pd.auth();
-    let task = CreateTask {
-        subject: "Call back".into(),
-        body: None,
-        due_at: None,
-        contact_id: None,
-        deal_id: None,
-        company_id: None,
-        priority: None,
-        owner_id: None,
-        marker: "act-retyped".into(),
-    };
+    let task = crate::support::task("Call back", "act-retyped");
     let id = c.create_task(&auth, &task).await.expect("create_task").value.id;
     let resp = reqwest::Client::new()
         .patch(format!("{}/api/v2/activities/{id}", pd.api_base.trim_end_matches('/')))

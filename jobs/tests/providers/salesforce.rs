@@ -482,17 +482,7 @@ async fn fault_knobs_map_to_the_right_error_variants() {
     assert!(matches!(&e, ProviderError::Conflict { existing_id: Some(id), .. } if *id == contact), "{e:?}");
     o.env.control.patch("salesforce/settings", json!({"contact_duplicate_rule": false})).await;
     // Drop after commit on a create: outcome unknown, the task exists once, a retry adopts it.
-    let task = CreateTask {
-        subject: "Dropped".into(),
-        body: None,
-        due_at: None,
-        contact_id: None,
-        deal_id: None,
-        company_id: None,
-        priority: None,
-        owner_id: None,
-        marker: "act-drop".into(),
-    };
+    let task = crate::support::task("Dropped", "act-drop");
     o.fault(json!({"method": "PATCH", "path": "/services/data/*/sobjects/Task/*", "times": 1, "action": {"type": "drop_after_commit"}})).await;
     let e = expect_err("drop", c.create_task(&o.auth, &task).await.map(|r| r.value));
     assert!(matches!(e, ProviderError::OutcomeUnknown { .. }), "{e:?}");

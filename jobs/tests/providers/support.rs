@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
-use crm_jobs::providers::{Clients, Http};
+use crm_jobs::auth::{Store, TokenManager};
+use crm_jobs::ops::JobContext;
+use crm_jobs::providers::{Clients, CreateTask, Http};
+use crm_jobs::testing::{REDIS_URL, unique};
+use crm_queue::{Queue, QueueConfig};
 use crm_sandbox::config::ProviderKind;
 use crm_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use serde_json::{Value, json};
@@ -27,6 +31,35 @@ impl Env {
             Control { base: sandbox.urls().control.clone(), http: crm_jobs::testing::http_client() };
         let clients = Clients::new(Http::new().expect("http client"));
         Self { sandbox, control, clients }
+    }
+}
+
+/// A job context over `store`'s database and the sandbox `clients`, with a queue on a fresh
+/// Redis prefix (returned: the caller purges it with `purge_redis_prefix`).
+pub async fn job_context(store: Store, clients: &Clients) -> (JobContext, String) {
+    let prefix = unique("crmtest-");
+    let queue = Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
+    let ctx = JobContext {
+        pool: store.pool().clone(),
+        queue,
+        tokens: TokenManager::new(store, crm_jobs::testing::http_client()),
+        clients: clients.clone(),
+    };
+    (ctx, prefix)
+}
+
+/// A task with only a subject and a marker.
+pub fn task(subject: &str, marker: &str) -> CreateTask {
+    CreateTask {
+        subject: subject.into(),
+        body: None,
+        due_at: None,
+        contact_id: None,
+        deal_id: None,
+        company_id: None,
+        priority: None,
+        owner_id: None,
+        marker: marker.into(),
     }
 }
 

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crm_jobs::auth::{AuthKind, Keyring, Store, TokenManager};
+use crm_jobs::auth::{AuthKind, Keyring, Store};
 use crm_jobs::job::{SyncJob, SyncMode};
 use crm_jobs::ops::JobContext;
 use crm_jobs::providers::{ObjectKind, Provider};
 use crm_jobs::sync::engine::AttemptInfo;
-use crm_jobs::testing::{REDIS_URL, TestDb, purge_redis_prefix, unique};
-use crm_queue::{FailureKind, Queue, QueueConfig};
+use crm_jobs::testing::{TestDb, purge_redis_prefix};
+use crm_queue::FailureKind;
 use crm_sandbox::config::ProviderKind;
 use crm_sandbox::hubspot::schema::ObjectType;
 use secrecy::SecretString;
@@ -64,14 +64,7 @@ async fn setup(contacts: usize, others: usize) -> SyncEnv {
         .await
         .expect("connection")
         .id;
-    let prefix = unique("crmtest-");
-    let queue = Queue::connect(QueueConfig::new(REDIS_URL, "crm").with_prefix(&prefix)).await.expect("redis");
-    let ctx = JobContext {
-        pool: db.pool.clone(),
-        queue,
-        tokens: TokenManager::new(store, crm_jobs::testing::http_client()),
-        clients: env.clients.clone(),
-    };
+    let (ctx, prefix) = crate::support::job_context(store, &env.clients).await;
     SyncEnv { env, db, ctx, connection, hub, prefix }
 }
 

@@ -596,17 +596,7 @@ async fn fault_knobs_map_to_the_right_error_variants() {
 
     // Commit then drop the connection: the task exists once, reconciliation finds it, a retry adopts it.
     z.env.control.fault("zoho", json!({"account": z.org, "method": "POST", "path": "/crm/v7/Tasks/upsert", "times": 1, "action": {"type": "drop_after_commit"}})).await;
-    let task = CreateTask {
-        subject: "Dropped".into(),
-        body: None,
-        due_at: None,
-        contact_id: None,
-        deal_id: None,
-        company_id: None,
-        priority: None,
-        owner_id: None,
-        marker: "m-drop".into(),
-    };
+    let task = crate::support::task("Dropped", "m-drop");
     check(
         "drop after commit",
         &c.create_task(&auth, &task).await.expect_err("dropped"),

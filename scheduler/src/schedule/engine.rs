@@ -133,7 +133,9 @@ pub struct TickReport {
     pub catch_up: u64,
     /// Planning time.
     pub plan: Duration,
-    /// The tick-time database read, until its last row arrived (it overlaps the pushes).
+    /// From the start of the tick-time read until its last rows were taken for pushing. The
+    /// read overlaps the pushes and is held back by them, so this is close to `enqueue`; a
+    /// large gap between them is the time the last pushes took.
     pub read: Duration,
     /// Reading the due rows and pushing their jobs, wall time: the tick's latency after
     /// planning.
