@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use crm_queue::{JobId, Lane, NewJob, PushOutcome, Queue, QueueError};
+use crm_queue::{JobId, NewJob, PushOutcome, Queue, QueueError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -546,10 +546,10 @@ async fn build(
             if !changes.is_empty() {
                 return Err(invalid("set", "probe jobs have nothing to edit"));
             }
-            let Some((priority, provider, tenant)) = crm_queue::job::parse_lane_id(&row.lane) else {
+            let Some(labels) = crm_queue::job::parse_lane_id(&row.lane) else {
                 return Ok(Err(format!("lane {:?} is unreadable", row.lane)));
             };
-            Ok(Ok(NewJob::new("probe", Lane::new(provider, tenant, priority), row.payload.clone())
+            Ok(Ok(NewJob::new("probe", labels.to_lane(), row.payload.clone())
                 .with_id(new_id)
                 .max_attempts(max)))
         }

@@ -1,7 +1,10 @@
 //! How crm-fleet jobs map onto queue lanes and budgets — the one place that names them, so
 //! producers (scheduler, API, replay) and the limits machinery agree.
 //!
-//! A job's lane is (priority, provider, tenant): actions are `High`, syncs `Normal`. Its budgets:
+//! A job's lane is (priority, provider, connection, tenant): actions are `High`, syncs `Normal`.
+//! The connection is the lane's partition because a lane's jobs must share budgets (see
+//! `crm_queue::job`), and a connection's account rate and pauses are its own: a tenant with two
+//! accounts at one CRM has a lane (and a fairness share) for each. Its budgets:
 //!
 //! | Budget | Meaning | Set by |
 //! |---|---|---|
@@ -87,6 +90,7 @@ pub mod budget {
 /// The lane of a job for `target`.
 pub fn lane(target: &Target, priority: Priority) -> Lane {
     Lane::new(target.provider.as_str(), &target.tenant, priority)
+        .partition(target.connection.to_string())
         .budget(budget::breaker(target.provider))
         .budget(budget::connection_pause(target.connection))
         .budget(budget::account_pause(target.provider, &target.account))

@@ -38,7 +38,7 @@ impl PgDeadLetters {
     /// Records a dead job. Returns the dead letter's id, or `None` when it was already recorded.
     pub async fn record(&self, job: &DyingJob) -> Result<Option<Uuid>, QueueError> {
         let (priority, provider, tenant) = parse_lane_id(&job.lane)
-            .map(|(p, prov, ten)| (p, prov.to_owned(), ten.to_owned()))
+            .map(|l| (l.priority, l.provider.to_owned(), l.tenant.to_owned()))
             .unwrap_or((Priority::Normal, String::new(), String::new()));
         let last = job.history.last();
         let payload_json: Option<serde_json::Value> = serde_json::from_slice(&job.payload).ok();

@@ -1,9 +1,15 @@
 //! What goes into the queue and what comes out of it.
 //!
-//! A job belongs to a [`Lane`]: (queue, provider, tenant, priority). Ready jobs wait in their
-//! lane; fetch serves lanes in weighted round-robin and admits a job only if every budget its
-//! lane names has room. The queue treats provider and tenant as opaque labels: it knows nothing
-//! of CRMs.
+//! A job belongs to a [`Lane`]: (priority, provider, partition, tenant). Ready jobs wait in
+//! their lane; fetch serves lanes in weighted round-robin and admits a job only if every budget
+//! its lane names has room. The queue treats provider, partition and tenant as opaque labels: it
+//! knows nothing of CRMs.
+//!
+//! Invariant: **all jobs of one lane need the same budgets.** Admission reads the budgets from
+//! the lane, not from the job (that is what lets a blocked lane wait as one entry), and a push
+//! rewrites them. So producers whose jobs of one (provider, tenant) need different budgets (a
+//! tenant with two accounts at one CRM, each with its own rate and pauses) give them different
+//! partitions; otherwise one account's jobs would be admitted against the other's budgets.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,6 +79,11 @@ pub struct Lane {
     pub provider: String,
     /// Tenant label (opaque to the queue).
     pub tenant: String,
+    /// What separates lanes of one (provider, tenant) whose jobs need different budgets, such
+    /// as a connection (opaque to the queue; no `:`, `/` or whitespace). Each lane is its own
+    /// fairness share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
     /// Scheduling class.
     pub priority: Priority,
     /// Budgets a job of this lane must get before it runs. `c:<name>` is a concurrency budget
@@ -89,10 +100,17 @@ impl Lane {
         Self {
             provider: provider.into(),
             tenant: tenant.into(),
+            partition: None,
             priority,
             budgets: Vec::new(),
             weight_key: None,
         }
+    }
+
+    /// Sets the partition (see [`Lane::partition`]).
+    pub fn partition(mut self, key: impl Into<String>) -> Self {
+        self.partition = Some(key.into());
+        self
     }
 
     /// Adds a budget.
@@ -107,9 +125,14 @@ impl Lane {
         self
     }
 
-    /// The lane's id in Redis: `<class>:<provider>:<tenant>`.
+    /// The lane's id in Redis: `<class>:<provider>:<tenant>`, or
+    /// `<class>:<provider>/<partition>:<tenant>` with a partition. The tenant comes last because
+    /// it alone may contain `:`.
     pub fn id(&self) -> String {
-        format!("{}:{}:{}", self.priority.class(), self.provider, self.tenant)
+        match &self.partition {
+            None => format!("{}:{}:{}", self.priority.class(), self.provider, self.tenant),
+            Some(p) => format!("{}:{}/{}:{}", self.priority.class(), self.provider, p, self.tenant),
+        }
     }
 
     pub(crate) fn class(&self) -> &'static str {
@@ -117,10 +140,23 @@ impl Lane {
     }
 
     pub(crate) fn validate(&self) -> Result<(), QueueError> {
-        if self.provider.is_empty() || self.provider.contains([':', ' ']) {
+        if self.provider.is_empty()
+            || self.provider.contains([':', '/'])
+            || self.provider.chars().any(char::is_whitespace)
+        {
             return Err(QueueError::InvalidJob {
                 field: "lane.provider",
-                reason: format!("{:?} must be non-empty without ':' or spaces", self.provider),
+                reason: format!("{:?} must be non-empty without ':', '/' or whitespace", self.provider),
+            });
+        }
+        if let Some(p) = self
+            .partition
+            .as_ref()
+            .filter(|p| p.is_empty() || p.contains([':', '/']) || p.chars().any(char::is_whitespace))
+        {
+            return Err(QueueError::InvalidJob {
+                field: "lane.partition",
+                reason: format!("{p:?} must be non-empty without ':', '/' or whitespace"),
             });
         }
         if self.tenant.is_empty() || self.tenant.chars().any(char::is_whitespace) {
@@ -139,15 +175,45 @@ impl Lane {
     }
 }
 
-/// Splits a lane id back into (priority, provider, tenant).
-pub fn parse_lane_id(id: &str) -> Option<(Priority, &str, &str)> {
+/// A lane id split back into its labels (see [`Lane::id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneLabels<'a> {
+    /// Scheduling class.
+    pub priority: Priority,
+    /// Provider label.
+    pub provider: &'a str,
+    /// Partition, if the lane has one.
+    pub partition: Option<&'a str>,
+    /// Tenant label.
+    pub tenant: &'a str,
+}
+
+impl LaneLabels<'_> {
+    /// A lane with these labels and the given budgets (none here: budgets are not in the id).
+    pub fn to_lane(&self) -> Lane {
+        let lane = Lane::new(self.provider, self.tenant, self.priority);
+        match self.partition {
+            Some(p) => lane.partition(p),
+            None => lane,
+        }
+    }
+}
+
+/// Splits a lane id back into its labels; `None` when it is not one [`Lane::id`] makes.
+pub fn parse_lane_id(id: &str) -> Option<LaneLabels<'_>> {
     let mut parts = id.splitn(3, ':');
     let priority = match parts.next()? {
         "0" => Priority::High,
         "1" => Priority::Normal,
         _ => return None,
     };
-    Some((priority, parts.next()?, parts.next()?))
+    let labels = parts.next()?;
+    let tenant = parts.next()?;
+    let (provider, partition) = match labels.split_once('/') {
+        Some((provider, partition)) => (provider, Some(partition)),
+        None => (labels, None),
+    };
+    Some(LaneLabels { priority, provider, partition, tenant })
 }
 
 /// Free-form string metadata carried with a job (trace context, idempotency key, …).

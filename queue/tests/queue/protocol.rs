@@ -322,6 +322,68 @@ async fn a_paused_budget_sleeps_its_lanes_until_the_pause_ends() {
 }
 
 #[tokio::test]
+async fn partitions_of_one_tenant_keep_their_own_budgets() {
+    // One tenant, two accounts at one provider: account 1 is paused, account 2 is not. Pushed
+    // in that order, account 1's job must still wait on account 1's pause (a lane keyed by
+    // tenant alone would carry the last push's budgets and admit it).
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let a = Lane::new("hubspot", "t:1", Priority::Normal).partition("conn-a").budget("x:account:hubspot:1");
+    let b = Lane::new("hubspot", "t:1", Priority::Normal).partition("conn-b").budget("x:account:hubspot:2");
+    assert_ne!(a.id(), b.id());
+    q.pause("x:account:hubspot:1", Duration::from_secs(30)).await.expect("pause");
+    let paused = q.push(NewJob::new("noop", a.clone(), b"{}".to_vec())).await.expect("push a").id();
+    let free = q.push(NewJob::new("noop", b.clone(), b"{}".to_vec())).await.expect("push b").id();
+
+    let fetched = q.fetch("w", 10).await.expect("fetch");
+    let ids: Vec<_> = fetched.iter().map(|j| j.lease.job).collect();
+    assert_eq!(ids, vec![free], "only the unpaused account's job is admitted");
+    assert_eq!(fetched[0].lane, b.id());
+    assert_eq!(q.stats().await.expect("stats").sleeping_lanes, 1, "the paused account's lane sleeps");
+    assert_eq!(q.job(paused).await.expect("job").expect("live").state, "ready");
+
+    q.pause("x:account:hubspot:1", Duration::ZERO).await.expect("resume");
+    eventually(Duration::from_secs(3), "the resumed account's job is admitted", || async {
+        q.promote(100).await.expect("promote");
+        q.fetch("w", 10).await.expect("fetch").iter().any(|j| j.lease.job == paused)
+    })
+    .await;
+}
+
+#[test]
+fn a_lane_id_splits_back_into_its_labels() {
+    use crm_queue::job::parse_lane_id;
+    let plain = Lane::new("hubspot", "acme:eu", Priority::High);
+    let parted = Lane::new("close", "acme:eu", Priority::Normal).partition("0b6c");
+    assert_eq!(plain.id(), "0:hubspot:acme:eu");
+    assert_eq!(parted.id(), "1:close/0b6c:acme:eu");
+    for lane in [plain, parted] {
+        let id = lane.id();
+        let labels = parse_lane_id(&id).expect("parses");
+        assert_eq!(labels.to_lane(), lane, "{id}");
+    }
+    assert!(parse_lane_id("2:hubspot:t").is_none(), "unknown class");
+    assert!(parse_lane_id("1:hubspot").is_none(), "no tenant");
+}
+
+#[tokio::test]
+async fn a_lane_label_that_would_make_its_id_ambiguous_is_refused() {
+    let env = TestEnv::new().await;
+    for (lane, field) in [
+        (Lane::new("hub/spot", "t", Priority::Normal), "lane.provider"),
+        (Lane::new("hubspot", "t", Priority::Normal).partition("a/b"), "lane.partition"),
+        (Lane::new("hubspot", "t", Priority::Normal).partition("a:b"), "lane.partition"),
+        (Lane::new("hubspot", "t", Priority::Normal).partition(""), "lane.partition"),
+    ] {
+        let err = env.queue.push(NewJob::new("noop", lane, vec![])).await.expect_err("refused");
+        assert!(
+            matches!(err, crm_queue::QueueError::InvalidJob { field: f, .. } if f == field),
+            "{field}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_rate_budget_admits_at_its_rate() {
     let env = TestEnv::new().await;
     let q = &env.queue;

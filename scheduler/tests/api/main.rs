@@ -142,6 +142,51 @@ async fn one_idempotency_key_posted_ten_times_concurrently_makes_one_job() {
     );
 }
 
+/// A tenant with two HubSpot portals: a throttle pause of one portal holds back that portal's
+/// actions only, whichever was enqueued last (each connection has its own lane and budgets).
+#[tokio::test]
+async fn a_paused_account_holds_back_its_own_actions_not_the_other_accounts_of_its_tenant() {
+    let app = spawn_app().await;
+    let store = Store::new(app.db.pool.clone(), app.keys.clone());
+    let first: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM connections WHERE tenant_id = 'acme' AND provider = 'hubspot'")
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("first connection");
+    let second = store
+        .save_key(
+            "acme",
+            Provider::Hubspot,
+            AuthKind::StaticToken,
+            &SecretString::from("pat-na1-y".to_owned()),
+            "http://127.0.0.1:9",
+            "2",
+        )
+        .await
+        .expect("second connection")
+        .id;
+    app.queue
+        .pause(
+            &crm_jobs::enqueue::budget::account_pause(Provider::Hubspot, "1"),
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .expect("pause portal 1");
+    let mut jobs = Vec::new();
+    for (key, connection) in [("on-1", first), ("on-2", second)] {
+        let mut body = task(key);
+        body["connection_id"] = json!(connection);
+        let (status, body) = app.post_action(Some(key), body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        jobs.push(body["job_id"].as_str().expect("id").to_owned());
+    }
+    let fetched = app.queue.fetch("test", 10).await.expect("fetch");
+    let ids: Vec<String> = fetched.iter().map(|j| j.lease.job.to_string()).collect();
+    assert_eq!(ids, vec![jobs[1].clone()], "only portal 2's action is admitted");
+    let stats = app.queue.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.sleeping_lanes), (1, 1), "portal 1's action waits in a sleeping lane");
+}
+
 #[tokio::test]
 async fn every_invalid_request_gets_a_4xx_naming_the_field() {
     let app = spawn_app().await;
