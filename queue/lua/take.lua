@@ -1,15 +1,18 @@
 -- Take one token of a rate budget for a request made inside a running job (fetch admission
 -- takes the first). ARGV: base, budget, then any pause budgets that must also be clear (the
 -- account's throttle pause, the provider's breaker: set after this job was admitted, they
--- must still stop its next request). Returns 0 when taken, else the ms to wait (nothing
--- taken). A budget in force in `paused` (the rate budget itself or one named) answers its
--- remaining pause.
+-- must still stop its next request). Returns 0 when taken, the ms to wait for the rate
+-- budget (positive; nothing taken), or minus the ms left of a pause in force (the rate budget
+-- itself or one named; the longest if several): a paused job should go back to its lane, which
+-- sleeps on the pause and wakes when it is lifted, early or not.
 local b = ARGV[2]
 local now = now_ms()
+local paused = 0
 for i = 2, #ARGV do
   local untl = tonumber(redis.call('HGET', base .. 'paused', ARGV[i]) or '0')
-  if untl > now then return math.ceil(untl - now) end
+  if untl - now > paused then paused = untl - now end
 end
+if paused > 0 then return -math.ceil(paused) end
 local spec = lookup(b)
 if not spec then return 0 end
 local t, burst = gcra(spec)

@@ -42,6 +42,18 @@ struct Inner {
     config: QueueConfig,
 }
 
+/// What an in-job token request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InJobToken {
+    /// A token was taken (or the budget has no limit): go.
+    Taken,
+    /// The rate budget has no token yet: wait this long (nothing taken).
+    Wait(Duration),
+    /// A pause is in force for this long (nothing taken): the job should go back to its lane,
+    /// which sleeps on the pause and wakes when it ends or is lifted.
+    Paused(Duration),
+}
+
 /// A budget's limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -617,24 +629,31 @@ impl Queue {
     /// Takes one token of a rate budget (or checks a pause) for a request inside a running job.
     /// `None`: go ahead; `Some(wait)`: nothing taken, try again after `wait`.
     pub async fn take_token(&self, budget: &str) -> Result<Option<Duration>, QueueError> {
-        self.take_token_unless_paused(budget, &[]).await
+        Ok(match self.take_token_unless_paused(budget, &[]).await? {
+            InJobToken::Taken => None,
+            InJobToken::Wait(d) | InJobToken::Paused(d) => Some(d),
+        })
     }
 
     /// As [`Queue::take_token`], but first checks that none of `pauses` is in force (a pause set
     /// after the job was admitted, e.g. the account's throttle pause): while one is, nothing is
-    /// taken and the remaining pause comes back as the wait. A pause budget as `budget`, with no
-    /// limit of its own, makes this a pure check.
+    /// taken and the answer is [`InJobToken::Paused`]. A pause budget as `budget`, with no limit
+    /// of its own, makes this a pure check.
     pub async fn take_token_unless_paused(
         &self,
         budget: &str,
         pauses: &[&str],
-    ) -> Result<Option<Duration>, QueueError> {
+    ) -> Result<InJobToken, QueueError> {
         let mut args = Vec::with_capacity(1 + pauses.len());
         args.push(budget.as_bytes().to_vec());
         args.extend(pauses.iter().map(|p| p.as_bytes().to_vec()));
         let reply = self.run(&self.inner.scripts.take, args).await?;
-        let wait = reply::int(&reply);
-        Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
+        let ms = reply::int(&reply);
+        Ok(match ms {
+            0 => InJobToken::Taken,
+            ms if ms > 0 => InJobToken::Wait(Duration::from_millis(ms as u64)),
+            ms => InJobToken::Paused(Duration::from_millis(ms.unsigned_abs())),
+        })
     }
 
     /// Current pauses: budget → end (ms since the epoch).

@@ -35,7 +35,7 @@ pub mod retry;
 mod scripts;
 
 pub use backend::{JobHandle, RedisBackend};
-pub use client::{JobInfo, Limit, Queue, QueueStats, ReapReport};
+pub use client::{InJobToken, JobInfo, Limit, Queue, QueueStats, ReapReport};
 pub use config::QueueConfig;
 pub use conn::{RedisConn, RedisTarget};
 pub use consumer::{Completion, Consumer, ConsumerConfig, worker_id};

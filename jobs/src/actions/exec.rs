@@ -96,18 +96,19 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
 
     // A throttle seen by any worker since this job was admitted paused the account (or the
     // breaker opened): wait it out instead of sending into it. Nothing is recorded and no
-    // attempt is spent.
+    // attempt is spent. (The pause budget has no limit of its own: this takes nothing.)
     let account = crate::enqueue::budget::account_pause(target.provider, &target.account);
     let breaker = crate::enqueue::budget::breaker(target.provider);
     match ctx.queue.take_token_unless_paused(&account, &[&breaker]).await {
-        Ok(None) => {}
-        Ok(Some(wait)) => {
+        // Back to the head of its lane, which sleeps on the pause (and wakes when it is lifted).
+        Ok(crm_queue::InJobToken::Paused(_)) => {
             return Err(JobError::defer(
-                wait,
+                Duration::ZERO,
                 "paused",
-                "provider account paused since this job was admitted",
+                "provider account or provider paused since this job was admitted",
             ));
         }
+        Ok(_) => {}
         Err(e) => return Err(JobError::transient("queue", e.to_string())),
     }
 

@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use crm_queue::JobError;
+use crm_queue::{InJobToken, JobError};
 use uuid::Uuid;
 
 use super::store::PageCounts;
@@ -303,22 +303,30 @@ async fn new_run(
 
 /// Takes a rate token for the next request, sleeping briefly or deferring the job. A pause of
 /// the account (a throttle seen by any worker since this job was admitted) or of the provider
-/// (its circuit breaker) stops the request the same way, without taking a token.
+/// (its circuit breaker) stops the request without taking a token: the job goes back to the
+/// head of its lane, which sleeps on the pause and wakes when it ends or an operator lifts it.
 async fn wait_for_token(ctx: &JobContext, target: &Target, rate: &str) -> Result<(), JobError> {
     let account = budget::account_pause(target.provider, &target.account);
     let breaker = budget::breaker(target.provider);
     loop {
         match ctx.queue.take_token_unless_paused(rate, &[&account, &breaker]).await {
-            Ok(None) => return Ok(()),
-            Ok(Some(wait)) if wait <= MAX_INLINE_WAIT => {
+            Ok(InJobToken::Taken) => return Ok(()),
+            Ok(InJobToken::Wait(wait)) if wait <= MAX_INLINE_WAIT => {
                 metrics::histogram!("crm_fleet_limiter_wait_seconds").record(wait.as_secs_f64());
                 tokio::time::sleep(wait).await;
             }
-            Ok(Some(wait)) => {
+            Ok(InJobToken::Wait(wait)) => {
                 return Err(JobError::defer(
                     wait,
                     "rate_limited",
-                    "provider account paused or its rate budget exhausted; resumes from the cursor",
+                    "account rate budget exhausted; resumes from the cursor",
+                ));
+            }
+            Ok(InJobToken::Paused(_)) => {
+                return Err(JobError::defer(
+                    Duration::ZERO,
+                    "paused",
+                    "provider account or provider paused since this job was admitted; resumes from the cursor",
                 ));
             }
             Err(e) => return Err(JobError::transient("queue", e.to_string())),

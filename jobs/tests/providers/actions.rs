@@ -210,8 +210,9 @@ async fn an_action_admitted_before_a_pause_waits_it_out_without_sending() {
     a.ctx.queue.pause(&pause, Duration::from_secs(30)).await.expect("pause");
     let before = a.env.control.get(&format!("hubspot/accounts/{HUB}/counters")).await["requests"].as_u64();
     let err = a.run(id, 1).await.expect_err("deferred");
-    assert!(
-        matches!(err.kind, FailureKind::Defer(d) if d > Duration::from_secs(25)) && err.class == "paused",
+    assert_eq!(
+        (err.kind.clone(), err.class.as_str()),
+        (FailureKind::Defer(Duration::ZERO), "paused"),
         "{err:?}"
     );
     let after = a.env.control.get(&format!("hubspot/accounts/{HUB}/counters")).await["requests"].as_u64();
@@ -219,6 +220,53 @@ async fn an_action_admitted_before_a_pause_waits_it_out_without_sending() {
     assert!(a.row(id).await.intent_at.is_none(), "no intent recorded");
     a.ctx.queue.pause(&pause, Duration::ZERO).await.expect("lift");
     a.run(id, 1).await.expect("runs after the pause");
+    assert_eq!(a.row(id).await.state, "succeeded");
+}
+
+/// The pause above, through the queue, for a tenant with a second HubSpot portal whose job was
+/// pushed last: the stopped job goes back to its own lane, which sleeps on its own portal's
+/// pause (a lane shared by both portals named only the last push's budgets, so the job was
+/// admitted again at once, in a loop), and runs as soon as the pause is lifted.
+#[tokio::test]
+async fn a_paused_action_waits_in_its_own_lane_though_its_tenant_has_another_portal() {
+    let a = setup().await;
+    // The second portal is never called: its token is sealed with a key of its own.
+    let keys = Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key"));
+    let other = Store::new(a.db.pool.clone(), keys)
+        .save_key(
+            "acme",
+            Provider::Hubspot,
+            AuthKind::StaticToken,
+            &SecretString::from("pat-other".to_owned()),
+            "http://127.0.0.1:9",
+            "20000002",
+        )
+        .await
+        .expect("second portal")
+        .id;
+    let id = a.new_action("k-lane", "create_task", json!({"subject": "Own lane"})).await;
+    let q = &a.ctx.queue;
+    for (connection, action) in [(a.connection, id), (other, Uuid::now_v7())] {
+        let target = crm_jobs::enqueue::target(&a.db.pool, connection).await.expect("db").expect("target");
+        q.push(crm_jobs::enqueue::action_job(&target, action, 10).expect("job")).await.expect("push");
+    }
+    let leased = q.fetch("w", 10).await.expect("fetch");
+    assert_eq!(leased.len(), 2, "both admitted before the pause");
+    let mine = leased.iter().find(|j| j.lease.job.0 == id).expect("this portal's job");
+
+    let pause = crm_jobs::enqueue::budget::account_pause(Provider::Hubspot, HUB);
+    q.pause(&pause, Duration::from_secs(3600)).await.expect("pause");
+    let err = a.run(id, mine.attempt).await.expect_err("deferred");
+    assert_eq!(err.kind, FailureKind::Defer(Duration::ZERO), "{err:?}");
+    assert!(q.retry(&mine.lease, Duration::ZERO, None, true, true).await.expect("defer"));
+    assert!(q.fetch("w", 10).await.expect("fetch").is_empty(), "not admitted again while paused");
+    assert_eq!(q.stats().await.expect("stats").sleeping_lanes, 1);
+
+    q.pause(&pause, Duration::ZERO).await.expect("lift");
+    let again = q.fetch("w", 10).await.expect("fetch");
+    assert_eq!(again.iter().map(|j| j.lease.job.0).collect::<Vec<_>>(), vec![id], "back at once");
+    assert_eq!(again[0].attempt, mine.attempt, "the deferral spent no attempt");
+    a.run(id, again[0].attempt).await.expect("runs after the pause");
     assert_eq!(a.row(id).await.state, "succeeded");
 }
 

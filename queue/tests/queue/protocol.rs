@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crm_queue::{AttemptRecord, DeadReason, Lane, Limit, NewJob, Priority, PushOutcome};
+use crm_queue::{AttemptRecord, DeadReason, InJobToken, Lane, Limit, NewJob, Priority, PushOutcome};
 
 use crate::support::{TestEnv, eventually};
 
@@ -321,6 +321,30 @@ async fn a_paused_budget_sleeps_its_lanes_until_the_pause_ends() {
     assert_eq!(j[0].attempt, 1, "waiting on a pause spends no attempt");
 }
 
+/// A job running when its account is paused goes back to the head of its lane (what the
+/// workers do with an in-job `InJobToken::Paused`: defer 0, refunded, front): the lane sleeps
+/// on the pause, and an operator who lifts it early (`crmctl limits resume`, a pause of 0)
+/// gets the job running at once, not when the original pause would have ended.
+#[tokio::test]
+async fn a_job_sent_back_by_a_pause_runs_as_soon_as_the_pause_is_lifted() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let pause = "x:account:hubspot:43";
+    let l = Lane::new("hubspot", "t1", Priority::Normal).budget(pause);
+    q.push(NewJob::new("noop", l, b"{}".to_vec())).await.expect("push");
+    let job = q.fetch("w", 1).await.expect("fetch").pop().expect("admitted before the pause");
+    q.pause(pause, Duration::from_secs(3600)).await.expect("pause");
+    let got = q.take_token_unless_paused(pause, &[]).await.expect("take");
+    assert!(matches!(got, InJobToken::Paused(d) if d > Duration::from_secs(3500)), "{got:?}");
+    assert!(q.retry(&job.lease, Duration::ZERO, None, true, true).await.expect("retry"));
+    assert!(q.fetch("w", 1).await.expect("fetch").is_empty(), "the lane sleeps on the pause");
+    assert_eq!(q.stats().await.expect("stats").sleeping_lanes, 1);
+    q.pause(pause, Duration::ZERO).await.expect("lift the pause");
+    let again = q.fetch("w", 1).await.expect("fetch");
+    assert_eq!(again.len(), 1, "runs as soon as the pause is lifted");
+    assert_eq!(again[0].attempt, 1, "the paused attempt was refunded");
+}
+
 #[tokio::test]
 async fn partitions_of_one_tenant_keep_their_own_budgets() {
     // One tenant, two accounts at one provider: account 1 is paused, account 2 is not. Pushed
@@ -623,21 +647,18 @@ async fn in_job_requests_take_rate_tokens_and_respect_pauses() {
     q.pause("x:account:hubspot:9", Duration::from_secs(30)).await.expect("pause");
     let wait = q.take_token("x:account:hubspot:9").await.expect("take").expect("paused");
     assert!(wait > Duration::from_secs(29), "{wait:?}");
-    // A pause named beside a rate budget stops the request and takes nothing from the budget.
+    // A pause named beside a rate budget stops the request and takes nothing from the budget;
+    // the longest pause in force answers, as a pause (not a rate wait).
     let other = "r:account:hubspot:10";
     q.set_limit(other, Limit::Rate { count: 1, per: Duration::from_secs(10), burst: 1 })
         .await
         .expect("limit");
-    let wait = q
-        .take_token_unless_paused(other, &["x:provider:close", "x:account:hubspot:9"])
-        .await
-        .expect("take")
-        .expect("paused");
-    assert!(wait > Duration::from_secs(29), "the named pause answers: {wait:?}");
-    assert_eq!(
-        q.take_token_unless_paused(other, &["x:provider:close"]).await.expect("take"),
-        None,
-        "untouched"
-    );
-    assert!(q.take_token(other).await.expect("take").is_some(), "and now spent");
+    q.pause("x:provider:close", Duration::from_secs(5)).await.expect("pause");
+    let got =
+        q.take_token_unless_paused(other, &["x:provider:close", "x:account:hubspot:9"]).await.expect("take");
+    assert!(matches!(got, InJobToken::Paused(d) if d > Duration::from_secs(29)), "{got:?}");
+    let got = q.take_token_unless_paused(other, &["x:provider:pipedrive"]).await.expect("take");
+    assert_eq!(got, InJobToken::Taken, "untouched until then");
+    let got = q.take_token_unless_paused(other, &[]).await.expect("take");
+    assert!(matches!(got, InJobToken::Wait(_)), "and now spent: a rate wait, not a pause: {got:?}");
 }
