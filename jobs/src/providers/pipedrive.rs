@@ -43,12 +43,16 @@
 //! the provider's could stop a scan early and create the object twice — so an object cannot
 //! hide behind newer ones and be taken for absent: past 5,000 such objects the scan answers
 //! `OutcomeUnknown` ("not creating again": the executor dead-letters the job for an operator)
-//! instead of "not found". Residual duplicate risk: person search is eventually consistent (a
-//! person created a moment ago may not be found yet); an object updated while the scan runs
-//! moves to the front, already read, and offset pages of notes shift when one is deleted
-//! mid-scan. An activity is matched by the marker alone, whatever its type now. Without an
-//! age, [`CrmClient::find_by_marker`] scans the 5,000 most recently updated objects and answers
-//! "not found" past them. Updates (`PATCH` with absolute values) are idempotent.
+//! instead of "not found". An object updated while the scan runs moves to the front, already
+//! read, so a scan of more than one page reads the front again, down to where it began, before
+//! it says "not found" (at most two pages; more updated objects than that during one scan make
+//! an age-bounded scan answer `OutcomeUnknown`). Offset pages of notes overlap by 50, so a note
+//! deleted behind the scan does not make the one at a page boundary skipped. Residual duplicate
+//! risk: person search is eventually consistent (a person created a moment ago may not be found
+//! yet), and an object updated during the front re-read itself. An activity is matched by the
+//! marker alone, whatever its type now. Without an age, [`CrmClient::find_by_marker`] scans the
+//! 5,000 most recently updated objects (with the same re-read) and answers "not found" past
+//! them. Updates (`PATCH` with absolute values) are idempotent.
 //!
 //! The marker field is not part of [`Auth`], so the client looks it up by name the first time a
 //! credential creates or reconciles (one extra `GET`; again after an OAuth refresh, since the cache
@@ -93,6 +97,12 @@ const MARKER_SCAN_PAGES: usize = 10;
 /// unbounded scan: the pages take no rate token of their own, and a scan throttled half-way
 /// would start again from the top.
 const MARKER_SCAN_PAGES_WITHIN: usize = 10;
+/// Notes a marker scan's offset pages share with the page before (see `marker_page`).
+const MARKER_SCAN_OVERLAP: usize = 50;
+/// Pages a marker scan may read again from the top, for objects updated while it ran (those
+/// move to the front, already read). More than that many updated during one scan: an
+/// age-bounded scan answers "outcome unknown".
+const MARKER_RECHECK_PAGES: usize = 2;
 /// Pipedrive's burst window, the wait when a 429 names none.
 const BURST_WINDOW: Duration = Duration::from_secs(2);
 /// How long to stay away after the Cloudflare abuse page ("stop hammering").
@@ -1008,7 +1018,7 @@ impl PipedriveClient {
         let mut scan = AgeBound::new(age);
         let inconclusive = |what: &str| ProviderError::OutcomeUnknown {
             message: format!(
-                "reconciliation scanned {} {what} without passing the action's age; not creating again",
+                "reconciliation scanned up to {} {what} without passing the action's age; not creating again",
                 pages * MARKER_SCAN
             ),
         };
@@ -1034,76 +1044,157 @@ impl PipedriveClient {
                     .and_then(|h| h.get("item").and_then(id_of));
                 Ok(found(id, q))
             }
-            ActionObject::Task | ActionObject::Call => {
-                let key = self.marker_key(auth, Entity::Activities).await?;
-                let mut cursor: Option<String> = None;
-                let mut last = None;
-                for _ in 0..pages {
-                    let mut path = format!(
-                        "/api/v2/activities?sort_by=update_time&sort_direction=desc&limit={MARKER_SCAN}"
-                    );
-                    if let Some(c) = &cursor {
-                        path.push_str(&format!("&cursor={}", enc(c)));
-                    }
-                    let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
-                    let items = data_array(&v);
-                    let passed = scan.passed(&items);
-                    // The marker alone decides (it is the action's id): an activity whose type
-                    // someone changed since ("task" to "meeting") is still the one created.
-                    let id = items
-                        .iter()
-                        .find(|a| {
-                            a.pointer(&format!("/custom_fields/{key}")).and_then(Value::as_str)
-                                == Some(marker)
-                        })
-                        .and_then(id_of);
-                    cursor = v
-                        .pointer("/additional_data/next_cursor")
-                        .and_then(Value::as_str)
-                        .filter(|c| !c.is_empty())
-                        .map(str::to_owned);
-                    if id.is_some() || cursor.is_none() || passed {
-                        return Ok(found(id, q));
-                    }
-                    last = q;
-                }
-                match age {
-                    Some(_) => Err(inconclusive("activities")),
-                    None => Ok(found(None, last)),
-                }
-            }
-            ActionObject::Note => {
-                let key = self.marker_key(auth, Entity::Notes).await?;
-                let mut last = None;
-                for page in 0..pages {
-                    let path = format!(
-                        "/v1/notes?start={}&limit={MARKER_SCAN}&sort={}",
-                        page * MARKER_SCAN,
-                        enc("update_time DESC")
-                    );
-                    let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
-                    let items = data_array(&v);
-                    let passed = scan.passed(&items);
-                    let id = items
-                        .iter()
-                        .find(|n| n.get(&key).and_then(Value::as_str) == Some(marker))
-                        .and_then(id_of);
-                    let more = v
-                        .pointer("/additional_data/pagination/more_items_in_collection")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    if id.is_some() || !more || passed {
-                        return Ok(found(id, q));
-                    }
-                    last = q;
-                }
-                match age {
-                    Some(_) => Err(inconclusive("notes")),
-                    None => Ok(found(None, last)),
+            ActionObject::Task | ActionObject::Call | ActionObject::Note => {
+                let (entity, what) = match kind {
+                    ActionObject::Note => (Entity::Notes, "notes"),
+                    _ => (Entity::Activities, "activities"),
+                };
+                let key = self.marker_key(auth, entity).await?;
+                // The marker alone decides (it is the action's id): an activity whose type
+                // someone changed since ("task" to "meeting") is still the one created.
+                let marked = |item: &Value| {
+                    let value = match entity {
+                        Entity::Notes => item.get(&key),
+                        _ => item.pointer(&format!("/custom_fields/{key}")),
+                    };
+                    value.and_then(Value::as_str) == Some(marker)
+                };
+                // The scan, newest update first, until it passes the action's age.
+                let (mut top, mut read) = (None, 0);
+                let first = self
+                    .scan_pages(auth, entity, pages, &marked, |items| {
+                        top = top.or_else(|| newest(items));
+                        read += 1;
+                        scan.passed(items)
+                    })
+                    .await?;
+                let (ended, quota) = match first {
+                    ScanEnd::Found(id, quota) => return Ok(found(Some(id), quota)),
+                    ScanEnd::Ended(quota) => (true, quota),
+                    ScanEnd::OutOfPages(quota) => (false, quota),
+                };
+                // An object updated while the scan ran moved to the front, already read: read
+                // the front again down to where the scan began (usually one page). Not needed
+                // after a one-page scan (one answer) or an empty first page (nothing to move).
+                let Some(top) = top.filter(|_| read > 1) else {
+                    return match (ended, age) {
+                        (false, Some(_)) => Err(inconclusive(what)),
+                        _ => Ok(found(None, quota)),
+                    };
+                };
+                let again = self
+                    .scan_pages(auth, entity, MARKER_RECHECK_PAGES, &marked, |items| {
+                        times(items).any(|t| t < top)
+                    })
+                    .await?;
+                match again {
+                    ScanEnd::Found(id, quota) => Ok(found(Some(id), quota)),
+                    ScanEnd::Ended(quota) if ended || age.is_none() => Ok(found(None, quota)),
+                    ScanEnd::OutOfPages(quota) if age.is_none() => Ok(found(None, quota)),
+                    _ => Err(inconclusive(what)),
                 }
             }
         }
     }
+
+    /// Reads a marker scan from the top, at most `pages` pages, until an item is `marked`, a
+    /// page makes `stop` true, or the listing ends.
+    async fn scan_pages(
+        &self,
+        auth: &Auth,
+        entity: Entity,
+        pages: usize,
+        marked: &impl Fn(&Value) -> bool,
+        mut stop: impl FnMut(&[Value]) -> bool,
+    ) -> Result<ScanEnd, ProviderError> {
+        let mut from = ScanFrom::Top;
+        let mut quota = None;
+        for _ in 0..pages {
+            let page = self.marker_page(auth, entity, &from).await?;
+            if let Some(id) = page.items.iter().find(|i| marked(i)).and_then(id_of) {
+                return Ok(ScanEnd::Found(id, page.quota));
+            }
+            quota = page.quota;
+            let stopped = stop(&page.items);
+            match page.next {
+                Some(next) if !stopped => from = next,
+                _ => return Ok(ScanEnd::Ended(quota)),
+            }
+        }
+        Ok(ScanEnd::OutOfPages(quota))
+    }
+
+    /// One page of a marker scan of activities (v2, keyset cursor) or notes (v1, offsets).
+    /// Note pages overlap by [`MARKER_SCAN_OVERLAP`]: a note deleted behind the scan shifts the
+    /// unread ones forward, and the overlap keeps the one at a page boundary from being skipped.
+    async fn marker_page(
+        &self,
+        auth: &Auth,
+        entity: Entity,
+        from: &ScanFrom,
+    ) -> Result<ScanPage, ProviderError> {
+        match entity {
+            Entity::Notes => {
+                let start = match from {
+                    ScanFrom::Offset(n) => *n,
+                    _ => 0,
+                };
+                let path =
+                    format!("/v1/notes?start={start}&limit={MARKER_SCAN}&sort={}", enc("update_time DESC"));
+                let (v, quota) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
+                let more = v
+                    .pointer("/additional_data/pagination/more_items_in_collection")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let next = more.then_some(ScanFrom::Offset(start + MARKER_SCAN - MARKER_SCAN_OVERLAP));
+                Ok(ScanPage { items: data_array(&v), next, quota })
+            }
+            _ => {
+                let mut path =
+                    format!("/api/v2/activities?sort_by=update_time&sort_direction=desc&limit={MARKER_SCAN}");
+                if let ScanFrom::Cursor(c) = from {
+                    path.push_str(&format!("&cursor={}", enc(c)));
+                }
+                let (v, quota) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
+                let next = v
+                    .pointer("/additional_data/next_cursor")
+                    .and_then(Value::as_str)
+                    .filter(|c| !c.is_empty())
+                    .map(|c| ScanFrom::Cursor(c.to_owned()));
+                Ok(ScanPage { items: data_array(&v), next, quota })
+            }
+        }
+    }
+}
+
+/// Where the next page of a marker scan starts.
+enum ScanFrom {
+    Top,
+    Cursor(String),
+    Offset(usize),
+}
+
+/// How a marker scan ended: the marked object's id, the listing or the scan's bound reached,
+/// or its pages used up first (each with the last page's quota observation).
+enum ScanEnd {
+    Found(String, Option<QuotaObservation>),
+    Ended(Option<QuotaObservation>),
+    OutOfPages(Option<QuotaObservation>),
+}
+
+/// One page of a marker scan.
+struct ScanPage {
+    items: Vec<Value>,
+    next: Option<ScanFrom>,
+    quota: Option<QuotaObservation>,
+}
+
+fn times(page: &[Value]) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+    page.iter().filter_map(|item| item.get("update_time").and_then(parse_time))
+}
+
+fn newest(page: &[Value]) -> Option<DateTime<Utc>> {
+    times(page).max()
 }
 
 /// How far back an age-bounded marker scan must read, on the provider's clock. The scan reads
@@ -1130,9 +1221,8 @@ impl AgeBound {
     /// Whether `page` (the next page of the scan) reaches past the objects that need reading.
     fn passed(&mut self, page: &[Value]) -> bool {
         let Some(age) = self.age else { return false };
-        let times = || page.iter().filter_map(|item| item.get("update_time").and_then(parse_time));
         if self.oldest_needed.is_none() {
-            let Some(newest) = times().max() else { return false };
+            let Some(newest) = newest(page) else { return false };
             // An age reaching before the calendar's start: read everything.
             self.oldest_needed = Some(
                 newest
@@ -1141,7 +1231,7 @@ impl AgeBound {
                     .unwrap_or(DateTime::<Utc>::MIN_UTC),
             );
         }
-        self.oldest_needed.is_some_and(|bound| times().any(|t| t < bound))
+        self.oldest_needed.is_some_and(|bound| times(page).any(|t| t < bound))
     }
 }
 

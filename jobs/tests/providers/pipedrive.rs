@@ -90,6 +90,18 @@ impl Pd {
     async fn fault(&self, rule: Value) {
         self.ctl().fault("pipedrive", rule).await;
     }
+
+    /// Waits until the first fault rule has matched `n` requests (a latency rule then holds
+    /// the n-th), for at most 3 s.
+    async fn wait_matched(&self, n: u64) {
+        for _ in 0..300 {
+            if self.ctl().get("faults").await["faults"][0]["matched"].as_u64() >= Some(n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the fault rule never matched {n} requests");
+    }
 }
 
 /// Every page of a run from `cursor`, in order.
@@ -469,17 +481,7 @@ async fn a_create_whose_answer_was_lost_is_found_by_its_marker_not_duplicated() 
                 .await
                 .expect_err("the answer is lost"),
             _ => c
-                .create_note(
-                    &auth,
-                    &CreateNote {
-                        body: "hello".into(),
-                        title: None,
-                        contact_id: None,
-                        deal_id: Some("1".into()),
-                        company_id: None,
-                        marker: marker.into(),
-                    },
-                )
+                .create_note(&auth, &crate::support::deal_note("hello", "1", marker))
                 .await
                 .expect_err("the answer is lost"),
         };
@@ -795,14 +797,7 @@ async fn reconciliation_never_takes_a_hidden_object_for_an_absent_one() {
     let auth = pd.auth();
     let task = crate::support::task("Call back", "act-buried");
     let id = c.create_task(&auth, &task).await.expect("create_task").value.id;
-    let note = CreateNote {
-        body: "Buried".into(),
-        title: None,
-        contact_id: None,
-        deal_id: Some("1".into()),
-        company_id: None,
-        marker: "act-buried-note".into(),
-    };
+    let note = crate::support::deal_note("Buried", "1", "act-buried-note");
     let note_id = c.create_note(&auth, &note).await.expect("create_note").value.id;
     let recent = Duration::from_secs(5);
     let objects =
@@ -834,6 +829,117 @@ async fn reconciliation_never_takes_a_hidden_object_for_an_absent_one() {
     let none =
         c.find_by_marker_within(&auth, ActionObject::Task, "act-never", recent).await.expect("scan").value;
     assert_eq!(none, None);
+}
+
+/// A marked activity or note updated while a reconciliation scan runs moves to the front of
+/// the listing, behind the scan (activities page by keyset cursor, notes by offset): the scan
+/// reads the front again before it answers "not found". The scan's second page is held back
+/// by a latency fault until the object has been updated, so the race is made to happen.
+#[tokio::test]
+async fn an_object_updated_while_the_scan_runs_is_still_found() {
+    let pd = Pd::start(2).await;
+    pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
+    let c = pd.client();
+    let auth = pd.auth();
+    let task =
+        c.create_task(&auth, &crate::support::task("Moves", "act-moving")).await.expect("task").value.id;
+    let note = crate::support::deal_note("Moves", "1", "act-moving-note");
+    let note = c.create_note(&auth, &note).await.expect("note").value.id;
+    pd.env.control.advance("1m").await;
+    for object in ["activities", "notes"] {
+        pd.ctl()
+            .post(&pd.path("/mutations"), json!({"seed": 5, "creates": 1_200, "objects": [object]}))
+            .await;
+    }
+    let http = reqwest::Client::new();
+    let cases = [
+        (ActionObject::Task, "act-moving", &task, "/api/v2/activities", "PATCH", json!({"subject": "Moved"})),
+        (
+            ActionObject::Note,
+            "act-moving-note",
+            &note,
+            "/v1/notes",
+            "PUT",
+            json!({"content": "Moved", "deal_id": 1}),
+        ),
+    ];
+    for (kind, marker, id, list, method, change) in cases {
+        pd.ctl().clear_faults().await;
+        pd.fault(json!({"method": "GET", "path": list, "after": 1, "times": 1, "action": {"type": "latency", "ms": 3000}}))
+            .await;
+        let scan = c.find_by_marker_within(&auth, kind, marker, Duration::from_secs(3600));
+        let update = async {
+            // Once the second page is held, the object is updated: it moves to the front.
+            pd.wait_matched(2).await;
+            pd.env.control.advance("1m").await;
+            let url = format!("{}{list}/{id}", pd.api_base);
+            let resp = http
+                .request(method.parse().expect("method"), url)
+                .header("x-api-token", &pd.api_token)
+                .json(&change)
+                .send()
+                .await
+                .expect("update");
+            let status = resp.status();
+            assert!(
+                status.is_success(),
+                "{kind:?}: update: {status} {}",
+                resp.text().await.unwrap_or_default()
+            );
+        };
+        let (found, ()) = tokio::join!(scan, update);
+        assert_eq!(
+            found.expect("scan").value.map(|f| f.id).as_ref(),
+            Some(id),
+            "{kind:?}: found after it moved"
+        );
+    }
+}
+
+/// Notes page by offset: a note deleted behind the scan shifts the unread ones forward by one,
+/// so without overlapping pages the note at the next page's first place is skipped. Here the
+/// marked note is the 1,501st newest, the scan's fourth page is held back while a note of the
+/// first page is deleted, and the front re-read stops after two pages (older notes there).
+#[tokio::test]
+async fn a_note_deleted_behind_the_scan_does_not_hide_the_next_one() {
+    let pd = Pd::start(2).await;
+    pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
+    let c = pd.client();
+    let auth = pd.auth();
+    let note = crate::support::deal_note("At a boundary", "1", "act-boundary");
+    let id = c.create_note(&auth, &note).await.expect("note").value.id;
+    for seed in 6..9 {
+        pd.env.control.advance("1m").await;
+        pd.ctl()
+            .post(&pd.path("/mutations"), json!({"seed": seed, "creates": 500, "objects": ["notes"]}))
+            .await;
+    }
+    let http = reqwest::Client::new();
+    let newest: Value = http
+        .get(format!("{}/v1/notes?start=0&limit=1&sort=update_time%20DESC", pd.api_base))
+        .header("x-api-token", &pd.api_token)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let victim = newest["data"][0]["id"].as_u64().expect("newest note");
+    pd.fault(json!({"method": "GET", "path": "/v1/notes", "after": 3, "times": 1, "action": {"type": "latency", "ms": 3000}}))
+        .await;
+    let scan = c.find_by_marker_within(&auth, ActionObject::Note, "act-boundary", Duration::from_secs(3600));
+    let delete = async {
+        pd.wait_matched(4).await;
+        let resp = http
+            .delete(format!("{}/v1/notes/{victim}", pd.api_base))
+            .header("x-api-token", &pd.api_token)
+            .send()
+            .await
+            .expect("delete");
+        assert!(resp.status().is_success(), "delete: {}", resp.status());
+    };
+    let (found, ()) = tokio::join!(scan, delete);
+    assert_eq!(found.expect("scan").value.map(|f| f.id), Some(id), "the note at the boundary is found");
 }
 
 /// The executor's side of an inconclusive reconciliation: a task whose create answer was lost,

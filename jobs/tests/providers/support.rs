@@ -5,7 +5,7 @@
 
 use crm_jobs::auth::{Store, TokenManager};
 use crm_jobs::ops::JobContext;
-use crm_jobs::providers::{Clients, CreateTask, Http};
+use crm_jobs::providers::{Clients, CreateNote, CreateTask, Http};
 use crm_jobs::testing::{REDIS_URL, unique};
 use crm_queue::{Queue, QueueConfig};
 use crm_sandbox::config::ProviderKind;
@@ -59,6 +59,18 @@ pub fn task(subject: &str, marker: &str) -> CreateTask {
         company_id: None,
         priority: None,
         owner_id: None,
+        marker: marker.into(),
+    }
+}
+
+/// A note on a deal, with only a body and a marker.
+pub fn deal_note(body: &str, deal: &str, marker: &str) -> CreateNote {
+    CreateNote {
+        body: body.into(),
+        title: None,
+        contact_id: None,
+        deal_id: Some(deal.into()),
+        company_id: None,
         marker: marker.into(),
     }
 }
