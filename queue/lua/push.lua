@@ -1,9 +1,11 @@
 -- Push n jobs. ARGV[2] = n, then 13 fields per job:
 --   id, type, lane, budgets, weight key, class, payload, max attempts, unique key, delay ms, meta,
---   dedupe key, dedupe ttl ms
+--   dedupe key, dedupe rule: a TTL in ms (`d:<key>` remembered that long) or `@<stamp>` (the key
+--   names a series; `wm` keeps its highest stamp, and a stamp at or below it is a duplicate)
 -- Returns, per job, its id (enqueued) or "dup:<existing id>" (id taken, dedupe key seen within
--- its TTL, or unique key held by a queued or running job).
--- The dedupe key is taken before the unique key is checked, on purpose: it records that this
+-- its TTL or series stamp already reached (the job's own id), or unique key held by a queued or
+-- running job).
+-- The dedupe is taken before the unique key is checked, on purpose: it records that this
 -- push was *decided*, so a retried push of a refused job (a scheduled tick that overlapped a
 -- running sync) is again refused, as a duplicate of itself, instead of running late.
 -- Cost matters here: a scheduler tick pushes one job per tenant, so this loop runs 100,000
@@ -19,12 +21,53 @@ local n = tonumber(ARGV[2])
 if not n or #ARGV ~= 2 + n * 13 then
   return redis.error_reply('push: expected ' .. tostring(ARGV[2]) .. ' jobs of 13 arguments')
 end
+-- Series stamps (`@<stamp>`) are read for the whole call with one HMGET and written back with
+-- one HSET: a scheduler tick's jobs all carry one, so this is per call, not per job.
+local stamps, series = {}, {}
 for i = 0, n - 1 do
   local o = 3 + i * 13
-  local delay, ttl = tonumber(ARGV[o + 9]), tonumber(ARGV[o + 12])
-  if not delay or (ARGV[o + 11] ~= '' and (not ttl or ttl < 1 or ttl ~= math.floor(ttl))) then
-    return redis.error_reply('push: job ' .. (i + 1) .. ' has a malformed delay or dedupe TTL')
+  local delay, key, rule = tonumber(ARGV[o + 9]), ARGV[o + 11], ARGV[o + 12]
+  local ok = delay ~= nil
+  if ok and key ~= '' then
+    local stamp = string.byte(rule, 1) == 64 and tonumber(string.sub(rule, 2))
+    local n_ = stamp or tonumber(rule)
+    ok = n_ ~= nil and n_ == math.floor(n_) and (stamp or n_ >= 1)
+    if stamp and ok then
+      stamps[i] = stamp
+      series[#series + 1] = key
+    end
   end
+  if not ok then
+    return redis.error_reply('push: job ' .. (i + 1) .. ' has a malformed delay or dedupe rule')
+  end
+end
+local marks, moved = {}, {}
+if #series > 0 then
+  local got = redis.call('HMGET', base .. 'wm', unpack(series))
+  for j, key in ipairs(series) do
+    marks[key] = tonumber(got[j])
+  end
+end
+-- Takes job i's dedupe and answers false, or answers true with `seen` set to the id the push
+-- duplicates (its own for a series stamp already reached).
+local seen
+local function seen_before(i, id, key)
+  local stamp = stamps[i]
+  if stamp then
+    local mark = marks[key]
+    if mark and stamp <= mark then
+      seen = id
+      return true
+    end
+    marks[key] = stamp
+    moved[key] = true
+    return false
+  end
+  if redis.call('SET', base .. 'd:' .. key, id, 'NX', 'PX', ARGV[3 + i * 13 + 12]) then
+    return false
+  end
+  seen = redis.call('GET', base .. 'd:' .. key) or id
+  return true
 end
 local now = now_ms()
 local out = {}
@@ -51,12 +94,12 @@ for i = 0, n - 1 do
   local o = 3 + i * 13
   local id, typ, lane, budgets, wk, cls = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
   local payload, maxa, uniq, delay, meta = ARGV[o + 6], ARGV[o + 7], ARGV[o + 8], tonumber(ARGV[o + 9]), ARGV[o + 10]
-  local dedupe, dedupe_ttl = ARGV[o + 11], tonumber(ARGV[o + 12])
+  local dedupe = ARGV[o + 11]
   local jk = jkey(id)
   if redis.call('EXISTS', jk) == 1 then
     out[#out + 1] = 'dup:' .. id
-  elseif dedupe ~= '' and not redis.call('SET', base .. 'd:' .. dedupe, id, 'NX', 'PX', dedupe_ttl) then
-    out[#out + 1] = 'dup:' .. (redis.call('GET', base .. 'd:' .. dedupe) or id)
+  elseif dedupe ~= '' and seen_before(i, id, dedupe) then
+    out[#out + 1] = 'dup:' .. seen
   elseif uniq ~= '' and not redis.call('SET', base .. 'u:' .. uniq, id, 'NX') then
     out[#out + 1] = 'dup:' .. (redis.call('GET', base .. 'u:' .. uniq) or '')
   else
@@ -93,6 +136,14 @@ for i = 0, n - 1 do
 end
 for key, z in pairs(zadds) do
   redis.call('ZADD', key, unpack(z))
+end
+local hset = {}
+for key in pairs(moved) do
+  hset[#hset + 1] = key
+  hset[#hset + 1] = string.format('%.0f', marks[key])
+end
+if #hset > 0 then
+  redis.call('HSET', base .. 'wm', unpack(hset))
 end
 signal(ready)
 return out

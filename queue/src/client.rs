@@ -17,7 +17,7 @@ use redis::aio::ConnectionLike;
 use crate::config::QueueConfig;
 use crate::conn::{RedisConn, RedisTarget};
 use crate::error::QueueError;
-use crate::job::{AttemptRecord, DeadReason, DyingJob, JobId, Lease, LeasedJob, NewJob, PushOutcome};
+use crate::job::{AttemptRecord, DeadReason, Dedupe, DyingJob, JobId, Lease, LeasedJob, NewJob, PushOutcome};
 use crate::keys::Keys;
 use crate::reply;
 use crate::scripts::Scripts;
@@ -223,9 +223,14 @@ impl Queue {
                 } else {
                     serde_json::to_vec(&job.meta).unwrap_or_default()
                 });
-                let (dedupe, ttl) = job.dedupe.clone().unwrap_or_default();
-                args.push(dedupe.into_bytes());
-                args.push(ttl.as_millis().to_string().into_bytes());
+                // The dedupe: a key and its TTL in ms, or a series and `@<stamp>` (push.lua).
+                let (key, rule) = match &job.dedupe {
+                    None => (String::new(), "0".to_owned()),
+                    Some(Dedupe::For { key, ttl }) => (key.clone(), ttl.as_millis().to_string()),
+                    Some(Dedupe::UpTo { key, stamp }) => (key.clone(), format!("@{stamp}")),
+                };
+                args.push(key.into_bytes());
+                args.push(rule.into_bytes());
             }
             self.run(&self.inner.scripts.push, args)
         });
@@ -561,6 +566,25 @@ impl Queue {
         let _: () =
             redis::cmd("HDEL").arg(self.inner.keys.key("limits")).arg(budget).query_async(&mut conn).await?;
         Ok(())
+    }
+
+    /// The highest stamp decided for each of `series` ([`Dedupe::UpTo`]), `None` if none was.
+    pub async fn marks(&self, series: &[String]) -> Result<Vec<Option<i64>>, QueueError> {
+        if series.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.inner.conn.clone();
+        Ok(redis::cmd("HMGET").arg(self.inner.keys.key("wm")).arg(series).query_async(&mut conn).await?)
+    }
+
+    /// Forgets series ([`Dedupe::UpTo`]) that will not be pushed again (a deleted schedule's),
+    /// so their marks do not outlive them. Returns how many were known.
+    pub async fn forget_marks(&self, series: &[String]) -> Result<u64, QueueError> {
+        if series.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.inner.conn.clone();
+        Ok(redis::cmd("HDEL").arg(self.inner.keys.key("wm")).arg(series).query_async(&mut conn).await?)
     }
 
     /// Every configured limit.

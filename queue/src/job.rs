@@ -239,9 +239,35 @@ pub struct NewJob {
     pub delay: Duration,
     /// Metadata.
     pub meta: JobMeta,
-    /// A key that makes later pushes with the same key duplicates for a time, whether or not
-    /// the job is still in the queue (a scheduler tick must enqueue at most once).
-    pub dedupe: Option<(String, Duration)>,
+    /// What makes a later push a duplicate of this one, whether or not the job is still in the
+    /// queue (a scheduler tick must enqueue at most once).
+    pub dedupe: Option<Dedupe>,
+}
+
+/// How a push is recognised as one decided before, whether or not its job is still queued.
+/// Either way the push that takes the key is *decided*: refused by its unique key or not, a
+/// later push with the key is a duplicate (of itself: its answer names its own id, or the id
+/// that took a [`Dedupe::For`] key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dedupe {
+    /// The same key within `ttl` of the push that took it (`d:<key>`, one expiring Redis key
+    /// per push).
+    For {
+        /// The key.
+        key: String,
+        /// How long it is remembered (at least 1 ms).
+        ttl: Duration,
+    },
+    /// The same key with a stamp at or before the highest one pushed (`wm`, one hash field per
+    /// key, kept until [`crate::Queue::forget_marks`]). For a series pushed in stamp order, such
+    /// as a schedule's ticks: memory per series, not per push, and no window after which a
+    /// replayed push gets through.
+    UpTo {
+        /// The series.
+        key: String,
+        /// This push's place in it (a tick's epoch milliseconds).
+        stamp: i64,
+    },
 }
 
 impl NewJob {
@@ -287,7 +313,14 @@ impl NewJob {
 
     /// Sets a dedupe key remembered for `ttl` after the push, whatever becomes of the job.
     pub fn dedupe_key(mut self, key: impl Into<String>, ttl: Duration) -> Self {
-        self.dedupe = Some((key.into(), ttl));
+        self.dedupe = Some(Dedupe::For { key: key.into(), ttl });
+        self
+    }
+
+    /// Makes this push a duplicate if a push of the series `key` with a stamp at or after
+    /// `stamp` was decided before (see [`Dedupe::UpTo`]).
+    pub fn dedupe_up_to(mut self, key: impl Into<String>, stamp: i64) -> Self {
+        self.dedupe = Some(Dedupe::UpTo { key: key.into(), stamp });
         self
     }
 
@@ -316,13 +349,20 @@ impl NewJob {
         }
         // Redis keeps expiries in whole milliseconds; a TTL under one would be sent as 0,
         // which `SET … PX` refuses half-way through a bulk push.
-        if let Some((key, ttl)) = &self.dedupe
-            && (key.is_empty() || *ttl < Duration::from_millis(1))
-        {
-            return Err(QueueError::InvalidJob {
-                field: "dedupe",
-                reason: "key must be non-empty and ttl at least 1 ms".into(),
-            });
+        match &self.dedupe {
+            Some(Dedupe::For { key, ttl }) if key.is_empty() || *ttl < Duration::from_millis(1) => {
+                return Err(QueueError::InvalidJob {
+                    field: "dedupe",
+                    reason: "key must be non-empty and ttl at least 1 ms".into(),
+                });
+            }
+            Some(Dedupe::UpTo { key, .. }) if key.is_empty() => {
+                return Err(QueueError::InvalidJob {
+                    field: "dedupe",
+                    reason: "key must be non-empty".into(),
+                });
+            }
+            _ => {}
         }
         if self.unique_key.as_deref() == Some("") {
             return Err(QueueError::InvalidJob {

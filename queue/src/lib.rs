@@ -42,7 +42,7 @@ pub use consumer::{Completion, Consumer, ConsumerConfig, worker_id};
 pub use dead_letter::PgDeadLetters;
 pub use error::{FailureKind, JobError, QueueError};
 pub use job::{
-    AttemptRecord, DeadReason, DyingJob, JobId, JobMeta, Lane, Lease, LeasedJob, NewJob, Priority,
+    AttemptRecord, DeadReason, Dedupe, DyingJob, JobId, JobMeta, Lane, Lease, LeasedJob, NewJob, Priority,
     PushOutcome,
 };
 pub use retry::{Jitter, RetryPolicies, RetryPolicy};

@@ -39,6 +39,13 @@ async fn evalsha_stats(queue: &Queue) -> (u64, u64) {
     (field("calls"), field("usec"))
 }
 
+/// The Redis server's `used_memory` in bytes (server-wide: approximate on a shared server).
+async fn used_memory(queue: &Queue) -> i64 {
+    let mut conn = queue.connection();
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap_or_default();
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok()).unwrap_or(0)
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("tick benchmark: run with `cargo bench -p crm-scheduler --bench tick`");
@@ -114,6 +121,7 @@ async fn run(n: i64) {
         }
     });
     let redis_before = evalsha_stats(&queue).await;
+    let memory_before = used_memory(&queue).await;
     let mut loaded = None;
     let tick = loop {
         let (at, v) = rx.recv_timeout(Duration::from_secs(120)).expect("scheduler log");
@@ -137,6 +145,16 @@ async fn run(n: i64) {
     let ms = |k: &str| tick[k].as_u64().unwrap_or(0);
     let stats = queue.stats().await.expect("stats");
     let redis_after = evalsha_stats(&queue).await;
+    let memory_after = used_memory(&queue).await;
+    let mut conn = queue.connection();
+    let series_bytes: Option<i64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(queue.keys().key("wm"))
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(None);
     println!(
         "tick: {} schedules due, {} jobs pushed, {} enqueued, {} duplicate",
         tick["schedules"], tick["jobs"], tick["enqueued"], tick["duplicate"]
@@ -153,6 +171,38 @@ async fn run(n: i64) {
         "redis: {} script calls, {:.0} ms of server time during the run (shared server: approximate)",
         redis_after.0 - redis_before.0,
         (redis_after.1 - redis_before.1) as f64 / 1000.0
+    );
+    // Per-tick dedupe keys (`d:*`, what a scheduler before 2026-11-24 left for 24 h): counted,
+    // and their size estimated from one of them.
+    let pattern = format!("{}*", queue.keys().key("d:"));
+    let (mut cursor, mut tick_keys, mut sample) = (0u64, 0u64, None::<String>);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or((0, Vec::new()));
+        tick_keys += keys.len() as u64;
+        sample = sample.or(keys.into_iter().next());
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let key_bytes: i64 = match &sample {
+        Some(k) => redis::cmd("MEMORY").arg("USAGE").arg(k).query_async(&mut conn).await.unwrap_or(0),
+        None => 0,
+    };
+    println!(
+        "redis memory: +{:.1} MB over the tick (server-wide); kept after its jobs run: {:.1} MB of dedupe series (`wm`), {} per-tick dedupe keys (~{:.1} MB, for 24 h)",
+        (memory_after - memory_before) as f64 / 1e6,
+        series_bytes.unwrap_or(0) as f64 / 1e6,
+        tick_keys,
+        (tick_keys as i64 * key_bytes) as f64 / 1e6,
     );
     println!(
         "scheduler RSS: peak (VmHWM) {} MB, now {} MB; queue now holds {} ready jobs",

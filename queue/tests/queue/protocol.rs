@@ -563,7 +563,12 @@ async fn a_bulk_push_decides_each_job_as_pushing_it_alone_would() {
     .expect("redis");
     let id = |n: u128| crm_queue::JobId(uuid::Uuid::from_u128(n));
     let ttl = Duration::from_secs(60);
-    let earlier = || vec![job("t9").with_id(id(90)).dedupe_key("tick:early", ttl).unique_key("sync:early")];
+    let earlier = || {
+        vec![
+            job("t9").with_id(id(90)).dedupe_key("tick:early", ttl).unique_key("sync:early"),
+            job("t9").with_id(id(91)).dedupe_up_to("series:early", 50).unique_key("sync:early"),
+        ]
+    };
     let jobs = || {
         vec![
             job("t1").with_id(id(1)),
@@ -580,6 +585,14 @@ async fn a_bulk_push_decides_each_job_as_pushing_it_alone_would() {
             job("t1").with_id(id(10)),
             job("t5").with_id(id(11)).delay(Duration::from_secs(3600)),
             job("t5").with_id(id(12)),
+            job("t6").with_id(id(13)).dedupe_up_to("series:a", 7),
+            job("t6").with_id(id(14)).dedupe_up_to("series:a", 7), // stamp reached in the call
+            job("t6").with_id(id(15)).dedupe_up_to("series:a", 3), // ... and passed
+            job("t6").with_id(id(16)).dedupe_up_to("series:a", 8).unique_key("sync:y"), // takes 8
+            job("t7").with_id(id(17)).dedupe_up_to("series:a", 9).unique_key("sync:y"), // unique held
+            job("t7").with_id(id(18)).dedupe_up_to("series:a", 9), // ... but 9 was decided
+            job("t7").with_id(id(19)).dedupe_up_to("series:early", 50), // from the earlier call
+            job("t7").with_id(id(20)).dedupe_up_to("series:early", 51),
         ]
     };
     bulk.push_bulk(earlier()).await.expect("earlier");
@@ -592,10 +605,15 @@ async fn a_bulk_push_decides_each_job_as_pushing_it_alone_would() {
     assert_eq!(from_bulk, from_alone);
     let enqueued: Vec<u128> =
         from_bulk.iter().filter(|o| !o.is_duplicate()).map(|o| o.id().0.as_u128()).collect();
-    assert_eq!(enqueued, vec![1, 2, 4, 10, 11, 12], "{from_bulk:?}");
+    assert_eq!(enqueued, vec![1, 2, 4, 10, 11, 12, 13, 16, 20], "{from_bulk:?}");
+    assert_eq!(from_bulk[15], PushOutcome::Duplicate(id(14)), "a reached stamp is a duplicate of itself");
+    assert_eq!(from_bulk[18], PushOutcome::Duplicate(id(16)), "the unique key's holder");
+    let series = ["series:a".to_owned(), "series:early".to_owned(), "series:none".to_owned()];
+    assert_eq!(bulk.marks(&series).await.expect("marks"), vec![Some(9), Some(51), None]);
+    assert_eq!(alone.marks(&series).await.expect("marks"), vec![Some(9), Some(51), None]);
     let (sb, sa) = (bulk.stats().await.expect("stats"), alone.stats().await.expect("stats"));
     assert_eq!((sb.ready, sb.delayed), (sa.ready, sa.delayed));
-    assert_eq!((sb.ready, sb.delayed), (6, 1), "the earlier job, five ready now and one delayed");
+    assert_eq!((sb.ready, sb.delayed), (9, 1), "the earlier job, eight ready now and one delayed");
     let order = |q: crm_queue::Queue| async move {
         let mut out = Vec::new();
         while let Some(j) = q.fetch("w", 1).await.expect("fetch").pop() {
@@ -605,7 +623,7 @@ async fn a_bulk_push_decides_each_job_as_pushing_it_alone_would() {
         out
     };
     let (ob, oa) = (order(bulk.clone()).await, order(alone.clone()).await);
-    assert_eq!(ob.len(), 6);
+    assert_eq!(ob.len(), 9);
     assert_eq!(ob, oa, "fetch order (lanes and their FIFO)");
     let _ = alone.destroy().await;
 }
@@ -631,6 +649,33 @@ async fn a_dedupe_key_is_remembered_for_at_least_its_ttl_then_forgotten() {
     };
     assert!(forgotten >= ttl, "forgotten after {forgotten:?}, before its TTL");
     println!("forgotten after {forgotten:?} (ttl {ttl:?})");
+}
+
+/// A series stamp (a schedule's ticks) is remembered for good, one field per series: a push at
+/// or before the highest stamp decided is a duplicate of itself, long after its job is gone,
+/// until the series is forgotten.
+#[tokio::test]
+async fn a_series_refuses_every_stamp_up_to_the_highest_pushed_until_forgotten() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let tick = |stamp: i64| job("t").dedupe_up_to("tick:s1:contact", stamp);
+    let first = q.push(tick(1_700_000_000_000)).await.expect("push");
+    assert!(!first.is_duplicate());
+    while let Some(j) = q.fetch("w", 1).await.expect("fetch").pop() {
+        q.ack(&[j.lease]).await.expect("ack");
+    }
+    for stamp in [1_700_000_000_000, 1_699_999_999_999] {
+        let again = tick(stamp);
+        let own = again.id;
+        assert_eq!(q.push(again).await.expect("push"), PushOutcome::Duplicate(own), "{stamp}");
+    }
+    assert!(!q.push(tick(1_700_000_000_001)).await.expect("push").is_duplicate());
+    let key = vec!["tick:s1:contact".to_owned()];
+    assert_eq!(q.marks(&key).await.expect("marks"), vec![Some(1_700_000_000_001)]);
+    assert_eq!(q.forget_marks(&key).await.expect("forget"), 1);
+    assert!(!q.push(tick(1_700_000_000_000)).await.expect("push").is_duplicate(), "forgotten");
+    let bad = job("t").dedupe_up_to("", 1);
+    assert!(q.push(bad).await.expect_err("refused").to_string().contains("dedupe"));
 }
 
 #[tokio::test]

@@ -12,9 +12,11 @@
 //! | [`api`] | The HTTP handlers |
 //!
 //! Invariants, as absences:
-//! * no tick is enqueued twice: a tick's job id and dedupe key derive from (schedule, object,
+//! * no tick is enqueued twice: a tick's job id and dedupe stamp derive from (schedule, object,
 //!   tick instant), never from who pushes it or when, so a replayed tick — after a retry, a
-//!   lost lease or a failover — comes back from the queue as a duplicate;
+//!   lost lease or a failover — comes back from the queue as a duplicate (the queue refuses
+//!   stamps at or below the series' highest: a later tick's incremental sync covers an
+//!   earlier one);
 //! * no replica ticks without the lease, and none keeps ticking after it can no longer prove
 //!   it holds it;
 //! * no sync is enqueued while one of the same (connection, object) is queued or running:

@@ -5,7 +5,7 @@
 //! Definitions the rest of the scheduler relies on:
 //! * a **tick** is an instant at which the cron expression matches the wall clock of the
 //!   schedule's time zone; it names the job (`scheduled_sync_job` derives the job id and the
-//!   dedupe key from it), so it never depends on who computes it or when;
+//!   dedupe stamp from it), so it never depends on who computes it or when;
 //! * a tick **fires** at `tick + jitter`, where the jitter is fixed per schedule (derived
 //!   from its id, below `jitter_ms`): it spreads schedules that share an expression without
 //!   ever reordering one schedule's ticks;
