@@ -185,6 +185,7 @@ def seconds(v):
 need({"redis", "postgres", "migrate", "scheduler-1", "scheduler-2", "worker", "sandbox", "prometheus", "grafana"} <= set(s), "missing services")
 cmd = " ".join(s["redis"]["command"])
 need("--appendonly yes" in cmd and "--appendfsync everysec" in cmd, "redis: AOF everysec")
+need("--maxmemory-policy noeviction" in cmd, "redis: never evicts (keys are jobs)")
 need(s["migrate"]["command"] == ["crmctl", "migrate"], "migrate runs crmctl migrate")
 for name in ("redis", "postgres", "scheduler-1", "scheduler-2", "worker", "sandbox"):
     need("healthcheck" in s[name], f"{name}: healthcheck")

@@ -752,6 +752,43 @@ impl Queue {
         let _: Value = conn.req_packed_command(&redis::cmd("PING")).await?;
         Ok(())
     }
+
+    /// Redis server settings that can lose jobs, one sentence each, for the processes to log at
+    /// start (empty when there are none, or when the server refuses `CONFIG GET`, as some
+    /// managed services do: then nothing can be said).
+    pub async fn server_warnings(&self) -> Vec<String> {
+        let mut conn = self.inner.conn.clone();
+        let config: HashMap<String, String> = match redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .arg("appendonly")
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(c) => c,
+            Err(_) => return Vec::new(),
+        };
+        server_warnings(&config)
+    }
+}
+
+/// The warnings of [`Queue::server_warnings`] for a server's `CONFIG GET` answer.
+fn server_warnings(config: &HashMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(policy) = config.get("maxmemory-policy").filter(|p| p.as_str() != "noeviction") {
+        out.push(format!(
+            "Redis maxmemory-policy is {policy}: when Redis reaches maxmemory it deletes keys, queued jobs \
+             and their leases among them; set maxmemory-policy noeviction (pushes then fail loudly instead)"
+        ));
+    }
+    if config.get("appendonly").is_some_and(|a| a == "no") {
+        out.push(
+            "Redis appendonly is no: a Redis restart loses every job pushed since its last snapshot; \
+             set appendonly yes (appendfsync everysec loses at most about a second)"
+                .to_owned(),
+        );
+    }
+    out
 }
 
 fn escape_glob(s: &str) -> String {
@@ -763,4 +800,23 @@ fn escape_glob(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_durable_non_evicting_server_gets_no_warning() {
+        let config = |policy: &str, aof: &str| {
+            HashMap::from([
+                ("maxmemory-policy".to_owned(), policy.to_owned()),
+                ("appendonly".to_owned(), aof.to_owned()),
+            ])
+        };
+        assert!(server_warnings(&config("noeviction", "yes")).is_empty());
+        assert_eq!(server_warnings(&config("volatile-lru", "yes")).len(), 1);
+        assert_eq!(server_warnings(&config("noeviction", "no")).len(), 1);
+        assert!(server_warnings(&HashMap::new()).is_empty(), "unknown settings: nothing to say");
+    }
 }

@@ -61,6 +61,9 @@ impl Scheduler {
         )
         .await
         .context("connecting to Redis")?;
+        for warning in queue.server_warnings().await {
+            tracing::warn!(message = "Redis setting can lose jobs", detail = %warning);
+        }
         let listener = TcpListener::bind(config.api_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.api_addr))?;

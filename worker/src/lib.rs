@@ -54,6 +54,9 @@ impl App {
             .with_prefix(&config.redis_prefix)
             .with_lease_ttl(config.lease_ttl);
         let queue = Queue::connect(queue_config).await.context("connecting to Redis")?;
+        for warning in queue.server_warnings().await {
+            tracing::warn!(message = "Redis setting can lose jobs", detail = %warning);
+        }
         let consumer = Consumer::start(
             queue.clone(),
             PgDeadLetters::new(pool.clone(), config.queue.clone()),

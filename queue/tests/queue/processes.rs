@@ -264,3 +264,26 @@ async fn sigterm_exits_within_the_grace_period_and_keeps_the_long_job() {
     let short = env.worker(&[]);
     drop(short);
 }
+
+/// The settings that can lose jobs are named at start: a server without AOF, and one that
+/// evicts keys under memory pressure (a private Redis: the shared one's settings are not ours).
+#[tokio::test]
+async fn redis_settings_that_can_lose_jobs_are_reported() {
+    let redis = PrivateRedis::start().await;
+    let q =
+        crm_queue::Queue::connect(crm_queue::QueueConfig::new(redis.url(), "warn")).await.expect("connect");
+    let warnings = q.server_warnings().await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("appendonly is no"), "{warnings:?}");
+    let mut conn = q.connection();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+    let warnings = q.server_warnings().await;
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("maxmemory-policy is allkeys-lru")), "{warnings:?}");
+}
