@@ -99,6 +99,32 @@ pub fn lane(target: &Target, priority: Priority) -> Lane {
         .weight_key(budget::weight(&target.tenant))
 }
 
+/// Whether `lane_id` is a lane [`lane`] makes: partitioned by connection, so the budgets it
+/// names are its jobs' own. Lanes pushed before lanes were per connection are not.
+pub fn is_connection_lane(lane_id: &str) -> bool {
+    crm_queue::job::parse_lane_id(lane_id).is_some_and(|l| l.partition.is_some())
+}
+
+/// How long a job waits when a pause stopped it (or a throttle paused its account) while it
+/// sits in a lane of before lanes were per connection. Such a job would go back to its lane at
+/// once (`Defer(0)`), but that lane carries the budgets of whichever of the tenant's accounts
+/// pushed last, may not name the pause, and would admit it again at once, in a loop; so it
+/// waits this long between checks instead.
+pub const SHARED_LANE_PAUSE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `error` as it must be for a job of a lane that is not [`is_connection_lane`] (see
+/// [`SHARED_LANE_PAUSE_RETRY`]).
+pub fn for_shared_lane(error: crm_queue::JobError) -> crm_queue::JobError {
+    match error.kind {
+        crm_queue::FailureKind::Defer(d)
+            if d.is_zero() && matches!(error.class.as_str(), "paused" | "throttled") =>
+        {
+            crm_queue::JobError { kind: crm_queue::FailureKind::Defer(SHARED_LANE_PAUSE_RETRY), ..error }
+        }
+        _ => error,
+    }
+}
+
 /// The unique key that keeps one sync of (connection, object) queued or running at a time.
 pub fn sync_unique_key(connection: Uuid, object: ObjectKind) -> String {
     format!("sync:{connection}:{object}")
@@ -194,4 +220,41 @@ pub async fn request_rerun(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crm_queue::{FailureKind, JobError};
+
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            tenant: "acme:eu".into(),
+            provider: Provider::Hubspot,
+            connection: Uuid::nil(),
+            account: "42".into(),
+        }
+    }
+
+    #[test]
+    fn lanes_are_per_connection_and_older_shared_lanes_are_told_apart() {
+        let id = lane(&target(), Priority::High).id();
+        assert_eq!(id, format!("0:hubspot/{}:acme:eu", Uuid::nil()));
+        assert!(is_connection_lane(&id));
+        assert!(!is_connection_lane("0:hubspot:acme:eu"), "a lane of before");
+        assert!(!is_connection_lane("garbage"));
+    }
+
+    #[test]
+    fn a_job_of_a_shared_lane_stopped_by_a_pause_waits_instead_of_coming_straight_back() {
+        let back = |class: &str, after: Duration| for_shared_lane(JobError::defer(after, class, "m")).kind;
+        assert_eq!(back("paused", Duration::ZERO), FailureKind::Defer(SHARED_LANE_PAUSE_RETRY));
+        assert_eq!(back("throttled", Duration::ZERO), FailureKind::Defer(SHARED_LANE_PAUSE_RETRY));
+        // A wait the job chose itself (a search throttle, a rate wait) is kept.
+        assert_eq!(back("throttled", Duration::from_secs(2)), FailureKind::Defer(Duration::from_secs(2)));
+        assert_eq!(back("rate_limited", Duration::ZERO), FailureKind::Defer(Duration::ZERO));
+    }
 }

@@ -45,7 +45,9 @@ pub async fn handle(
         &span,
         handle.as_ref().and_then(|h| h.0.meta.get("traceparent").map(String::as_str)),
     );
-    run(job, attempt, id, worker, ctx).instrument(span).await
+    let own_lane = handle.as_ref().is_none_or(|h| crate::enqueue::is_connection_lane(&h.0.lane));
+    let result = run(job, attempt, id, worker, ctx).instrument(span).await;
+    if own_lane { result } else { result.map_err(crate::enqueue::for_shared_lane) }
 }
 
 async fn run(

@@ -29,12 +29,14 @@ for i = 0, n - 1 do
   local delay, key, rule = tonumber(ARGV[o + 9]), ARGV[o + 11], ARGV[o + 12]
   local ok = delay ~= nil
   if ok and key ~= '' then
-    local stamp = string.byte(rule, 1) == 64 and tonumber(string.sub(rule, 2))
-    local n_ = stamp or tonumber(rule)
-    ok = n_ ~= nil and n_ == math.floor(n_) and (stamp or n_ >= 1)
-    if stamp and ok then
-      stamps[i] = stamp
+    -- Digits only (Redis refuses `PX 6e4`), at most 15 (exact in Lua's doubles).
+    local stamp = string.match(rule, '^@(%-?%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?)$')
+    if stamp then
+      stamps[i] = tonumber(stamp)
       series[#series + 1] = key
+    else
+      local ttl = string.match(rule, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$')
+      ok = ttl ~= nil and tonumber(ttl) >= 1
     end
   end
   if not ok then
@@ -42,9 +44,10 @@ for i = 0, n - 1 do
   end
 end
 local marks, moved = {}, {}
-if #series > 0 then
-  local got = redis.call('HMGET', base .. 'wm', unpack(series))
-  for j, key in ipairs(series) do
+for from = 1, #series, 1000 do
+  local chunk = { unpack(series, from, math.min(from + 999, #series)) }
+  local got = redis.call('HMGET', base .. 'wm', unpack(chunk))
+  for j, key in ipairs(chunk) do
     marks[key] = tonumber(got[j])
   end
 end
@@ -141,6 +144,10 @@ local hset = {}
 for key in pairs(moved) do
   hset[#hset + 1] = key
   hset[#hset + 1] = string.format('%.0f', marks[key])
+  if #hset >= 2000 then
+    redis.call('HSET', base .. 'wm', unpack(hset))
+    hset = {}
+  end
 end
 if #hset > 0 then
   redis.call('HSET', base .. 'wm', unpack(hset))

@@ -758,16 +758,15 @@ impl Queue {
     /// managed services do: then nothing can be said).
     pub async fn server_warnings(&self) -> Vec<String> {
         let mut conn = self.inner.conn.clone();
-        let config: HashMap<String, String> = match redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .arg("appendonly")
-            .query_async(&mut conn)
-            .await
-        {
-            Ok(c) => c,
-            Err(_) => return Vec::new(),
-        };
+        let mut config = HashMap::new();
+        // One setting a call: `CONFIG GET` takes several only from Redis 7.
+        for name in ["maxmemory-policy", "appendonly"] {
+            let got: Result<HashMap<String, String>, _> =
+                redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn).await;
+            if let Ok(got) = got {
+                config.extend(got);
+            }
+        }
         server_warnings(&config)
     }
 }

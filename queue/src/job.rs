@@ -265,7 +265,7 @@ pub enum Dedupe {
     UpTo {
         /// The series.
         key: String,
-        /// This push's place in it (a tick's epoch milliseconds).
+        /// This push's place in it (a tick's epoch milliseconds; under 10^15 in magnitude).
         stamp: i64,
     },
 }
@@ -350,16 +350,23 @@ impl NewJob {
         // Redis keeps expiries in whole milliseconds; a TTL under one would be sent as 0,
         // which `SET … PX` refuses half-way through a bulk push.
         match &self.dedupe {
-            Some(Dedupe::For { key, ttl }) if key.is_empty() || *ttl < Duration::from_millis(1) => {
+            Some(Dedupe::For { key, ttl })
+                if key.is_empty()
+                    || *ttl < Duration::from_millis(1)
+                    || ttl.as_millis() >= 1_000_000_000_000_000 =>
+            {
                 return Err(QueueError::InvalidJob {
                     field: "dedupe",
-                    reason: "key must be non-empty and ttl at least 1 ms".into(),
+                    reason: "key must be non-empty and ttl at least 1 ms (and under 10^15 ms)".into(),
                 });
             }
-            Some(Dedupe::UpTo { key, .. }) if key.is_empty() => {
+            // Stamps travel as at most 15 digits: exact in the script's Lua numbers.
+            Some(Dedupe::UpTo { key, stamp })
+                if key.is_empty() || stamp.unsigned_abs() >= 1_000_000_000_000_000 =>
+            {
                 return Err(QueueError::InvalidJob {
                     field: "dedupe",
-                    reason: "key must be non-empty".into(),
+                    reason: "key must be non-empty and the stamp under 10^15 in magnitude".into(),
                 });
             }
             _ => {}

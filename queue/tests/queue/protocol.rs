@@ -512,7 +512,14 @@ async fn the_push_script_refuses_malformed_arguments_before_writing() {
         ("a TTL of 0", [vec!["2".to_owned()], job("a", "t1", "60000"), job("b", "t2", "0")].concat()),
         ("a fractional TTL", [vec!["2".to_owned()], job("a", "t1", "60000"), job("b", "t2", "0.5")].concat()),
         ("too few arguments", [vec!["2".to_owned()], job("a", "t1", "60000")].concat()),
-    ] {
+    ]
+    .into_iter()
+    .chain(["6e4", "60000.0", " 60000", "0x10", "@", "@x", "@1.5", "@inf", "@1234567890123456"].map(|rule| {
+        (
+            "a malformed dedupe rule",
+            [vec!["2".to_owned()], job("a", "t1", "60000"), job("b", "t2", rule)].concat(),
+        )
+    })) {
         let mut inv = script.key(keys.route());
         inv.arg(keys.base());
         for a in &args {
@@ -674,8 +681,9 @@ async fn a_series_refuses_every_stamp_up_to_the_highest_pushed_until_forgotten()
     assert_eq!(q.marks(&key).await.expect("marks"), vec![Some(1_700_000_000_001)]);
     assert_eq!(q.forget_marks(&key).await.expect("forget"), 1);
     assert!(!q.push(tick(1_700_000_000_000)).await.expect("push").is_duplicate(), "forgotten");
-    let bad = job("t").dedupe_up_to("", 1);
-    assert!(q.push(bad).await.expect_err("refused").to_string().contains("dedupe"));
+    for bad in [job("t").dedupe_up_to("", 1), job("t").dedupe_up_to("k", i64::MAX)] {
+        assert!(q.push(bad).await.expect_err("refused").to_string().contains("dedupe"));
+    }
 }
 
 #[tokio::test]
