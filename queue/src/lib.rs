@@ -1,7 +1,8 @@
 //! # crm-queue
 //!
 //! A durable, fleet-safe Redis backend for [apalis-core](apalis_core) workers. It knows nothing
-//! of CRMs: jobs are opaque payloads in lanes named (queue, provider, tenant).
+//! of CRMs: jobs are opaque payloads in lanes named (queue, provider, partition, tenant); all
+//! jobs of one lane need the same budgets.
 //!
 //! * **Lanes and admission.** Ready jobs wait per lane. One fetch script serves lanes in
 //!   weighted round-robin (stride scheduling) and hands out a job only if every budget its
@@ -11,6 +12,9 @@
 //! * **Leases with fencing.** A fetched job carries a lease id renewed by heartbeat; ack,
 //!   retry and dead-letter present it, and a stale one is refused. Expired leases are reaped
 //!   by any live worker, the attempt counted; a job orphaned too often is a poison pill.
+//! * **Duplicates refused at push**: an id already queued, a unique key held by a queued or
+//!   running job, or a dedupe decided before (a key within its TTL, or a stamp at or below its
+//!   series' highest: a scheduler's ticks).
 //! * **Retries** with exponential backoff and full jitter per job type; a Retry-After is
 //!   honoured exactly; a deferral spends no attempt.
 //! * **Dead letters** go to PostgreSQL with payload and every attempt, through a `dying`
