@@ -8,7 +8,7 @@
 //! 3. the acker, which batches acks of concurrently finishing jobs into one script call;
 //! 4. the outcome logic: success → ack; failure → retry with backoff, retry at a provider's
 //!    time, defer without spending an attempt, or dead-letter (two-phase, through PostgreSQL);
-//! 5. the maintenance actors (see [`crate::maintenance`]).
+//! 5. the maintenance actors (the private `maintenance` module: heartbeat, reaper, promoter).
 //!
 //! Invariant: a job's outcome is recorded or its lease is left to expire; it is never dropped.
 //! Redis errors while recording are retried with backoff until the shutdown deadline; past
