@@ -854,14 +854,7 @@ async fn an_object_updated_while_the_scan_runs_is_still_found() {
     let http = reqwest::Client::new();
     let cases = [
         (ActionObject::Task, "act-moving", &task, "/api/v2/activities", "PATCH", json!({"subject": "Moved"})),
-        (
-            ActionObject::Note,
-            "act-moving-note",
-            &note,
-            "/v1/notes",
-            "PUT",
-            json!({"content": "Moved", "deal_id": 1}),
-        ),
+        (ActionObject::Note, "act-moving-note", &note, "/v1/notes", "PUT", json!({"content": "Moved"})),
     ];
     for (kind, marker, id, list, method, change) in cases {
         pd.ctl().clear_faults().await;

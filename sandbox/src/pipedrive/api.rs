@@ -513,7 +513,7 @@ fn validate_body(
     let notes_extra = e == Entity::Notes && custom_allowed;
     let extra = move |k: &str| notes_extra && k == marker;
     let (fields, custom) = schema::validate(e, body, create, &extra)?;
-    d.check_refs(e, &fields, &custom)?;
+    d.check_refs(e, &fields, &custom, create)?;
     Ok((fields, custom))
 }
 

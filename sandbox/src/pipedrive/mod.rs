@@ -1152,7 +1152,7 @@ impl Provider for Pipedrive {
             .map_err(|err| ControlError::bad_request(format!("{}: {}", err.field, err.message)))?;
         let now = self.state.clock.now_ms();
         let mut d = self.write_data(&a);
-        d.check_refs(e, &fields, &custom)
+        d.check_refs(e, &fields, &custom, false)
             .map_err(|err| ControlError::bad_request(format!("{}: {}", err.field, err.message)))?;
         d.update(e, rid, fields, custom, now, "control")
             .map_err(|_| ControlError::not_found(format!("no live {object} {record_id}")))?;

@@ -294,6 +294,7 @@ impl AccountData {
         e: Entity,
         fields: &Map<String, Value>,
         custom: &Map<String, Value>,
+        create: bool,
     ) -> Result<(), FieldError> {
         for spec in schema::fields(e) {
             let Some(v) = fields.get(spec.name) else { continue };
@@ -350,9 +351,11 @@ impl AccountData {
                 });
             }
         }
-        if e == Entity::Notes {
-            // One of the records a note is attached to is required (v1 documents deal, person,
-            // organization, lead or project; the sandbox has the first three).
+        if e == Entity::Notes && create {
+            // One of the records a note is attached to is required on create (v1 documents
+            // deal, person, organization, lead or project; the sandbox has the first three). An
+            // update keeps the note's attachments unless it names new ones: every field of
+            // `PUT /v1/notes/{id}` is optional.
             let attached = ["deal_id", "person_id", "org_id"]
                 .iter()
                 .any(|k| fields.get(*k).is_some_and(|v| !v.is_null()));

@@ -417,6 +417,13 @@ async fn writes_round_trip_with_the_marker_custom_field() {
     assert_eq!(note["add_time"], json!("2026-01-05 09:01:30"));
     let unattached = env.post("/v1/notes", &json!({"content": "x"})).await;
     assert_eq!(unattached.status, 400);
+    // Every field of an update is optional: the note keeps what it is attached to.
+    let id = note["id"].as_u64().expect("note id");
+    let edited = env
+        .send("PUT", &format!("/v1/notes/{id}"), env.token(), Some(&json!({"content": "<p>Bye</p>"})))
+        .await;
+    assert_eq!(edited.status, 200, "{}", edited.text);
+    assert_eq!(edited.json()["data"]["person"], json!({"name": "Jane Doe"}));
     // Without the sandbox extension, activities reject custom fields like the v2 schema would.
     env.settings(json!({"activity_note_custom_fields": false})).await;
     let r = env.post("/api/v2/activities", &json!({"subject": "x", "custom_fields": {&key: "y"}})).await;
