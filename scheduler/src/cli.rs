@@ -1199,11 +1199,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let workers = queue.workers().await?;
             let limits = queue.limits().await?;
             let pauses = queue.pauses().await?;
+            let redis_warnings = queue.server_warnings().await;
             if cli.json {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "queue": cli.queue, "stats": stats,
+                        "queue": cli.queue, "stats": stats, "redis_warnings": redis_warnings,
                         "workers": workers.iter().map(|(w, t)| serde_json::json!({"id": w, "last_seen_ms": t})).collect::<Vec<_>>(),
                         "limits": limits.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<std::collections::BTreeMap<_, _>>(),
                         "pauses": pauses,
@@ -1211,6 +1212,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
             } else {
                 println!("queue {}", cli.queue);
+                for w in &redis_warnings {
+                    println!("  WARNING: {w}");
+                }
                 println!(
                     "  ready {:>10}   oldest ready {:>8.1}s",
                     stats.ready,

@@ -99,6 +99,18 @@ async fn schedules_and_sync_now_from_the_command_line() {
     // The existing subcommands still work.
     let queues = json(&env.crmctl(&["queues", "--json"]));
     assert_eq!(queues["stats"]["ready"], 1);
+    // Redis settings that can lose jobs are named: whether AOF is off decides one of them.
+    let aof = std::process::Command::new("redis-cli")
+        .args(["config", "get", "appendonly"])
+        .output()
+        .expect("redis-cli");
+    let aof_off = String::from_utf8_lossy(&aof.stdout).lines().nth(1) == Some("no");
+    let warnings = queues["redis_warnings"].as_array().expect("redis_warnings");
+    assert_eq!(
+        warnings.iter().any(|w| w.as_str().is_some_and(|w| w.contains("appendonly is no"))),
+        aof_off,
+        "{warnings:?}"
+    );
 }
 
 #[test]
