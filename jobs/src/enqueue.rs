@@ -105,23 +105,46 @@ pub fn is_connection_lane(lane_id: &str) -> bool {
     crm_queue::job::parse_lane_id(lane_id).is_some_and(|l| l.partition.is_some())
 }
 
-/// How long a job waits when a pause stopped it (or a throttle paused its account) while it
-/// sits in a lane of before lanes were per connection. Such a job would go back to its lane at
-/// once (`Defer(0)`), but that lane carries the budgets of whichever of the tenant's accounts
-/// pushed last, may not name the pause, and would admit it again at once, in a loop; so it
-/// waits this long between checks instead.
+/// Why a running job stops and goes back to its lane: a budget its lane names was paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LanePause {
+    /// Its account or provider was paused since it was admitted (seen before a request).
+    Paused,
+    /// Its own request was throttled, and the account is now paused fleet-wide.
+    Throttled,
+}
+
+impl LanePause {
+    /// The failure class the job's history and metrics show.
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::Throttled => "throttled",
+        }
+    }
+}
+
+/// The job goes back to the head of its lane, attempt refunded: the lane names the paused
+/// budget, so it sleeps until the pause ends or is lifted (`crmctl limits resume`).
+pub fn back_to_lane(why: LanePause, message: impl Into<String>) -> crm_queue::JobError {
+    crm_queue::JobError::defer(std::time::Duration::ZERO, why.class(), message)
+}
+
+/// How long a job waits when a pause stopped it while it sits in a lane of before lanes were
+/// per connection. [`back_to_lane`] would send it straight back, but that lane carries the
+/// budgets of whichever of the tenant's accounts pushed last, may not name the pause, and
+/// would admit it again at once, in a loop; so it waits this long between checks instead.
 pub const SHARED_LANE_PAUSE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `error` as it must be for a job of a lane that is not [`is_connection_lane`] (see
-/// [`SHARED_LANE_PAUSE_RETRY`]).
+/// `error` as it must be for a job of a lane that is not [`is_connection_lane`]: a
+/// [`back_to_lane`] becomes a wait of [`SHARED_LANE_PAUSE_RETRY`].
 pub fn for_shared_lane(error: crm_queue::JobError) -> crm_queue::JobError {
-    match error.kind {
-        crm_queue::FailureKind::Defer(d)
-            if d.is_zero() && matches!(error.class.as_str(), "paused" | "throttled") =>
-        {
-            crm_queue::JobError { kind: crm_queue::FailureKind::Defer(SHARED_LANE_PAUSE_RETRY), ..error }
-        }
-        _ => error,
+    let sent_back = matches!(error.kind, crm_queue::FailureKind::Defer(d) if d.is_zero())
+        && [LanePause::Paused, LanePause::Throttled].iter().any(|w| w.class() == error.class);
+    if sent_back {
+        crm_queue::JobError { kind: crm_queue::FailureKind::Defer(SHARED_LANE_PAUSE_RETRY), ..error }
+    } else {
+        error
     }
 }
 
@@ -251,8 +274,18 @@ mod tests {
     #[test]
     fn a_job_of_a_shared_lane_stopped_by_a_pause_waits_instead_of_coming_straight_back() {
         let back = |class: &str, after: Duration| for_shared_lane(JobError::defer(after, class, "m")).kind;
+        for why in [LanePause::Paused, LanePause::Throttled] {
+            assert_eq!(
+                for_shared_lane(back_to_lane(why, "m")).kind,
+                FailureKind::Defer(SHARED_LANE_PAUSE_RETRY)
+            );
+        }
         assert_eq!(back("paused", Duration::ZERO), FailureKind::Defer(SHARED_LANE_PAUSE_RETRY));
-        assert_eq!(back("throttled", Duration::ZERO), FailureKind::Defer(SHARED_LANE_PAUSE_RETRY));
+        assert_eq!(
+            back("shutdown", Duration::ZERO),
+            FailureKind::Defer(Duration::ZERO),
+            "no pause: straight back"
+        );
         // A wait the job chose itself (a search throttle, a rate wait) is kept.
         assert_eq!(back("throttled", Duration::from_secs(2)), FailureKind::Defer(Duration::from_secs(2)));
         assert_eq!(back("rate_limited", Duration::ZERO), FailureKind::Defer(Duration::ZERO));

@@ -110,7 +110,7 @@ async fn on_provider_error(ctx: &JobContext, target: &Target, error: &ProviderEr
             }
             tracing::info!(message = "provider account throttled; paused fleet-wide", provider = %target.provider,
                 scope = scope.as_str(), pause_ms = wait.as_millis() as u64);
-            return JobError::defer(Duration::ZERO, "throttled", error.to_string())
+            return crate::enqueue::back_to_lane(crate::enqueue::LanePause::Throttled, error.to_string())
                 .with_provider(error.status(), error.code());
         }
         return JobError::defer(wait, "throttled", error.to_string())

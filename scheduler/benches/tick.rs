@@ -172,37 +172,10 @@ async fn run(n: i64) {
         redis_after.0 - redis_before.0,
         (redis_after.1 - redis_before.1) as f64 / 1000.0
     );
-    // Per-tick dedupe keys (`d:*`, what a scheduler before 2026-11-24 left for 24 h): counted,
-    // and their size estimated from one of them.
-    let pattern = format!("{}*", queue.keys().key("d:"));
-    let (mut cursor, mut tick_keys, mut sample) = (0u64, 0u64, None::<String>);
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or((0, Vec::new()));
-        tick_keys += keys.len() as u64;
-        sample = sample.or(keys.into_iter().next());
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    let key_bytes: i64 = match &sample {
-        Some(k) => redis::cmd("MEMORY").arg("USAGE").arg(k).query_async(&mut conn).await.unwrap_or(0),
-        None => 0,
-    };
     println!(
-        "redis memory: +{:.1} MB over the tick (server-wide); kept after its jobs run: {:.1} MB of dedupe series (`wm`), {} per-tick dedupe keys (~{:.1} MB, for 24 h)",
+        "redis memory: +{:.1} MB over the tick (server-wide), of which {:.1} MB stays after the jobs run: the tick dedupe series (`wm`)",
         (memory_after - memory_before) as f64 / 1e6,
         series_bytes.unwrap_or(0) as f64 / 1e6,
-        tick_keys,
-        (tick_keys as i64 * key_bytes) as f64 / 1e6,
     );
     println!(
         "scheduler RSS: peak (VmHWM) {} MB, now {} MB; queue now holds {} ready jobs",

@@ -102,9 +102,8 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
     match ctx.queue.take_token_unless_paused(&account, &[&breaker]).await {
         // Back to the head of its lane, which sleeps on the pause (and wakes when it is lifted).
         Ok(crm_queue::InJobToken::Paused(_)) => {
-            return Err(JobError::defer(
-                Duration::ZERO,
-                "paused",
+            return Err(crate::enqueue::back_to_lane(
+                crate::enqueue::LanePause::Paused,
                 "provider account or provider paused since this job was admitted",
             ));
         }

@@ -1063,7 +1063,6 @@ impl PipedriveClient {
                     value.and_then(Value::as_str) == Some(marker)
                 };
                 // The scan, newest update first, until it passes the action's age.
-                let (mut top, mut read) = (None, 0);
                 // Overlapping note pages need one more page to reach as far.
                 let budget = match entity {
                     Entity::Notes => {
@@ -1071,13 +1070,8 @@ impl PipedriveClient {
                     }
                     _ => pages,
                 };
-                let first = self
-                    .scan_pages(auth, entity, budget, &marked, |items| {
-                        top = top.or_else(|| newest(items));
-                        read += 1;
-                        scan.passed(items)
-                    })
-                    .await?;
+                let first =
+                    self.scan_pages(auth, entity, budget, &marked, |items| scan.passed(items)).await?;
                 let (ended, quota) = match first {
                     ScanEnd::Found(id, quota) => return Ok(found(Some(id), quota)),
                     ScanEnd::Ended(quota) => (true, quota),
@@ -1086,7 +1080,7 @@ impl PipedriveClient {
                 // An object updated while the scan ran moved to the front, already read: read
                 // the front again down to where the scan began (usually one page). Not needed
                 // after a one-page scan (one answer) or an empty first page (nothing to move).
-                let Some(top) = top.filter(|_| read > 1) else {
+                let Some(top) = scan.top.filter(|_| scan.pages > 1) else {
                     return match (ended, age) {
                         (false, Some(_)) => Err(inconclusive(what)),
                         _ => Ok(found(None, quota)),
@@ -1212,10 +1206,14 @@ fn newest(page: &[Value]) -> Option<DateTime<Utc>> {
 /// earlier; an object created `age` ago or less was updated at or after that time less `age`
 /// (and less [`AgeBound::MARGIN`]). A page that shows an object older than that ends the scan:
 /// every object after it is older still. Reading "now" from the first page rather than a
-/// clock errs only towards reading more.
+/// clock errs only towards reading more. That first newest time also tells the front re-read
+/// where the scan began.
 struct AgeBound {
     age: Option<chrono::Duration>,
-    oldest_needed: Option<DateTime<Utc>>,
+    /// The newest `update_time` of the scan's first page (with items): where the scan began.
+    top: Option<DateTime<Utc>>,
+    /// Pages looked at.
+    pages: usize,
 }
 
 impl AgeBound {
@@ -1225,23 +1223,20 @@ impl AgeBound {
 
     fn new(age: Option<Duration>) -> Self {
         let age = age.map(|a| chrono::Duration::from_std(a).unwrap_or(chrono::Duration::MAX));
-        Self { age, oldest_needed: None }
+        Self { age, top: None, pages: 0 }
     }
 
     /// Whether `page` (the next page of the scan) reaches past the objects that need reading.
     fn passed(&mut self, page: &[Value]) -> bool {
-        let Some(age) = self.age else { return false };
-        if self.oldest_needed.is_none() {
-            let Some(newest) = newest(page) else { return false };
-            // An age reaching before the calendar's start: read everything.
-            self.oldest_needed = Some(
-                newest
-                    .checked_sub_signed(age)
-                    .and_then(|t| t.checked_sub_signed(Self::MARGIN))
-                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
-            );
-        }
-        self.oldest_needed.is_some_and(|bound| times(page).any(|t| t < bound))
+        self.pages += 1;
+        self.top = self.top.or_else(|| newest(page));
+        let (Some(age), Some(top)) = (self.age, self.top) else { return false };
+        // An age reaching before the calendar's start: read everything.
+        let oldest_needed = top
+            .checked_sub_signed(age)
+            .and_then(|t| t.checked_sub_signed(Self::MARGIN))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        times(page).any(|t| t < oldest_needed)
     }
 }
 

@@ -323,9 +323,8 @@ async fn wait_for_token(ctx: &JobContext, target: &Target, rate: &str) -> Result
                 ));
             }
             Ok(InJobToken::Paused(_)) => {
-                return Err(JobError::defer(
-                    Duration::ZERO,
-                    "paused",
+                return Err(crate::enqueue::back_to_lane(
+                    crate::enqueue::LanePause::Paused,
                     "provider account or provider paused since this job was admitted; resumes from the cursor",
                 ));
             }

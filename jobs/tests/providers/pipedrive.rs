@@ -47,6 +47,14 @@ impl Pd {
         pd
     }
 
+    /// Two records, the logical clock frozen at 2026-02-01 09:00 UTC (reconciliation tests move
+    /// it by hand).
+    async fn start_frozen() -> Self {
+        let pd = Self::start(2).await;
+        pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
+        pd
+    }
+
     fn ctl(&self) -> &Control {
         &self.env.control
     }
@@ -791,8 +799,7 @@ async fn fault_table_maps_each_sandbox_knob_to_the_right_error() {
 /// Objects older than an action's age end its scan, so a recent action's "not found" is quick.
 #[tokio::test]
 async fn reconciliation_never_takes_a_hidden_object_for_an_absent_one() {
-    let pd = Pd::start(2).await;
-    pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
+    let pd = Pd::start_frozen().await;
     let c = pd.client();
     let auth = pd.auth();
     let task = crate::support::task("Call back", "act-buried");
@@ -837,8 +844,7 @@ async fn reconciliation_never_takes_a_hidden_object_for_an_absent_one() {
 /// by a latency fault until the object has been updated, so the race is made to happen.
 #[tokio::test]
 async fn an_object_updated_while_the_scan_runs_is_still_found() {
-    let pd = Pd::start(2).await;
-    pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
+    let pd = Pd::start_frozen().await;
     let c = pd.client();
     let auth = pd.auth();
     let task =
@@ -895,8 +901,7 @@ async fn an_object_updated_while_the_scan_runs_is_still_found() {
 /// first page is deleted, and the front re-read stops after two pages (older notes there).
 #[tokio::test]
 async fn a_note_deleted_behind_the_scan_does_not_hide_the_next_one() {
-    let pd = Pd::start(2).await;
-    pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
+    let pd = Pd::start_frozen().await;
     let c = pd.client();
     let auth = pd.auth();
     let note = crate::support::deal_note("At a boundary", "1", "act-boundary");
@@ -949,8 +954,7 @@ async fn an_inconclusive_reconciliation_fails_the_action_instead_of_creating_it_
     use crm_queue::FailureKind;
     use secrecy::SecretString;
 
-    let pd = Pd::start(2).await;
-    pd.ctl().post("clock", json!({"set": "2026-02-01T09:00:00Z", "mode": "frozen"})).await;
+    let pd = Pd::start_frozen().await;
     let db = TestDb::new().await;
     let store = Store::new(
         db.pool.clone(),
