@@ -10,6 +10,7 @@ use crm_jobs::config::EXIT_CONFIG;
 use crm_jobs::job::SyncMode;
 use uuid::Uuid;
 
+use crate::schedule::freshness;
 use crate::schedule::model::{FieldError, NewSchedule, Schedule, SchedulePatch, parse_objects};
 use crate::schedule::store::{self, StoreError};
 use crate::schedule::trigger::{self, TriggerError};
@@ -683,6 +684,23 @@ pub enum SyncCommand {
         #[arg(long)]
         full: bool,
     },
+    /// List scheduled syncs that have fallen behind: a tick fired longer ago than --after and
+    /// no sync of that connection and object has succeeded since (longest behind first, with
+    /// the latest run and its error).
+    Stale {
+        /// Grace after a tick: the scheduler's own setting unless given (e.g. 30m, 2h).
+        #[arg(long, env = "CRM_FLEET_SYNC_STALE_AFTER", default_value = "30m", value_parser = humantime::parse_duration)]
+        after: Duration,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this provider's (hubspot, salesforce, pipedrive, zoho, close).
+        #[arg(long)]
+        provider: Option<String>,
+        /// Show at most this many (all are counted).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// `crmctl schedules …`
@@ -1030,11 +1048,94 @@ async fn sync_now(cli: &Cli, connection: Uuid, objects: &[String], full: bool) -
     Ok(0)
 }
 
+async fn sync_stale(
+    cli: &Cli,
+    after: Duration,
+    filter: freshness::Filter,
+    limit: usize,
+) -> anyhow::Result<i32> {
+    if after.is_zero() {
+        return Ok(usage(&FieldError::new("after", "must be positive")));
+    }
+    if let Some(p) = &filter.provider
+        && p.parse::<crm_jobs::providers::Provider>().is_err()
+    {
+        return Ok(usage(&FieldError::new(
+            "provider",
+            format!("{p:?} is not a provider (hubspot, salesforce, pipedrive, zoho, close)"),
+        )));
+    }
+    let pool = pool(cli).await?;
+    let now = chrono::Utc::now();
+    let mut stale = freshness::stale_syncs(&pool, now, after, &filter).await.context("database")?;
+    let total = stale.len();
+    stale.truncate(limit);
+    freshness::with_last_runs(&pool, &mut stale).await.context("database")?;
+    let after_text = humantime::format_duration(after).to_string();
+    let value = serde_json::json!({ "after_seconds": after.as_secs(), "total": total, "stale": stale });
+    print(cli.json, &value, || {
+        if total == 0 {
+            println!("no stale syncs: every scheduled sync succeeded within {after_text} of its last tick");
+            return;
+        }
+        let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M").to_string();
+        println!(
+            "{:<16}  {:<10}  {:<7}  {:<36}  {:>10}  {:<16}  LATEST RUN",
+            "TENANT", "PROVIDER", "OBJECT", "CONNECTION", "BEHIND", "LAST SUCCESS"
+        );
+        for s in &stale {
+            let behind = Duration::from_secs((now - s.due_at).num_seconds().max(0) as u64);
+            let mut run = match &s.last_run {
+                None => "none".to_owned(),
+                Some(r) if r.status == "running" => {
+                    format!("running since {} ({} pages)", time(r.started_at), r.pages)
+                }
+                Some(r) => format!(
+                    "{} {}{}",
+                    r.status,
+                    time(r.finished_at.unwrap_or(r.started_at)),
+                    r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                ),
+            };
+            if s.connection_status != "active" {
+                run = format!("connection {}; {run}", s.connection_status);
+            }
+            println!(
+                "{:<16}  {:<10}  {:<7}  {:<36}  {:>10}  {:<16}  {run}",
+                s.tenant_id,
+                s.provider,
+                s.object,
+                s.connection_id,
+                humantime::format_duration(behind)
+                    .to_string()
+                    .split(' ')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                s.last_success_at.map(time).unwrap_or_else(|| "never".to_owned()),
+            );
+        }
+        println!(
+            "{total} stale (a tick fired over {after_text} ago with no successful sync since){}",
+            if total > stale.len() {
+                format!("; the first {} shown (--limit)", stale.len())
+            } else {
+                String::new()
+            }
+        );
+    });
+    Ok(0)
+}
+
 /// Runs the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Sync(SyncCommand::Now { connection, objects, full }) => {
             sync_now(&cli, *connection, objects, *full).await
+        }
+        Command::Sync(SyncCommand::Stale { after, tenant, provider, limit }) => {
+            let filter = freshness::Filter { tenant: tenant.clone(), provider: provider.clone() };
+            sync_stale(&cli, *after, filter, *limit).await
         }
         Command::Schedules(command) => schedules(&cli, command).await,
         Command::Tenants(TenantCmd::Add { id, name, weight }) => {

@@ -34,6 +34,10 @@ struct Args {
     /// forever (e.g. 30d, 72h).
     #[arg(long, env = "CRM_FLEET_DLQ_RETENTION", default_value = "30d")]
     dlq_retention: String,
+    /// A scheduled sync counts as stale (`crm_fleet_syncs_stale`, `crmctl sync stale`) once a
+    /// tick fired this long ago with no successful sync since (e.g. 30m, 2h).
+    #[arg(long, env = "CRM_FLEET_SYNC_STALE_AFTER", default_value = "30m")]
+    sync_stale_after: String,
     /// Log format: text or json.
     #[arg(long, env = "CRM_FLEET_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -87,8 +91,20 @@ fn validate(
             }
         },
     };
+    let stale_after = match humantime::parse_duration(&a.sync_stale_after) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            p.add("CRM_FLEET_SYNC_STALE_AFTER", "must be positive");
+            crm_scheduler::schedule::freshness::DEFAULT_GRACE
+        }
+        Err(e) => {
+            p.add("CRM_FLEET_SYNC_STALE_AFTER", format!("{:?} is not a duration ({e})", a.sync_stale_after));
+            crm_scheduler::schedule::freshness::DEFAULT_GRACE
+        }
+    };
     let mut schedule = crm_scheduler::schedule::ScheduleConfig::new("");
     schedule.engine.late_tolerance = late_tolerance;
+    schedule.stale_after = stale_after;
     let log_format = a.log_format.parse().unwrap_or_else(|e: String| {
         p.add("CRM_FLEET_LOG_FORMAT", e);
         crm_jobs::telemetry::LogFormat::Text

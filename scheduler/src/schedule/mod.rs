@@ -9,6 +9,7 @@
 //! | [`lease`] | The leader lease (advisory lock on a dedicated connection) |
 //! | [`engine`] | The tick engine: in-memory timers, one read and one push per tick |
 //! | [`trigger`] | Manual syncs (API and `crmctl sync now`) |
+//! | [`freshness`] | Which scheduled syncs have fallen behind (`crm_fleet_syncs_stale`, `crmctl sync stale`) |
 //! | [`api`] | The HTTP handlers |
 //!
 //! Invariants, as absences:
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod freshness;
 pub mod lease;
 pub mod model;
 pub mod service;
@@ -44,29 +46,48 @@ pub struct ScheduleConfig {
     pub lease: LeaseConfig,
     /// Tick engine.
     pub engine: EngineConfig,
+    /// How long after a tick fires its sync may still be missing before it counts as stale
+    /// (`crm_fleet_syncs_stale`).
+    pub stale_after: std::time::Duration,
 }
 
 impl ScheduleConfig {
     /// Defaults for a database.
     pub fn new(database_url: impl Into<String>) -> Self {
-        Self { lease: LeaseConfig::new(database_url), engine: EngineConfig::default() }
+        Self {
+            lease: LeaseConfig::new(database_url),
+            engine: EngineConfig::default(),
+            stale_after: freshness::DEFAULT_GRACE,
+        }
     }
 }
 
-/// The lease and the engine running together.
-#[derive(Debug)]
+/// The lease, the engine and the freshness gauge running together.
 pub struct Scheduling {
     lease: Lease,
     engine: Engine,
+    freshness: tokio::sync::Mutex<freshness::FreshnessGauge>,
+}
+
+impl std::fmt::Debug for Scheduling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduling")
+            .field("lease", &self.lease)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Scheduling {
-    /// Starts competing for the lease, and ticking whenever it is held.
+    /// Starts competing for the lease, and ticking whenever it is held; counts stale syncs
+    /// on every replica (a read of PostgreSQL, not the leader's work).
     pub fn start(config: ScheduleConfig, pool: sqlx::PgPool, queue: crm_queue::Queue) -> Self {
         describe_metrics();
+        let freshness =
+            freshness::FreshnessGauge::start(pool.clone(), config.stale_after, freshness::SAMPLE_EVERY);
         let lease = Lease::start(config.lease);
         let engine = Engine::start(config.engine, pool, queue, lease.subscribe());
-        Self { lease, engine }
+        Self { lease, engine, freshness: tokio::sync::Mutex::new(freshness) }
     }
 
     /// Whether this process leads now.
@@ -83,6 +104,7 @@ impl Scheduling {
     pub async fn stop(&self) {
         self.engine.stop().await;
         self.lease.stop().await;
+        self.freshness.lock().await.stop().await;
     }
 }
 

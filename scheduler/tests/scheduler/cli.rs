@@ -1,13 +1,6 @@
 //! `crmctl sync now` and `crmctl schedules …` as an operator runs them.
 
-use serde_json::Value;
-
-use crate::support::Env;
-
-fn json(out: &std::process::Output) -> Value {
-    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("json output")
-}
+use crate::support::{Env, json};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schedules_and_sync_now_from_the_command_line() {
@@ -120,11 +113,18 @@ fn bad_scheduler_configuration_lists_every_problem_and_exits_64() {
         .env("REDIS_URL", "http://wrong")
         .env("CRM_FLEET_API_ADDR", "nowhere")
         .env("CRM_FLEET_SCHEDULER_LATE_TOLERANCE", "soon")
+        .env("CRM_FLEET_SYNC_STALE_AFTER", "0s")
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    for name in ["DATABASE_URL", "REDIS_URL", "CRM_FLEET_API_ADDR", "CRM_FLEET_SCHEDULER_LATE_TOLERANCE"] {
+    for name in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CRM_FLEET_API_ADDR",
+        "CRM_FLEET_SCHEDULER_LATE_TOLERANCE",
+        "CRM_FLEET_SYNC_STALE_AFTER",
+    ] {
         assert!(err.contains(name), "{name} not reported:\n{err}");
     }
 }

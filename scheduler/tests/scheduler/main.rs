@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod failover;
+mod freshness;
 mod lease;
 mod support;
 mod ticks;

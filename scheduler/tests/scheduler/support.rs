@@ -325,3 +325,9 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// A command's JSON output, after checking it succeeded.
+pub fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json output")
+}

@@ -1,0 +1,238 @@
+//! Sync freshness: which scheduled syncs count as stale, as `crmctl sync stale` lists them and
+//! as the scheduler's `crm_fleet_syncs_stale` gauge counts them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use crm_scheduler::schedule::freshness::{Filter, stale_syncs, with_last_runs};
+use uuid::Uuid;
+
+use crate::support::{Env, json};
+
+const GRACE: Duration = Duration::from_secs(30 * 60);
+
+fn at(h: u32, m: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, h, m, 0).single().expect("instant")
+}
+
+impl Env {
+    async fn set_schedule(&self, id: Uuid, sql_set: &str, since: DateTime<Utc>) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE schedules SET {sql_set} WHERE id = $1")))
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .expect("update schedule");
+        // Written last, directly: the trigger bumps updated_at on definition changes.
+        sqlx::query("UPDATE schedules SET updated_at = $2, created_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(since)
+            .execute(self.pool())
+            .await
+            .expect("backdate schedule");
+    }
+
+    async fn succeeded(&self, connection: Uuid, object: &str, at: DateTime<Utc>) {
+        sqlx::query(
+            "INSERT INTO sync_state (connection_id, object, cursor, last_success_at) VALUES ($1, $2, '{}', $3)",
+        )
+        .bind(connection)
+        .bind(object)
+        .bind(at)
+        .execute(self.pool())
+        .await
+        .expect("sync_state");
+    }
+
+    async fn connection_status(&self, connection: Uuid, status: &str) {
+        sqlx::query("UPDATE connections SET status = $2 WHERE id = $1")
+            .bind(connection)
+            .bind(status)
+            .execute(self.pool())
+            .await
+            .expect("connection status");
+    }
+}
+
+fn keys(stale: &[crm_scheduler::schedule::freshness::StaleSync]) -> Vec<(Uuid, &str, DateTime<Utc>)> {
+    stale.iter().map(|s| (s.connection_id, s.object.as_str(), s.due_at)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_is_stale_once_a_tick_fired_past_the_grace_with_no_success_since() {
+    let env = Env::new().await;
+    // Hourly, three objects, defined since 07:20: contact synced at 12:10, company at 09:20,
+    // deal never.
+    let hourly_conn = env.connection().await;
+    let hourly =
+        env.schedule(hourly_conn, "0 * * * *", &["contact", "company", "deal"], "run_once", 10).await;
+    env.set_schedule(hourly, "enabled = true", at(7, 20)).await;
+    env.succeeded(hourly_conn, "contact", at(12, 10)).await;
+    env.succeeded(hourly_conn, "company", at(9, 20)).await;
+    // Daily at 09:00 New York (14:00 UTC in November) on a connection needing consent, last
+    // synced after yesterday's tick.
+    let daily_conn = env.connection().await;
+    let daily = env.schedule(daily_conn, "0 9 * * *", &["contact"], "run_once", 10).await;
+    env.set_schedule(daily, "time_zone = 'America/New_York'", at(7, 0) - chrono::Duration::days(3)).await;
+    env.succeeded(daily_conn, "contact", at(15, 0) - chrono::Duration::days(1)).await;
+    env.connection_status(daily_conn, "needs_reauth").await;
+    // Never synced, but nobody expects it to: a disabled schedule, a disabled connection.
+    let off = env.schedule(hourly_conn, "*/5 * * * *", &["deal"], "run_once", 10).await;
+    env.set_schedule(off, "enabled = false", at(1, 0)).await;
+    let disabled_conn = env.connection().await;
+    let on_disabled = env.schedule(disabled_conn, "*/5 * * * *", &["contact"], "run_once", 10).await;
+    env.set_schedule(on_disabled, "enabled = true", at(1, 0)).await;
+    env.connection_status(disabled_conn, "disabled").await;
+
+    let all = Filter::default();
+    let stale = stale_syncs(env.pool(), at(12, 20), GRACE, &all).await.expect("stale");
+    // The oldest unanswered tick first: deal since 08:00 (first tick after 07:20), company
+    // since 10:00 (after 09:20). The contact's 13:00 tick has not fired; the daily one's next
+    // tick is 14:00 UTC.
+    assert_eq!(keys(&stale), vec![(hourly_conn, "deal", at(8, 0)), (hourly_conn, "company", at(10, 0))]);
+    assert_eq!(stale[1].last_success_at, Some(at(9, 20)));
+    assert_eq!(stale[0].last_success_at, None);
+
+    // The daily tick at 14:00 UTC counts once the grace has passed, and not a minute before.
+    let before = stale_syncs(env.pool(), at(14, 29), GRACE, &all).await.expect("stale");
+    assert!(!before.iter().any(|s| s.connection_id == daily_conn), "{before:?}");
+    let after = stale_syncs(env.pool(), at(14, 30), GRACE, &all).await.expect("stale");
+    let daily_stale: Vec<_> = after.iter().filter(|s| s.connection_id == daily_conn).collect();
+    assert_eq!(daily_stale.len(), 1, "{after:?}");
+    assert_eq!(
+        (daily_stale[0].due_at, daily_stale[0].connection_status.as_str()),
+        (at(14, 0), "needs_reauth")
+    );
+    // By then the contact's 13:00 tick is unanswered too; disabled ones never show.
+    assert!(
+        after
+            .iter()
+            .any(|s| s.connection_id == hourly_conn && s.object == "contact" && s.due_at == at(13, 0))
+    );
+    assert!(!after.iter().any(|s| s.connection_id == disabled_conn || s.schedule_id == off), "{after:?}");
+
+    // A success after the tick answers it.
+    env.succeeded(hourly_conn, "deal", at(12, 5)).await;
+    let stale = stale_syncs(env.pool(), at(12, 20), GRACE, &all).await.expect("stale");
+    assert_eq!(keys(&stale), vec![(hourly_conn, "company", at(10, 0))]);
+    // A change of definition restarts the count (a re-enabled schedule is not behind at once).
+    env.set_schedule(hourly, "enabled = true", at(12, 0)).await;
+    assert!(stale_syncs(env.pool(), at(12, 20), GRACE, &all).await.expect("stale").is_empty());
+
+    // Filters.
+    let tenant: String = sqlx::query_scalar("SELECT tenant_id FROM connections WHERE id = $1")
+        .bind(daily_conn)
+        .fetch_one(env.pool())
+        .await
+        .expect("tenant");
+    let only = Filter { tenant: Some(tenant), provider: None };
+    let mut of_tenant = stale_syncs(env.pool(), at(14, 30), GRACE, &only).await.expect("stale");
+    assert_eq!(keys(&of_tenant), vec![(daily_conn, "contact", at(14, 0))]);
+    let other_provider = Filter { tenant: None, provider: Some("close".into()) };
+    assert!(stale_syncs(env.pool(), at(14, 30), GRACE, &other_provider).await.expect("stale").is_empty());
+
+    // The latest run comes with it.
+    for (started, status, error) in
+        [(at(13, 0), "failed", Some("unauthorized: token revoked")), (at(12, 0), "succeeded", None)]
+    {
+        sqlx::query(
+            "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, status, started_at, finished_at, error) \
+             VALUES ($1, $2, 't', 'hubspot', 'contact', 'incremental', $3, $4, $4, $5)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(daily_conn)
+        .bind(status)
+        .bind(started)
+        .bind(error)
+        .execute(env.pool())
+        .await
+        .expect("run");
+    }
+    with_last_runs(env.pool(), &mut of_tenant).await.expect("runs");
+    let run = of_tenant[0].last_run.as_ref().expect("latest run");
+    assert_eq!((run.status.as_str(), run.error.as_deref()), ("failed", Some("unauthorized: token revoked")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_find_stale_syncs_with_crmctl_and_the_scheduler_counts_them() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    let behind = env.connection().await;
+    let s = env.schedule(behind, "*/5 * * * *", &["contact", "deal"], "run_once", 10).await;
+    env.set_schedule(s, "enabled = true", now - chrono::Duration::hours(3)).await;
+    env.succeeded(behind, "deal", now - chrono::Duration::minutes(1)).await;
+    sqlx::query(
+        "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, status, finished_at, error) \
+         VALUES ($1, $2, 't', 'hubspot', 'contact', 'incremental', 'failed', now(), 'rate limited for 2h')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(behind)
+    .execute(env.pool())
+    .await
+    .expect("run");
+    let fresh = env.connection().await;
+    let f = env.schedule(fresh, "*/5 * * * *", &["contact"], "run_once", 10).await;
+    env.set_schedule(f, "enabled = true", now - chrono::Duration::hours(3)).await;
+    env.succeeded(fresh, "contact", now - chrono::Duration::minutes(2)).await;
+
+    let listed = json(&env.crmctl(&["sync", "stale", "--json"]));
+    assert_eq!(
+        (listed["total"].as_u64(), listed["after_seconds"].as_u64()),
+        (Some(1), Some(1800)),
+        "{listed}"
+    );
+    let row = &listed["stale"][0];
+    assert_eq!(
+        (row["connection_id"].as_str(), row["object"].as_str(), row["last_run"]["error"].as_str()),
+        (Some(behind.to_string().as_str()), Some("contact"), Some("rate limited for 2h")),
+        "{row}"
+    );
+    let table = env.crmctl(&["sync", "stale"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success() && text.contains("failed") && text.contains("rate limited for 2h"),
+        "{text}"
+    );
+    assert!(text.contains("1 stale"), "{text}");
+    // A longer grace than the whole outage: nothing is stale.
+    let lenient = json(&env.crmctl(&["sync", "stale", "--after", "4h", "--json"]));
+    assert_eq!(lenient["total"], 0, "{lenient}");
+    let none = env.crmctl(&["sync", "stale", "--after", "4h"]);
+    assert!(String::from_utf8_lossy(&none.stdout).starts_with("no stale syncs"));
+    let bad = env.crmctl(&["sync", "stale", "--provider", "myspace"]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--provider"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // The scheduler's gauge counts it from its first sample, at start.
+    let scheduler = env.spawn_scheduler(&[]);
+    let http = crm_jobs::testing::http_client();
+    let value = |text: &str, object: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("crm_fleet_syncs_stale{")
+                    && l.contains("provider=\"hubspot\"")
+                    && l.contains(&format!("object=\"{object}\""))
+            })
+            .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let text = http
+            .get(format!("{}/metrics", scheduler.base))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        if value(&text, "contact").is_some() || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(value(&metrics, "contact"), Some(1.0), "{metrics}");
+    assert_eq!(value(&metrics, "deal"), Some(0.0), "{metrics}");
+}
