@@ -1134,7 +1134,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             sync_now(&cli, *connection, objects, *full).await
         }
         Command::Sync(SyncCommand::Stale { after, tenant, provider, limit }) => {
-            let filter = freshness::Filter { tenant: tenant.clone(), provider: provider.clone() };
+            let filter =
+                freshness::Filter { tenant: tenant.clone(), provider: provider.clone(), connection: None };
             sync_stale(&cli, *after, filter, *limit).await
         }
         Command::Schedules(command) => schedules(&cli, command).await,

@@ -80,7 +80,13 @@ impl Scheduler {
         schedule.lease.api_addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         Ok(Self {
             listener,
-            state: crate::api::ApiState { pool, queue, metrics, connect },
+            state: crate::api::ApiState {
+                pool,
+                queue,
+                metrics,
+                connect,
+                sync_stale_after: schedule.stale_after,
+            },
             schedule,
             dlq_retention: config.dlq_retention,
         })

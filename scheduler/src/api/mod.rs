@@ -43,6 +43,8 @@ pub struct ApiState {
     pub metrics: PrometheusHandle,
     /// The OAuth connect flow.
     pub connect: Arc<crm_jobs::auth::connect::ConnectState>,
+    /// Grace after a tick before a missing sync success counts as stale.
+    pub sync_stale_after: std::time::Duration,
 }
 
 #[derive(OpenApi)]
@@ -120,7 +122,7 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
     let enqueue = OpenApiRouter::new()
         .routes(routes!(actions::post_action))
         .routes(routes!(actions::get_job))
-        .routes(routes!(schedule::api::sync_now))
+        .routes(routes!(schedule::api::sync_now, schedule::api::sync_status))
         .route_layer(from_fn_with_state((state.pool.clone(), Scope::Enqueue), keys::require));
     let admin = OpenApiRouter::new()
         .routes(routes!(dlq::list))

@@ -7,12 +7,13 @@
 //! | `GET /v1/schedules/{id}` | one |
 //! | `PATCH /v1/schedules/{id}` | change any field but `connection_id` |
 //! | `POST /v1/connections/{id}/sync` | enqueue a sync now (202) |
+//! | `GET /v1/connections/{id}/sync` | where its syncs stand: per object the last success, the latest run, stale or not |
 //!
 //! Invariant: every rejection is a JSON body `{"error", "field", "message"}` with a 4xx
 //! status, and `field` names the input at fault (`cron`, `objects[1]`, `id`, `body`…);
 //! database and Redis failures are 503 `{"error": "unavailable"}` without internals.
 //! Authentication is not done here: [`crate::api::router`] mounts these handlers behind its
-//! API-key layer (schedules: `admin` scope; sync now: `enqueue`) and documents them in
+//! API-key layer (schedules: `admin` scope; sync now and sync status: `enqueue`) and documents them in
 //! `/openapi.json` from the annotations below.
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use crm_jobs::providers::ObjectKind;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::freshness::{self, ConnectionSync};
 use super::model::{
     FieldError, NewSchedule, Schedule, SchedulePatch, optional_objects_schema, parse_objects,
 };
@@ -351,4 +353,30 @@ pub async fn sync_now(
         },
     )?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "connection_id": connection, "mode": mode, "jobs": jobs }))))
+}
+
+/// Where a connection's syncs stand, object by object: whether a schedule covers it, its last
+/// success, its latest run (with the error of a failed one) and whether it is stale (a tick
+/// fired longer ago than the scheduler's `CRM_FLEET_SYNC_STALE_AFTER` with no success since).
+#[utoipa::path(get, path = "/v1/connections/{id}/sync", tag = "schedules", operation_id = "sync_status",
+    params(("id" = Uuid, Path, description = "Connection id")),
+    responses(
+        (status = 200, description = "Sync status", body = ConnectionSync),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 403, description = "Key lacks the enqueue scope", body = ErrorBody),
+        (status = 404, description = "No such connection", body = ErrorBody),
+        (status = 422, description = "Malformed id", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn sync_status(
+    State(s): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<ConnectionSync>, ApiError> {
+    let id = path_id(id)?;
+    match freshness::connection_sync(&s.pool, id, chrono::Utc::now(), s.sync_stale_after).await {
+        Ok(Some(status)) => Ok(Json(status)),
+        Ok(None) => Err(ApiError::not_found("id", "no such connection")),
+        Err(e) => Err(ApiError::unavailable(&e)),
+    }
 }

@@ -98,6 +98,8 @@ pub struct Filter {
     pub tenant: Option<String>,
     /// Only this provider's.
     pub provider: Option<String>,
+    /// Only this connection's.
+    pub connection: Option<Uuid>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -135,11 +137,13 @@ pub async fn stale_syncs(
          LEFT JOIN sync_state st ON st.connection_id = s.connection_id AND st.object = o.object \
          WHERE s.enabled AND c.status <> 'disabled' \
            AND GREATEST(s.updated_at, st.last_success_at) < $1 \
-           AND ($2::text IS NULL OR c.tenant_id = $2) AND ($3::text IS NULL OR c.provider = $3)",
+           AND ($2::text IS NULL OR c.tenant_id = $2) AND ($3::text IS NULL OR c.provider = $3) \
+           AND ($4::uuid IS NULL OR c.id = $4)",
     )
     .bind(horizon)
     .bind(filter.tenant.as_deref())
     .bind(filter.provider.as_deref())
+    .bind(filter.connection)
     .fetch(pool);
     let mut crons: HashMap<String, Option<Arc<Cron>>> = HashMap::new();
     let mut out = Vec::new();
@@ -180,11 +184,23 @@ pub async fn stale_syncs(
 
 /// Fills in each stale sync's latest run (one query for all of them).
 pub async fn with_last_runs(pool: &PgPool, stale: &mut [StaleSync]) -> Result<(), sqlx::Error> {
-    if stale.is_empty() {
-        return Ok(());
+    let keys: Vec<(Uuid, &str)> = stale.iter().map(|s| (s.connection_id, s.object.as_str())).collect();
+    let mut runs = latest_runs(pool, &keys).await?;
+    for s in stale {
+        s.last_run = runs.remove(&(s.connection_id, s.object.clone()));
     }
-    let conns: Vec<Uuid> = stale.iter().map(|s| s.connection_id).collect();
-    let objects: Vec<&str> = stale.iter().map(|s| s.object.as_str()).collect();
+    Ok(())
+}
+
+/// The latest run of each (connection, object) that has one, in one query.
+async fn latest_runs(
+    pool: &PgPool,
+    keys: &[(Uuid, &str)],
+) -> Result<HashMap<(Uuid, String), LastRun>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (conns, objects): (Vec<Uuid>, Vec<&str>) = keys.iter().copied().unzip();
     let runs: Vec<RunOf> = sqlx::query_as(
         "SELECT k.conn, k.object, r.id, r.status, r.started_at, r.finished_at, r.pages, r.processed, r.error \
          FROM UNNEST($1::uuid[], $2::text[]) AS k(conn, object) \
@@ -195,12 +211,104 @@ pub async fn with_last_runs(pool: &PgPool, stale: &mut [StaleSync]) -> Result<()
     .bind(&objects)
     .fetch_all(pool)
     .await?;
-    let mut by_key: HashMap<(Uuid, String), LastRun> =
-        runs.into_iter().map(|r| ((r.conn, r.object), r.run)).collect();
-    for s in stale {
-        s.last_run = by_key.remove(&(s.connection_id, s.object.clone()));
+    Ok(runs.into_iter().map(|r| ((r.conn, r.object), r.run)).collect())
+}
+
+/// Where one object of a connection stands.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ObjectSync {
+    /// `contact`, `company` or `deal`.
+    pub object: String,
+    /// Whether an enabled schedule syncs it.
+    pub scheduled: bool,
+    /// When a sync of it last succeeded (`None`: never).
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Whether it is stale: a tick fired longer ago than the grace and no success since.
+    pub stale: bool,
+    /// When stale: when the first tick that no success has followed fired.
+    pub due_at: Option<DateTime<Utc>>,
+    /// The latest run, if any.
+    pub latest_run: Option<LastRun>,
+}
+
+/// Where a connection's syncs stand, object by object.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ConnectionSync {
+    /// Connection.
+    pub connection_id: Uuid,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Provider.
+    pub provider: String,
+    /// `active`, `needs_reauth` or `disabled`.
+    pub connection_status: String,
+    /// The grace after a tick beyond which a missing success makes an object stale.
+    pub stale_after_seconds: u64,
+    /// Contact, company and deal, in that order.
+    pub objects: Vec<ObjectSync>,
+}
+
+/// Where connection `id`'s syncs stand at `now`; `None` if there is no such connection.
+pub async fn connection_sync(
+    pool: &PgPool,
+    id: Uuid,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<Option<ConnectionSync>, sqlx::Error> {
+    let Some((tenant_id, provider, connection_status)) = sqlx::query_as::<_, (String, String, String)>(
+        "SELECT tenant_id, provider, status FROM connections WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let scheduled: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT o FROM schedules, unnest(objects) AS o WHERE connection_id = $1 AND enabled",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let successes: HashMap<String, Option<DateTime<Utc>>> =
+        sqlx::query_as::<_, (String, Option<DateTime<Utc>>)>(
+            "SELECT object, last_success_at FROM sync_state WHERE connection_id = $1",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+    let filter = Filter { connection: Some(id), ..Filter::default() };
+    // Several schedules may cover one object: it is stale as of the earliest unanswered tick.
+    let mut stale: HashMap<String, DateTime<Utc>> = HashMap::new();
+    for s in stale_syncs(pool, now, grace, &filter).await? {
+        stale.entry(s.object).and_modify(|d| *d = (*d).min(s.due_at)).or_insert(s.due_at);
     }
-    Ok(())
+    let keys: Vec<(Uuid, &str)> = ObjectKind::ALL.iter().map(|o| (id, o.as_str())).collect();
+    let mut runs = latest_runs(pool, &keys).await?;
+    let objects = ObjectKind::ALL
+        .iter()
+        .map(|o| {
+            let object = o.as_str().to_owned();
+            ObjectSync {
+                scheduled: scheduled.contains(&object),
+                last_success_at: successes.get(&object).copied().flatten(),
+                stale: stale.contains_key(&object),
+                due_at: stale.get(&object).copied(),
+                latest_run: runs.remove(&(id, object.clone())),
+                object,
+            }
+        })
+        .collect();
+    Ok(Some(ConnectionSync {
+        connection_id: id,
+        tenant_id,
+        provider,
+        connection_status,
+        stale_after_seconds: grace.as_secs(),
+        objects,
+    }))
 }
 
 /// Stale syncs counted by (provider, object), over the closed label sets (zero where none),

@@ -124,10 +124,10 @@ async fn a_sync_is_stale_once_a_tick_fired_past_the_grace_with_no_success_since(
         .fetch_one(env.pool())
         .await
         .expect("tenant");
-    let only = Filter { tenant: Some(tenant), provider: None };
+    let only = Filter { tenant: Some(tenant), ..Filter::default() };
     let mut of_tenant = stale_syncs(env.pool(), at(14, 30), GRACE, &only).await.expect("stale");
     assert_eq!(keys(&of_tenant), vec![(daily_conn, "contact", at(14, 0))]);
-    let other_provider = Filter { tenant: None, provider: Some("close".into()) };
+    let other_provider = Filter { provider: Some("close".into()), ..Filter::default() };
     assert!(stale_syncs(env.pool(), at(14, 30), GRACE, &other_provider).await.expect("stale").is_empty());
 
     // The latest run comes with it.
@@ -235,4 +235,78 @@ async fn operators_find_stale_syncs_with_crmctl_and_the_scheduler_counts_them() 
     };
     assert_eq!(value(&metrics, "contact"), Some(1.0), "{metrics}");
     assert_eq!(value(&metrics, "deal"), Some(0.0), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_reads_where_a_connections_syncs_stand() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    let conn = env.connection().await;
+    let s = env.schedule(conn, "*/5 * * * *", &["contact", "deal"], "run_once", 10).await;
+    env.set_schedule(s, "enabled = true", now - chrono::Duration::hours(3)).await;
+    env.succeeded(conn, "contact", now - chrono::Duration::minutes(1)).await;
+    for (object, status, error) in [("contact", "succeeded", None), ("deal", "failed", Some("invalid_grant"))]
+    {
+        sqlx::query(
+            "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, status, finished_at, error) \
+             VALUES ($1, $2, 't', 'hubspot', $3, 'incremental', $4, now(), $5)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(conn)
+        .bind(object)
+        .bind(status)
+        .bind(error)
+        .execute(env.pool())
+        .await
+        .expect("run");
+    }
+    let app = env.start_scheduler().await;
+    let client = env.admin_client().await;
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let resp = client.get(url).send().await.expect("request");
+            (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, body) = get(format!("{}/v1/connections/{conn}/sync", app.base)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["provider"].as_str(), body["stale_after_seconds"].as_u64()),
+        (Some("hubspot"), Some(1800))
+    );
+    let objects = body["objects"].as_array().expect("objects");
+    type View<'a> = (&'a str, bool, bool, Option<&'a str>, Option<&'a str>);
+    let view: Vec<View> = objects
+        .iter()
+        .map(|o| {
+            (
+                o["object"].as_str().unwrap_or_default(),
+                o["scheduled"].as_bool().unwrap_or_default(),
+                o["stale"].as_bool().unwrap_or_default(),
+                o["latest_run"]["status"].as_str(),
+                o["latest_run"]["error"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            ("contact", true, false, Some("succeeded"), None),
+            ("company", false, false, None, None),
+            ("deal", true, true, Some("failed"), Some("invalid_grant")),
+        ],
+        "{body}"
+    );
+    assert!(objects[0]["last_success_at"].is_string() && objects[2]["last_success_at"].is_null(), "{body}");
+    assert!(objects[2]["due_at"].is_string() && objects[0]["due_at"].is_null(), "{body}");
+
+    let (status, body) = get(format!("{}/v1/connections/{}/sync", app.base, Uuid::new_v4())).await;
+    assert_eq!((status, body["field"].as_str()), (404, Some("id")), "{body}");
+    let (status, body) = get(format!("{}/v1/connections/nope/sync", app.base)).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("id")), "{body}");
+    let (_, doc) = get(format!("{}/openapi.json", app.base)).await;
+    assert!(doc["paths"]["/v1/connections/{id}/sync"]["get"].is_object(), "documented");
+    assert!(doc["components"]["schemas"]["ConnectionSync"].is_object(), "schema documented");
+    app.shutdown().await;
 }
