@@ -43,6 +43,30 @@ impl Env {
         .expect("sync_state");
     }
 
+    /// A finished sync run (started and finished at `at`).
+    async fn ran(
+        &self,
+        connection: Uuid,
+        object: &str,
+        status: &str,
+        at: DateTime<Utc>,
+        error: Option<&str>,
+    ) {
+        sqlx::query(
+            "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, status, started_at, finished_at, error) \
+             VALUES ($1, $2, 't', 'hubspot', $3, 'incremental', $4, $5, $5, $6)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(connection)
+        .bind(object)
+        .bind(status)
+        .bind(at)
+        .bind(error)
+        .execute(self.pool())
+        .await
+        .expect("run");
+    }
+
     async fn connection_status(&self, connection: Uuid, status: &str) {
         sqlx::query("UPDATE connections SET status = $2 WHERE id = $1")
             .bind(connection)
@@ -134,18 +158,7 @@ async fn a_sync_is_stale_once_a_tick_fired_past_the_grace_with_no_success_since(
     for (started, status, error) in
         [(at(13, 0), "failed", Some("unauthorized: token revoked")), (at(12, 0), "succeeded", None)]
     {
-        sqlx::query(
-            "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, status, started_at, finished_at, error) \
-             VALUES ($1, $2, 't', 'hubspot', 'contact', 'incremental', $3, $4, $4, $5)",
-        )
-        .bind(Uuid::new_v4())
-        .bind(daily_conn)
-        .bind(status)
-        .bind(started)
-        .bind(error)
-        .execute(env.pool())
-        .await
-        .expect("run");
+        env.ran(daily_conn, "contact", status, started, error).await;
     }
     with_last_runs(env.pool(), &mut of_tenant).await.expect("runs");
     let run = of_tenant[0].last_run.as_ref().expect("latest run");
@@ -160,15 +173,7 @@ async fn operators_find_stale_syncs_with_crmctl_and_the_scheduler_counts_them() 
     let s = env.schedule(behind, "*/5 * * * *", &["contact", "deal"], "run_once", 10).await;
     env.set_schedule(s, "enabled = true", now - chrono::Duration::hours(3)).await;
     env.succeeded(behind, "deal", now - chrono::Duration::minutes(1)).await;
-    sqlx::query(
-        "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, status, finished_at, error) \
-         VALUES ($1, $2, 't', 'hubspot', 'contact', 'incremental', 'failed', now(), 'rate limited for 2h')",
-    )
-    .bind(Uuid::new_v4())
-    .bind(behind)
-    .execute(env.pool())
-    .await
-    .expect("run");
+    env.ran(behind, "contact", "failed", now, Some("rate limited for 2h")).await;
     let fresh = env.connection().await;
     let f = env.schedule(fresh, "*/5 * * * *", &["contact"], "run_once", 10).await;
     env.set_schedule(f, "enabled = true", now - chrono::Duration::hours(3)).await;
@@ -247,18 +252,7 @@ async fn a_service_reads_where_a_connections_syncs_stand() {
     env.succeeded(conn, "contact", now - chrono::Duration::minutes(1)).await;
     for (object, status, error) in [("contact", "succeeded", None), ("deal", "failed", Some("invalid_grant"))]
     {
-        sqlx::query(
-            "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, status, finished_at, error) \
-             VALUES ($1, $2, 't', 'hubspot', $3, 'incremental', $4, now(), $5)",
-        )
-        .bind(Uuid::new_v4())
-        .bind(conn)
-        .bind(object)
-        .bind(status)
-        .bind(error)
-        .execute(env.pool())
-        .await
-        .expect("run");
+        env.ran(conn, object, status, now, error).await;
     }
     let app = env.start_scheduler().await;
     let client = env.admin_client().await;
