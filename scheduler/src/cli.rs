@@ -684,11 +684,12 @@ pub enum SyncCommand {
         #[arg(long)]
         full: bool,
     },
-    /// List scheduled syncs that have fallen behind: a tick fired longer ago than --after and
+    /// List scheduled syncs that have fallen behind: a tick fired more than --after ago and
     /// no sync of that connection and object has succeeded since (longest behind first, with
     /// the latest run and its error).
     Stale {
-        /// Grace after a tick: the scheduler's own setting unless given (e.g. 30m, 2h).
+        /// Grace after a tick (e.g. 30m, 2h); the scheduler reads the same variable, so set it
+        /// alike for both.
         #[arg(long, env = "CRM_FLEET_SYNC_STALE_AFTER", default_value = "30m", value_parser = humantime::parse_duration)]
         after: Duration,
         /// Only this tenant's.

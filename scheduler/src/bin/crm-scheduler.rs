@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, env = "CRM_FLEET_DLQ_RETENTION", default_value = "30d")]
     dlq_retention: String,
     /// A scheduled sync counts as stale (`crm_fleet_syncs_stale`, `crmctl sync stale`) once a
-    /// tick fired this long ago with no successful sync since (e.g. 30m, 2h).
+    /// tick fired more than this long ago with no successful sync since (e.g. 30m, 2h).
     #[arg(long, env = "CRM_FLEET_SYNC_STALE_AFTER", default_value = "30m")]
     sync_stale_after: String,
     /// Log format: text or json.

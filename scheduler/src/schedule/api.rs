@@ -357,7 +357,7 @@ pub async fn sync_now(
 
 /// Where a connection's syncs stand, object by object: whether a schedule covers it, its last
 /// success, its latest run (with the error of a failed one) and whether it is stale (a tick
-/// fired longer ago than the scheduler's `CRM_FLEET_SYNC_STALE_AFTER` with no success since).
+/// fired more than the scheduler's `CRM_FLEET_SYNC_STALE_AFTER` ago with no success since).
 #[utoipa::path(get, path = "/v1/connections/{id}/sync", tag = "schedules", operation_id = "sync_status",
     params(("id" = Uuid, Path, description = "Connection id")),
     responses(

@@ -2,11 +2,19 @@
 //!
 //! A scheduled (connection, object) sync is **stale** when one of its schedule's ticks fired
 //! more than the grace period ago and no sync of that (connection, object) has succeeded
-//! since. Ticks are counted from the later of the last success and the schedule's last
-//! definition change, so a new, edited or re-enabled schedule is not behind before its first
-//! tick plus the grace. Disabled schedules and disabled connections are left out (nobody
-//! expects them to sync); connections that need re-authorisation are counted, since their
-//! data is going stale, and the listing says so.
+//! since (a success is the commit of a run's last page). Ticks are counted from the later of
+//! the last success and the schedule's `ticking_since` (its creation, or its latest change of
+//! timing or re-enabling), so a schedule that starts ticking anew is not behind before its
+//! first tick plus the grace, while an edit of its policies does not hide a sync that has long
+//! been failing. An object never synced counts from the schedule's last change (it may have
+//! just been added). When several schedules cover one object, the oldest unanswered tick
+//! speaks for it: one entry per (connection, object).
+//!
+//! Disabled schedules and disabled connections are left out (nobody expects them to sync).
+//! Connections that need re-authorisation are listed, their data going stale, but not counted
+//! by `crm_fleet_syncs_stale`: only the tenant can fix them, and `crm_fleet_connections`
+//! already alerts on them, so counting them would keep the stale alert firing in any large
+//! fleet.
 //!
 //! Why beside the dead-letter, queue and lag alerts: each of those watches one way a sync can
 //! fail to happen. Freshness watches the outcome tenants rely on, whatever the cause: a run
@@ -15,16 +23,16 @@
 //! threshold, a scheduler that fires nothing.
 //!
 //! Cost, as an invariant of the query: one streamed read of the enabled schedules' objects
-//! whose last success (or definition change) is older than the grace; rows synced within the
-//! grace cannot be stale and never leave PostgreSQL. Each row read costs one tick search,
-//! with each distinct expression parsed once.
+//! whose baseline is older than the grace; rows synced within the grace cannot be stale and
+//! never leave PostgreSQL. Each row read costs one tick search, with each distinct expression
+//! parsed once, and the loop yields to the runtime every 1,000 rows (the API and the tick
+//! engine share it). Only the leader samples the gauge.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use crm_jobs::periodic::Periodic;
 use crm_jobs::providers::{ObjectKind, Provider};
 use croner::Cron;
 use futures::TryStreamExt;
@@ -32,7 +40,11 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use tokio::sync::watch;
+
+use super::lease::Leadership;
 use super::model::parse_time_zone;
+use super::service::Service;
 use super::timing::{Timing, parse_cron};
 
 /// Default grace: how long after a tick fires its sync may still be missing.
@@ -110,6 +122,7 @@ struct Row {
     time_zone: String,
     jitter_ms: i32,
     updated_at: DateTime<Utc>,
+    ticking_since: DateTime<Utc>,
     tenant_id: String,
     provider: String,
     status: String,
@@ -117,8 +130,8 @@ struct Row {
     last_success_at: Option<DateTime<Utc>>,
 }
 
-/// The scheduled syncs stale at `now` with `grace`, the longest behind first (without their
-/// last runs: see [`with_last_runs`]).
+/// The scheduled syncs stale at `now` with `grace`, one per (connection, object), the longest
+/// behind first (without their last runs: see [`with_last_runs`]).
 pub async fn stale_syncs(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -127,16 +140,17 @@ pub async fn stale_syncs(
 ) -> Result<Vec<StaleSync>, sqlx::Error> {
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let horizon = now.checked_sub_signed(grace).unwrap_or(DateTime::<Utc>::MIN_UTC);
-    // GREATEST ignores NULLs: a never-synced object counts from the schedule's last change.
+    // The baseline of the loop below, as SQL: a row whose baseline is within the grace cannot
+    // be stale (its first tick after the baseline comes later still).
     let mut rows = sqlx::query_as::<_, Row>(
-        "SELECT s.id, s.connection_id, s.cron, s.time_zone, s.jitter_ms, s.updated_at, \
+        "SELECT s.id, s.connection_id, s.cron, s.time_zone, s.jitter_ms, s.updated_at, s.ticking_since, \
                 c.tenant_id, c.provider, c.status, o.object, st.last_success_at \
          FROM schedules s \
          JOIN connections c ON c.id = s.connection_id \
          CROSS JOIN LATERAL unnest(s.objects) AS o(object) \
          LEFT JOIN sync_state st ON st.connection_id = s.connection_id AND st.object = o.object \
          WHERE s.enabled AND c.status <> 'disabled' \
-           AND GREATEST(s.updated_at, st.last_success_at) < $1 \
+           AND GREATEST(COALESCE(st.last_success_at, s.updated_at), s.ticking_since) < $1 \
            AND ($2::text IS NULL OR c.tenant_id = $2) AND ($3::text IS NULL OR c.provider = $3) \
            AND ($4::uuid IS NULL OR c.id = $4)",
     )
@@ -147,16 +161,29 @@ pub async fn stale_syncs(
     .fetch(pool);
     let mut crons: HashMap<String, Option<Arc<Cron>>> = HashMap::new();
     let mut out = Vec::new();
+    let mut read = 0usize;
     while let Some(row) = rows.try_next().await? {
-        let cron = crons.entry(row.cron.clone()).or_insert_with(|| parse_cron(&row.cron).ok().map(Arc::new));
-        let (Some(cron), Ok(tz)) = (cron.clone(), parse_time_zone(&row.time_zone)) else {
+        read += 1;
+        if read.is_multiple_of(1_000) {
+            tokio::task::yield_now().await;
+        }
+        let cron = match crons.get(&row.cron) {
+            Some(c) => c.clone(),
+            None => {
+                let c = parse_cron(&row.cron).ok().map(Arc::new);
+                crons.insert(row.cron.clone(), c.clone());
+                c
+            }
+        };
+        let (Some(cron), Ok(tz)) = (cron, parse_time_zone(&row.time_zone)) else {
             // The API and the CLI validate both; a row edited by hand is the engine's to report.
             continue;
         };
         let timing = Timing::new(cron, tz, row.jitter_ms.max(0) as u32, row.id);
-        let baseline = row.last_success_at.map_or(row.updated_at, |s| s.max(row.updated_at));
+        let baseline = row.last_success_at.unwrap_or(row.updated_at).max(row.ticking_since);
         let Some(due_at) = timing.next_after(baseline).map(|t| timing.fire_at(t)) else { continue };
-        if due_at > horizon {
+        // Stale once the tick fired *more* than the grace ago.
+        if due_at >= horizon {
             continue;
         }
         out.push(StaleSync {
@@ -171,6 +198,10 @@ pub async fn stale_syncs(
             last_run: None,
         });
     }
+    // One entry per (connection, object): when several schedules cover it, the one with the
+    // oldest unanswered tick speaks for it.
+    out.sort_by(|a, b| (a.connection_id, &a.object, a.due_at).cmp(&(b.connection_id, &b.object, b.due_at)));
+    out.dedup_by(|later, first| later.connection_id == first.connection_id && later.object == first.object);
     out.sort_by(|a, b| {
         (a.due_at, &a.tenant_id, a.connection_id, &a.object).cmp(&(
             b.due_at,
@@ -223,7 +254,7 @@ pub struct ObjectSync {
     pub scheduled: bool,
     /// When a sync of it last succeeded (`None`: never).
     pub last_success_at: Option<DateTime<Utc>>,
-    /// Whether it is stale: a tick fired longer ago than the grace and no success since.
+    /// Whether it is stale: a tick fired more than the grace ago and no success since.
     pub stale: bool,
     /// When stale: when the first tick that no success has followed fired.
     pub due_at: Option<DateTime<Utc>>,
@@ -280,11 +311,8 @@ pub async fn connection_sync(
         .into_iter()
         .collect();
     let filter = Filter { connection: Some(id), ..Filter::default() };
-    // Several schedules may cover one object: it is stale as of the earliest unanswered tick.
-    let mut stale: HashMap<String, DateTime<Utc>> = HashMap::new();
-    for s in stale_syncs(pool, now, grace, &filter).await? {
-        stale.entry(s.object).and_modify(|d| *d = (*d).min(s.due_at)).or_insert(s.due_at);
-    }
+    let stale: HashMap<String, DateTime<Utc>> =
+        stale_syncs(pool, now, grace, &filter).await?.into_iter().map(|s| (s.object, s.due_at)).collect();
     let keys: Vec<(Uuid, &str)> = ObjectKind::ALL.iter().map(|o| (id, o.as_str())).collect();
     let mut runs = latest_runs(pool, &keys).await?;
     let objects = ObjectKind::ALL
@@ -311,12 +339,12 @@ pub async fn connection_sync(
     }))
 }
 
-/// Stale syncs counted by (provider, object), over the closed label sets (zero where none),
-/// so a count that drops to nothing reads 0 rather than its last value.
+/// Stale syncs of active connections counted by (provider, object), over the closed label
+/// sets (zero where none), so a count that drops to nothing reads 0 rather than its last value.
 pub fn counts(stale: &[StaleSync]) -> Vec<(Provider, ObjectKind, u64)> {
     let mut out: Vec<(Provider, ObjectKind, u64)> =
         Provider::ALL.iter().flat_map(|p| ObjectKind::ALL.iter().map(move |o| (*p, *o, 0))).collect();
-    for s in stale {
+    for s in stale.iter().filter(|s| s.connection_status == "active") {
         if let Some(slot) =
             out.iter_mut().find(|(p, o, _)| p.as_str() == s.provider && o.as_str() == s.object)
         {
@@ -326,22 +354,42 @@ pub fn counts(stale: &[StaleSync]) -> Vec<(Provider, ObjectKind, u64)> {
     out
 }
 
-/// The running `crm_fleet_syncs_stale` sampler. Every replica samples the same fleet-wide
-/// value from PostgreSQL: aggregate with `max`.
-pub struct FreshnessGauge(Periodic);
+/// The running `crm_fleet_syncs_stale` sampler. The leader counts, every `every` and as soon
+/// as it becomes leader; the other replicas report 0 (the count is fleet-wide: aggregate with
+/// `max`). Stopping waits for a count in progress.
+#[derive(Debug)]
+pub struct FreshnessGauge(Service);
 
 impl FreshnessGauge {
-    /// Counts now and then every `every`, until [`FreshnessGauge::stop`].
-    pub fn start(pool: PgPool, grace: Duration, every: Duration) -> Self {
+    /// Starts sampling.
+    pub fn start(
+        pool: PgPool,
+        grace: Duration,
+        every: Duration,
+        mut leadership: watch::Receiver<Leadership>,
+    ) -> Self {
         metrics::describe_gauge!(
             "crm_fleet_syncs_stale",
             metrics::Unit::Count,
-            "Scheduled syncs with a tick fired longer ago than the grace and no success since, by provider and object."
+            "Scheduled syncs of active connections with a tick fired more than the grace ago and no success since, by provider and object."
         );
-        Self(Periodic::start(every, move || {
-            let pool = pool.clone();
-            async move {
-                match stale_syncs(&pool, Utc::now(), grace, &Filter::default()).await {
+        Self(Service::spawn("freshness gauge", move |cancel| async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut lease_gone = false;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                    changed = leadership.changed(), if !lease_gone => lease_gone = changed.is_err(),
+                }
+                let leads = leadership.borrow_and_update().is_some();
+                let sampled = if leads {
+                    stale_syncs(&pool, Utc::now(), grace, &Filter::default()).await
+                } else {
+                    Ok(Vec::new())
+                };
+                match sampled {
                     Ok(stale) => {
                         for (p, o, n) in counts(&stale) {
                             metrics::gauge!("crm_fleet_syncs_stale", "provider" => p.as_str(), "object" => o.as_str())
@@ -354,8 +402,8 @@ impl FreshnessGauge {
         }))
     }
 
-    /// Stops sampling.
-    pub async fn stop(&mut self) {
+    /// Stops sampling (after a count in progress); idempotent.
+    pub async fn stop(&self) {
         self.0.stop().await;
     }
 }

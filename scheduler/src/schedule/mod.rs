@@ -63,31 +63,27 @@ impl ScheduleConfig {
 }
 
 /// The lease, the engine and the freshness gauge running together.
+#[derive(Debug)]
 pub struct Scheduling {
     lease: Lease,
     engine: Engine,
-    freshness: tokio::sync::Mutex<freshness::FreshnessGauge>,
-}
-
-impl std::fmt::Debug for Scheduling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scheduling")
-            .field("lease", &self.lease)
-            .field("engine", &self.engine)
-            .finish_non_exhaustive()
-    }
+    freshness: freshness::FreshnessGauge,
 }
 
 impl Scheduling {
-    /// Starts competing for the lease, and ticking whenever it is held; counts stale syncs
-    /// on every replica (a read of PostgreSQL, not the leader's work).
+    /// Starts competing for the lease, and ticking and counting stale syncs whenever it is
+    /// held.
     pub fn start(config: ScheduleConfig, pool: sqlx::PgPool, queue: crm_queue::Queue) -> Self {
         describe_metrics();
-        let freshness =
-            freshness::FreshnessGauge::start(pool.clone(), config.stale_after, freshness::SAMPLE_EVERY);
         let lease = Lease::start(config.lease);
+        let freshness = freshness::FreshnessGauge::start(
+            pool.clone(),
+            config.stale_after,
+            freshness::SAMPLE_EVERY,
+            lease.subscribe(),
+        );
         let engine = Engine::start(config.engine, pool, queue, lease.subscribe());
-        Self { lease, engine, freshness: tokio::sync::Mutex::new(freshness) }
+        Self { lease, engine, freshness }
     }
 
     /// Whether this process leads now.
@@ -104,7 +100,7 @@ impl Scheduling {
     pub async fn stop(&self) {
         self.engine.stop().await;
         self.lease.stop().await;
-        self.freshness.lock().await.stop().await;
+        self.freshness.stop().await;
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use crm_scheduler::schedule::freshness::{Filter, stale_syncs, with_last_runs};
+use crm_scheduler::schedule::freshness::{Filter, counts, stale_syncs, with_last_runs};
 use uuid::Uuid;
 
 use crate::support::{Env, json};
@@ -22,13 +22,15 @@ impl Env {
             .execute(self.pool())
             .await
             .expect("update schedule");
-        // Written last, directly: the trigger bumps updated_at on definition changes.
-        sqlx::query("UPDATE schedules SET updated_at = $2, created_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(since)
-            .execute(self.pool())
-            .await
-            .expect("backdate schedule");
+        // Written last, directly: the trigger moves these on definition changes.
+        sqlx::query(
+            "UPDATE schedules SET updated_at = $2, created_at = $2, ticking_since = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(since)
+        .execute(self.pool())
+        .await
+        .expect("backdate schedule");
     }
 
     async fn succeeded(&self, connection: Uuid, object: &str, at: DateTime<Utc>) {
@@ -99,6 +101,10 @@ async fn a_sync_is_stale_once_a_tick_fired_past_the_grace_with_no_success_since(
     env.set_schedule(daily, "time_zone = 'America/New_York'", at(7, 0) - chrono::Duration::days(3)).await;
     env.succeeded(daily_conn, "contact", at(15, 0) - chrono::Duration::days(1)).await;
     env.connection_status(daily_conn, "needs_reauth").await;
+    // A second schedule of the deal, every half hour: the deal is listed once, behind since
+    // that schedule's first tick (07:30).
+    let half_hourly = env.schedule(hourly_conn, "*/30 * * * *", &["deal"], "run_once", 10).await;
+    env.set_schedule(half_hourly, "enabled = true", at(7, 20)).await;
     // Never synced, but nobody expects it to: a disabled schedule, a disabled connection.
     let off = env.schedule(hourly_conn, "*/5 * * * *", &["deal"], "run_once", 10).await;
     env.set_schedule(off, "enabled = false", at(1, 0)).await;
@@ -109,17 +115,20 @@ async fn a_sync_is_stale_once_a_tick_fired_past_the_grace_with_no_success_since(
 
     let all = Filter::default();
     let stale = stale_syncs(env.pool(), at(12, 20), GRACE, &all).await.expect("stale");
-    // The oldest unanswered tick first: deal since 08:00 (first tick after 07:20), company
-    // since 10:00 (after 09:20). The contact's 13:00 tick has not fired; the daily one's next
-    // tick is 14:00 UTC.
-    assert_eq!(keys(&stale), vec![(hourly_conn, "deal", at(8, 0)), (hourly_conn, "company", at(10, 0))]);
+    // The oldest unanswered tick first: deal since 07:30 (the half-hourly schedule's first
+    // tick after 07:20; the hourly one's, 08:00, is not listed again), company since 10:00
+    // (after 09:20). The contact's 13:00 tick has not fired; the daily one's next tick is
+    // 14:00 UTC.
+    assert_eq!(keys(&stale), vec![(hourly_conn, "deal", at(7, 30)), (hourly_conn, "company", at(10, 0))]);
+    assert_eq!(stale[0].schedule_id, half_hourly);
     assert_eq!(stale[1].last_success_at, Some(at(9, 20)));
     assert_eq!(stale[0].last_success_at, None);
 
-    // The daily tick at 14:00 UTC counts once the grace has passed, and not a minute before.
-    let before = stale_syncs(env.pool(), at(14, 29), GRACE, &all).await.expect("stale");
+    // The daily tick at 14:00 UTC counts once more than the grace has passed.
+    let past_grace = at(14, 30) + chrono::Duration::seconds(1);
+    let before = stale_syncs(env.pool(), at(14, 30), GRACE, &all).await.expect("stale");
     assert!(!before.iter().any(|s| s.connection_id == daily_conn), "{before:?}");
-    let after = stale_syncs(env.pool(), at(14, 30), GRACE, &all).await.expect("stale");
+    let after = stale_syncs(env.pool(), past_grace, GRACE, &all).await.expect("stale");
     let daily_stale: Vec<_> = after.iter().filter(|s| s.connection_id == daily_conn).collect();
     assert_eq!(daily_stale.len(), 1, "{after:?}");
     assert_eq!(
@@ -133,14 +142,39 @@ async fn a_sync_is_stale_once_a_tick_fired_past_the_grace_with_no_success_since(
             .any(|s| s.connection_id == hourly_conn && s.object == "contact" && s.due_at == at(13, 0))
     );
     assert!(!after.iter().any(|s| s.connection_id == disabled_conn || s.schedule_id == off), "{after:?}");
+    // The gauge counts active connections only: the contact of the connection needing consent
+    // is listed, not counted.
+    let contacts = counts(&after)
+        .into_iter()
+        .find(|(p, o, _)| p.as_str() == "hubspot" && o.as_str() == "contact")
+        .map(|(_, _, n)| n);
+    assert_eq!(contacts, Some(1), "{after:?}");
 
     // A success after the tick answers it.
     env.succeeded(hourly_conn, "deal", at(12, 5)).await;
     let stale = stale_syncs(env.pool(), at(12, 20), GRACE, &all).await.expect("stale");
     assert_eq!(keys(&stale), vec![(hourly_conn, "company", at(10, 0))]);
-    // A change of definition restarts the count (a re-enabled schedule is not behind at once).
-    env.set_schedule(hourly, "enabled = true", at(12, 0)).await;
-    assert!(stale_syncs(env.pool(), at(12, 20), GRACE, &all).await.expect("stale").is_empty());
+    // An edit of a policy does not hide it (through the real trigger)...
+    let schedule_sql = |sql: &'static str| sqlx::query(sql).bind(hourly).execute(env.pool());
+    schedule_sql("UPDATE schedules SET backfill_limit = 5, overlap_policy = 'buffer_one' WHERE id = $1")
+        .await
+        .expect("edit");
+    let stale = stale_syncs(env.pool(), at(12, 20), GRACE, &all).await.expect("stale");
+    assert_eq!(keys(&stale), vec![(hourly_conn, "company", at(10, 0))]);
+    // ...while disabling and re-enabling it restarts the count: not behind before its first
+    // tick plus the grace.
+    schedule_sql("UPDATE schedules SET enabled = false WHERE id = $1").await.expect("disable");
+    schedule_sql("UPDATE schedules SET enabled = true WHERE id = $1").await.expect("enable");
+    let restarted: DateTime<Utc> = sqlx::query_scalar("SELECT ticking_since FROM schedules WHERE id = $1")
+        .bind(hourly)
+        .fetch_one(env.pool())
+        .await
+        .expect("ticking_since");
+    assert!(restarted > at(7, 20), "re-enabling moves ticking_since: {restarted}");
+    let this_connection = Filter { connection: Some(hourly_conn), ..Filter::default() };
+    let soon_after = restarted + chrono::Duration::minutes(5);
+    let stale = stale_syncs(env.pool(), soon_after, GRACE, &this_connection).await.expect("stale");
+    assert!(!stale.iter().any(|s| s.schedule_id == hourly), "{stale:?}");
 
     // Filters.
     let tenant: String = sqlx::query_scalar("SELECT tenant_id FROM connections WHERE id = $1")
@@ -149,10 +183,10 @@ async fn a_sync_is_stale_once_a_tick_fired_past_the_grace_with_no_success_since(
         .await
         .expect("tenant");
     let only = Filter { tenant: Some(tenant), ..Filter::default() };
-    let mut of_tenant = stale_syncs(env.pool(), at(14, 30), GRACE, &only).await.expect("stale");
+    let mut of_tenant = stale_syncs(env.pool(), past_grace, GRACE, &only).await.expect("stale");
     assert_eq!(keys(&of_tenant), vec![(daily_conn, "contact", at(14, 0))]);
     let other_provider = Filter { provider: Some("close".into()), ..Filter::default() };
-    assert!(stale_syncs(env.pool(), at(14, 30), GRACE, &other_provider).await.expect("stale").is_empty());
+    assert!(stale_syncs(env.pool(), past_grace, GRACE, &other_provider).await.expect("stale").is_empty());
 
     // The latest run comes with it.
     for (started, status, error) in
@@ -197,7 +231,9 @@ async fn operators_find_stale_syncs_with_crmctl_and_the_scheduler_counts_them() 
         table.status.success() && text.contains("failed") && text.contains("rate limited for 2h"),
         "{text}"
     );
-    assert!(text.contains("1 stale"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("1 stale")), "{text}");
+    let capped = json(&env.crmctl(&["sync", "stale", "--limit", "0", "--json"]));
+    assert_eq!((capped["total"].as_u64(), capped["stale"].as_array().map(Vec::len)), (Some(1), Some(0)));
     // A longer grace than the whole outage: nothing is stale.
     let lenient = json(&env.crmctl(&["sync", "stale", "--after", "4h", "--json"]));
     assert_eq!(lenient["total"], 0, "{lenient}");

@@ -402,6 +402,11 @@ async fn a_quota_of_100_per_10_s_is_used_fully_at_full_scale() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_flight_requests_per_connection_never_exceed_the_limit_with_1_3_and_6_workers() {
+    // Whether two requests of one connection ever overlapped, by worker count: the bound must
+    // have bound somewhere for the test to mean anything. One worker may never get there on a
+    // loaded machine (its 8 slots are spread over 10 lanes, one job per lane, until lanes run
+    // dry), so this is asserted over the three runs, not each.
+    let mut reached: Vec<(usize, HashMap<String, u64>)> = Vec::new();
     for workers in [1usize, 3, 6] {
         let mut f = Fleet::start(&[
             ProviderKind::HubSpot,
@@ -465,11 +470,12 @@ async fn in_flight_requests_per_connection_never_exceed_the_limit_with_1_3_and_6
             max.insert(format!("{p}/{account}"), m);
             assert!(m <= 2, "{workers} workers: {p} account {account} saw {m} requests in flight (limit 2)");
         }
-        assert!(
-            max.values().any(|m| *m == 2),
-            "{workers} workers: the limit was reached somewhere ({max:?})"
-        );
+        reached.push((workers, max));
         assert_eq!(f.dead_letters().await, 0);
         f.workers.clear();
     }
+    assert!(
+        reached.iter().any(|(_, max)| max.values().any(|m| *m == 2)),
+        "the limit was reached somewhere ({reached:?})"
+    );
 }
