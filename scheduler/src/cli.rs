@@ -725,6 +725,11 @@ pub enum SchedulesCommand {
         /// The schedule.
         id: Uuid,
     },
+    /// Delete a schedule (syncs already queued still run; `disable` keeps it instead).
+    Delete {
+        /// The schedule.
+        id: Uuid,
+    },
 }
 
 /// `crmctl schedules add`
@@ -994,6 +999,17 @@ async fn schedules(cli: &Cli, command: &SchedulesCommand) -> anyhow::Result<i32>
                 Ok(patch) => store::update(&pool, a.id, &patch).await,
                 Err(e) => return Ok(usage(&e)),
             }
+        }
+        SchedulesCommand::Delete { id } => {
+            return match crate::schedule::delete_schedule(&pool, &queue(cli).await?, *id).await {
+                Ok(_) => {
+                    print(cli.json, &serde_json::json!({ "id": id, "deleted": true }), || {
+                        println!("schedule {id} deleted")
+                    });
+                    Ok(0)
+                }
+                Err(e) => store_failure(e),
+            };
         }
         SchedulesCommand::Disable { id } => {
             store::update(&pool, *id, &SchedulePatch { enabled: Some(false), ..SchedulePatch::default() })

@@ -130,7 +130,7 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(dlq::replay))
         .routes(routes!(dlq::replay_bulk))
         .routes(routes!(schedule::api::list, schedule::api::create))
-        .routes(routes!(schedule::api::show, schedule::api::update))
+        .routes(routes!(schedule::api::show, schedule::api::update, schedule::api::delete))
         .route_layer(from_fn_with_state((state.pool.clone(), Scope::Admin), keys::require));
     let public = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz));
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -6,6 +6,7 @@
 //! | `POST /v1/schedules` | create (201) |
 //! | `GET /v1/schedules/{id}` | one |
 //! | `PATCH /v1/schedules/{id}` | change any field but `connection_id` |
+//! | `DELETE /v1/schedules/{id}` | delete (204); it stops ticking, queued syncs still run |
 //! | `POST /v1/connections/{id}/sync` | enqueue a sync now (202) |
 //! | `GET /v1/connections/{id}/sync` | where its syncs stand: per object the last success, the latest run, stale or not |
 //!
@@ -271,6 +272,28 @@ pub async fn update(
     let id = path_id(id)?;
     let patch = SchedulePatch::from_json(&body_json(body)?).map_err(ApiError::invalid)?;
     Ok(Json(json!(store::update(&s.pool, id, &patch).await?)))
+}
+
+/// Delete a schedule: it stops ticking (a tick already being pushed may still enqueue);
+/// syncs already queued or running finish. Disabling (`PATCH {"enabled": false}`) keeps it.
+#[utoipa::path(delete, path = "/v1/schedules/{id}", tag = "schedules", operation_id = "delete_schedule",
+    params(("id" = Uuid, Path, description = "Schedule id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+        (status = 422, description = "Malformed id", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn delete(
+    State(s): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = path_id(id)?;
+    super::delete_schedule(&s.pool, &s.queue, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Enqueue a sync of a connection now: one job per object; an object whose sync is already

@@ -104,6 +104,27 @@ impl Scheduling {
     }
 }
 
+/// Deletes a schedule, then forgets the dedupe series of its ticks in the queue (one per
+/// object: [`crm_jobs::enqueue::tick_series`]), which no push will use again. The engine
+/// drops the schedule at its next tick, finding it gone; syncs already queued still run.
+///
+/// A failure to reach Redis after the delete is logged, not returned: the schedule is gone
+/// either way, and a series left behind costs about 114 bytes. (So does one a tick in progress
+/// writes back just after the forget.)
+pub async fn delete_schedule(
+    pool: &sqlx::PgPool,
+    queue: &crm_queue::Queue,
+    id: uuid::Uuid,
+) -> Result<model::Schedule, store::StoreError> {
+    let deleted = store::delete(pool, id).await?;
+    let series: Vec<String> =
+        crm_jobs::providers::ObjectKind::ALL.iter().map(|o| crm_jobs::enqueue::tick_series(id, *o)).collect();
+    if let Err(error) = queue.forget_marks(&series).await {
+        tracing::warn!(message = "schedule deleted; could not forget its tick series", schedule = %id, %error);
+    }
+    Ok(deleted)
+}
+
 fn describe_metrics() {
     metrics::describe_counter!(
         "crm_fleet_scheduler_ticks_total",

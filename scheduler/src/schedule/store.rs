@@ -1,7 +1,7 @@
 //! The `schedules` table: every SQL statement the API, `crmctl` and the tick engine run on it.
 //!
-//! Invariants: a schedule's definition changes only through [`create`] / [`update`] (or by
-//! hand in SQL), and the table's trigger then bumps `updated_at` and `change_xid`, which is
+//! Invariants: a schedule's definition changes only through [`create`] / [`update`] /
+//! [`delete`] (or by hand in SQL), and the table's trigger then bumps `updated_at` and `change_xid`, which is
 //! what the engine's change feed ([`changes`]) reads; the engine itself writes nothing but
 //! `last_tick_at`, which only moves forward ([`advance`]), so its writes never show up in
 //! the change feed.
@@ -128,6 +128,17 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Schedule, StoreError> {
             .bind(id)
             .fetch_optional(pool)
             .await?;
+    row.map(|r| r.into_schedule(Utc::now())).ok_or(StoreError::ScheduleNotFound)
+}
+
+/// Deletes a schedule; returns it as it was.
+pub async fn delete(pool: &PgPool, id: Uuid) -> Result<Schedule, StoreError> {
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM schedules WHERE id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
     row.map(|r| r.into_schedule(Utc::now())).ok_or(StoreError::ScheduleNotFound)
 }
 

@@ -224,3 +224,34 @@ async fn manual_sync_reports_duplicates_of_a_queued_sync() {
     assert_eq!((status, reply["error"].as_str()), (409, Some("connection_disabled")));
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_schedule_is_gone() {
+    let env = Env::new().await;
+    let conn = env.connection().await;
+    let app = env.start_scheduler().await;
+    let client = env.admin_client().await;
+    let url = format!("{}/v1/schedules", app.base);
+    // Yearly: the in-process engine has nothing to tick meanwhile.
+    let (status, created) = send(
+        &client,
+        reqwest::Method::POST,
+        url.clone(),
+        Some(json!({"connection_id": conn, "cron": "0 0 1 1 *"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let (status, body) = send(&client, reqwest::Method::DELETE, format!("{url}/{id}"), None).await;
+    assert_eq!((status, body), (204, Value::Null));
+    let (status, body) = send(&client, reqwest::Method::GET, format!("{url}/{id}"), None).await;
+    assert_eq!((status, body["field"].as_str()), (404, Some("id")), "{body}");
+    let (status, body) = send(&client, reqwest::Method::DELETE, format!("{url}/{id}"), None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, body) = send(&client, reqwest::Method::DELETE, format!("{url}/nope"), None).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("id")), "{body}");
+    let (status, listed) =
+        send(&client, reqwest::Method::GET, format!("{url}?connection_id={conn}"), None).await;
+    assert_eq!((status, listed["schedules"].as_array().map(Vec::len)), (200, Some(0)), "{listed}");
+    app.shutdown().await;
+}

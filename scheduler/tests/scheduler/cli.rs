@@ -75,6 +75,13 @@ async fn schedules_and_sync_now_from_the_command_line() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     let missing = env.crmctl(&["schedules", "disable", &uuid::Uuid::new_v4().to_string()]);
     assert_eq!(missing.status.code(), Some(1));
+    let deleted = json(&env.crmctl(&["schedules", "delete", &id, "--json"]));
+    assert_eq!((deleted["id"].as_str(), deleted["deleted"].as_bool()), (Some(id.as_str()), Some(true)));
+    let listed = json(&env.crmctl(&["schedules", "list", "--connection", &conn, "--json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(0));
+    let again = env.crmctl(&["schedules", "delete", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no such schedule"));
 
     let first =
         json(&env.crmctl(&["sync", "now", "--connection", &conn, "--object", "contact", "--full", "--json"]));

@@ -240,3 +240,31 @@ async fn changes_apply_within_a_second() {
     consumer.abort();
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_schedule_stops_ticking_and_leaves_no_tick_series() {
+    let env = Env::new().await;
+    let conn = env.connection().await;
+    let s = env.schedule(conn, "*/5 * * * * *", &["contact", "deal"], "run_once", 1).await;
+    let t0 = epoch();
+    handled_from(&env, t0).await;
+    let mut ticker = Ticker::new(EngineConfig::default(), env.pool().clone(), env.queue.clone());
+    assert_eq!(ticker.load().await.expect("load"), 1);
+    let report = ticker.fire_due(secs(t0, 5.5)).await.expect("tick");
+    assert_eq!(report.enqueued, 2);
+    let series: Vec<String> = [ObjectKind::Contact, ObjectKind::Deal]
+        .iter()
+        .map(|o| crm_jobs::enqueue::tick_series(s, *o))
+        .collect();
+    let marks = env.queue.marks(&series).await.expect("marks");
+    assert!(marks.iter().all(Option::is_some), "each object's ticks are a series: {marks:?}");
+
+    crm_scheduler::schedule::delete_schedule(env.pool(), &env.queue, s).await.expect("delete");
+    assert_eq!(env.queue.marks(&series).await.expect("marks"), vec![None, None], "series forgotten");
+    // The engine still has its timer: at the next tick it finds the schedule gone.
+    let report = ticker.fire_due(secs(t0, 10.5)).await.expect("tick");
+    assert_eq!((report.jobs, report.enqueued), (0, 0));
+    assert_eq!(env.queue.marks(&series).await.expect("marks"), vec![None, None], "nothing pushed");
+    let again = crm_scheduler::schedule::delete_schedule(env.pool(), &env.queue, s).await;
+    assert!(matches!(again, Err(crm_scheduler::schedule::store::StoreError::ScheduleNotFound)), "{again:?}");
+}
