@@ -9,6 +9,9 @@
 //!    marker) is adopted as the result; an outcome-unknown error leaves the intent in place so
 //!    the next attempt reconciles.
 //!
+//! 4. An update of a contact's email or names is recorded as a local pending change
+//!    ([`crate::sync::store::mark_pending`]) before the success, for the next sync to confirm.
+//!
 //! Residual risk, per provider, is documented in `docs/actions.md`.
 
 use std::time::Duration;
@@ -149,6 +152,9 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
                     })) }),
                 ),
             };
+            // Before the success is recorded: a crash in between retries the (idempotent)
+            // update, which marks again.
+            mark_pending(ctx, &target, &action).await?;
             store::succeed(&ctx.pool, id, external.as_deref(), &value, false).await.map_err(db)?;
             Ok(())
         }
@@ -199,6 +205,34 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
             Err(failed(ctx, id, decision, last).await)
         }
     }
+}
+
+/// An update of a contact's critical fields (email, names) is a local pending change until a
+/// sync sees the CRM with it: the local record shows it at once, and a sync that finds the
+/// CRM changed since by someone else records a conflict instead of overwriting it.
+async fn mark_pending(ctx: &JobContext, target: &Target, action: &Action) -> Result<(), JobError> {
+    let Action::UpdateContact(u) = action else { return Ok(()) };
+    let changed: serde_json::Map<String, serde_json::Value> = [
+        ("email", &u.fields.email),
+        ("first_name", &u.fields.first_name),
+        ("last_name", &u.fields.last_name),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), json!(v))))
+    .collect();
+    if !changed.is_empty() {
+        crate::sync::store::mark_pending(
+            &ctx.pool,
+            &target.tenant,
+            target.provider.as_str(),
+            crate::providers::ObjectKind::Contact,
+            &u.contact_id,
+            &changed,
+        )
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
 }
 
 async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool) -> JobError {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -173,9 +173,14 @@ async fn resolve_conflicts(
             if remote == local_s {
                 continue; // the provider now has our change: no longer pending
             }
-            sqlx::query(
+            // Recorded once: a full sync re-reads the record, and until the conflict is resolved
+            // (or either side changes) it is the same conflict.
+            let recorded = sqlx::query(
                 "INSERT INTO sync_conflicts (tenant_id, provider, object, external_id, field, local_value, remote_value, run_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE NOT EXISTS ( \
+                   SELECT 1 FROM sync_conflicts WHERE tenant_id = $1 AND provider = $2 AND object = $3 \
+                   AND external_id = $4 AND field = $5 AND resolved_at IS NULL \
+                   AND local_value IS NOT DISTINCT FROM $6 AND remote_value IS NOT DISTINCT FROM $7)",
             )
             .bind(scope.tenant)
             .bind(scope.provider)
@@ -186,8 +191,9 @@ async fn resolve_conflicts(
             .bind(&remote)
             .bind(scope.run)
             .execute(&mut *tx)
-            .await?;
-            out.conflicts += 1;
+            .await?
+            .rows_affected();
+            out.conflicts += recorded as i64;
             set_field(r, f, local_s);
             keep.insert((*f).to_owned(), local.clone());
         }
@@ -301,8 +307,12 @@ async fn upsert(
     q.fetch_one(&mut *tx).await
 }
 
-/// Records a local pending change (an action changed these fields; the next sync confirms or
-/// reports a conflict).
+/// Records a local pending change on critical fields (an action changed them at the CRM):
+/// the local columns take the new values at once, and the next sync either confirms them
+/// (the CRM has them: no longer pending) or records a conflict and keeps them. Fields other
+/// than the object's critical ones (and values other than strings or null) are ignored.
+/// Returns whether the record is in the local store (a record not synced yet has nothing to
+/// protect: its first sync brings the CRM's values).
 pub async fn mark_pending(
     pool: &sqlx::PgPool,
     tenant: &str,
@@ -310,17 +320,35 @@ pub async fn mark_pending(
     object: ObjectKind,
     external_id: &str,
     fields: &serde_json::Map<String, Value>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE {} SET local_pending = COALESCE(local_pending, '{{}}'::jsonb) || $4 \
+) -> Result<bool, sqlx::Error> {
+    let critical = critical_fields(object);
+    let fields: serde_json::Map<String, Value> = fields
+        .iter()
+        .filter(|(k, v)| critical.contains(&k.as_str()) && (v.is_string() || v.is_null()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if fields.is_empty() {
+        return Ok(false);
+    }
+    // Column names come from `critical_fields`, never from the input.
+    let sets: Vec<String> = critical
+        .iter()
+        .filter(|f| fields.contains_key(**f))
+        .enumerate()
+        .map(|(i, f)| format!("{f} = ${}", i + 5))
+        .collect();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {} SET local_pending = COALESCE(local_pending, '{{}}'::jsonb) || $4, {} \
          WHERE tenant_id = $1 AND provider = $2 AND external_id = $3",
-        table(object)
+        table(object),
+        sets.join(", ")
     )))
     .bind(tenant)
     .bind(provider)
     .bind(external_id)
-    .bind(json!(fields))
-    .execute(pool)
-    .await?;
-    Ok(())
+    .bind(Value::Object(fields.clone()));
+    for f in critical.iter().filter(|f| fields.contains_key(**f)) {
+        q = q.bind(fields.get(*f).and_then(Value::as_str).map(str::to_owned));
+    }
+    Ok(q.execute(pool).await?.rows_affected() > 0)
 }

@@ -122,6 +122,44 @@ impl SyncEnv {
         .expect("run")
     }
 
+    /// Runs an `update_contact` action (through the action executor) setting `email`.
+    async fn update_email(&self, key: &str, contact: &str, email: &str) {
+        let action =
+            crm_jobs::actions::parse("update_contact", &json!({ "contact_id": contact, "email": email }))
+                .expect("valid action");
+        let created = crm_jobs::actions::store::create(
+            &self.db.pool,
+            &crm_jobs::actions::NewAction {
+                tenant: "acme".into(),
+                connection: self.connection,
+                provider: "hubspot".into(),
+                action,
+                idempotency_key: key.into(),
+                traceparent: None,
+            },
+        )
+        .await
+        .expect("create action");
+        let crm_jobs::actions::Created::New(row) = created else { panic!("a new action: {created:?}") };
+        crm_jobs::actions::exec::run(&self.ctx, row.id, 1, 10).await.expect("update_contact");
+    }
+
+    async fn pending(&self, contact: &str) -> Option<Value> {
+        sqlx::query_scalar("SELECT local_pending FROM crm_contacts WHERE external_id = $1")
+            .bind(contact)
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("contact")
+    }
+
+    async fn conflicts(&self, contact: &str) -> Vec<(String, Option<String>, Option<String>)> {
+        sqlx::query_as("SELECT field, local_value, remote_value FROM sync_conflicts WHERE external_id = $1")
+            .bind(contact)
+            .fetch_all(&self.db.pool)
+            .await
+            .expect("conflicts")
+    }
+
     async fn search_requests(&self) -> usize {
         let log = self.env.control.get(&format!("requests?account={}&limit=100000", self.hub)).await;
         log["requests"]
@@ -273,6 +311,49 @@ async fn a_remote_change_that_collides_with_a_local_pending_change_is_recorded()
         Some("mine@example.com"),
         "not silently overwritten"
     );
+}
+
+/// An action's update of a contact's email is a local pending change: the local record shows
+/// it at once; a sync that finds the CRM with it clears it; one that finds the CRM changed
+/// since by someone else records the conflict (once, however often it re-reads the record) and
+/// keeps our value.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_actions_update_is_pending_until_a_sync_confirms_it_and_a_later_change_conflicts_once() {
+    let s = setup(20, 0).await;
+    s.sync(ObjectKind::Contact).await.expect("full");
+    let mut ids = s.local(ObjectKind::Contact).await.into_keys();
+    let (confirmed, contested) = (ids.next().expect("a contact"), ids.next().expect("another"));
+    s.update_email("k1", &confirmed, "one@ours.example").await;
+    s.update_email("k2", &contested, "two@ours.example").await;
+    let local = s.local(ObjectKind::Contact).await;
+    assert_eq!(
+        (local[&confirmed].as_deref(), local[&contested].as_deref()),
+        (Some("one@ours.example"), Some("two@ours.example")),
+        "the local store shows our writes at once"
+    );
+    assert_eq!(s.pending(&confirmed).await, Some(json!({ "email": "one@ours.example" })));
+
+    // Someone changes the contested contact at the CRM after our update.
+    s.env
+        .control
+        .patch(
+            &format!("hubspot/accounts/{}/objects/contacts/{contested}", s.hub),
+            json!({ "properties": { "email": "theirs@example.com" } }),
+        )
+        .await;
+    s.sync(ObjectKind::Contact).await.expect("incremental");
+    assert_eq!(s.pending(&confirmed).await, None, "confirmed by the CRM: no longer pending");
+    assert!(s.conflicts(&confirmed).await.is_empty());
+    let conflict =
+        ("email".to_owned(), Some("two@ours.example".to_owned()), Some("theirs@example.com".to_owned()));
+    assert_eq!(s.conflicts(&contested).await, vec![conflict.clone()]);
+    assert_eq!(s.local(ObjectKind::Contact).await[&contested].as_deref(), Some("two@ours.example"), "kept");
+    // A full sync reads it again: the same conflict, not a second one.
+    crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Full), info(), || false)
+        .await
+        .expect("full again");
+    assert_eq!(s.conflicts(&contested).await, vec![conflict]);
+    assert_eq!(s.pending(&contested).await, Some(json!({ "email": "two@ours.example" })));
 }
 
 #[tokio::test(flavor = "multi_thread")]
