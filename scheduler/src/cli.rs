@@ -87,6 +87,118 @@ pub enum Command {
     /// Manage sync schedules.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Sync conflicts: remote changes a sync did not apply over a local pending change.
+    #[command(subcommand)]
+    Conflicts(ConflictsCommand),
+}
+
+/// `crmctl conflicts …`
+#[derive(Debug, Subcommand)]
+pub enum ConflictsCommand {
+    /// List conflicts, oldest first.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this provider's.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this object's (contact, company, deal).
+        #[arg(long)]
+        object: Option<String>,
+        /// open, resolved or all.
+        #[arg(long, default_value = "open")]
+        state: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Resolve a conflict (and the open ones of the same record and field): --keep remote
+    /// takes the CRM's value; --keep local keeps ours, still pending until the CRM has it.
+    Resolve {
+        /// Conflict id.
+        id: i64,
+        /// remote or local.
+        #[arg(long)]
+        keep: String,
+    },
+}
+
+async fn conflicts_command(cli: &Cli, cmd: &ConflictsCommand) -> anyhow::Result<i32> {
+    use crm_jobs::sync::conflicts::{self, Keep, ListFilter, ResolveError};
+    match cmd {
+        ConflictsCommand::List { tenant, provider, object, state, limit } => {
+            let open = match state.as_str() {
+                "open" => Some(true),
+                "resolved" => Some(false),
+                "all" => None,
+                _ => return Ok(usage(&FieldError::new("state", "open, resolved or all"))),
+            };
+            let object =
+                match object.as_deref().map(str::parse::<crm_jobs::providers::ObjectKind>).transpose() {
+                    Ok(o) => o,
+                    Err(e) => return Ok(usage(&FieldError::new("object", e))),
+                };
+            let filter = ListFilter { tenant: tenant.clone(), provider: provider.clone(), object, open };
+            let list = conflicts::list(&pool(cli).await?, &filter, None, (*limit).max(1)).await?;
+            print(cli.json, &list, || {
+                println!(
+                    "{:>8}  {:<16}  {:<10}  {:<7}  {:<20}  {:<10}  {:<28}  {:<28}  STATE",
+                    "ID", "TENANT", "PROVIDER", "OBJECT", "RECORD", "FIELD", "LOCAL", "REMOTE"
+                );
+                for c in &list {
+                    let state = match (&c.resolution, &c.resolved_by) {
+                        (Some(r), Some(by)) => format!("kept {r} ({by})"),
+                        (Some(r), None) => format!("kept {r}"),
+                        _ => "open".to_owned(),
+                    };
+                    println!(
+                        "{:>8}  {:<16}  {:<10}  {:<7}  {:<20}  {:<10}  {:<28}  {:<28}  {state}",
+                        c.id,
+                        c.tenant_id,
+                        c.provider,
+                        c.object,
+                        c.external_id,
+                        c.field,
+                        c.local_value.as_deref().unwrap_or("-"),
+                        c.remote_value.as_deref().unwrap_or("-"),
+                    );
+                }
+            });
+            Ok(0)
+        }
+        ConflictsCommand::Resolve { id, keep } => {
+            let keep: Keep = match keep.parse() {
+                Ok(k) => k,
+                Err(e) => return Ok(usage(&FieldError::new("keep", e))),
+            };
+            match conflicts::resolve(&pool(cli).await?, *id, keep, &actor()).await {
+                Ok(r) => {
+                    print(cli.json, &r, || {
+                        println!(
+                            "conflict {id} resolved (kept {}; {} resolved): {} {} of {} is now {}",
+                            keep.as_str(),
+                            r.resolved,
+                            r.conflict.object,
+                            r.conflict.field,
+                            r.conflict.external_id,
+                            r.value.as_deref().unwrap_or("empty")
+                        )
+                    });
+                    Ok(0)
+                }
+                Err(ResolveError::NotFound) => {
+                    eprintln!("crmctl: no conflict {id}");
+                    Ok(EXIT_NOTHING)
+                }
+                Err(e @ ResolveError::AlreadyResolved(_)) => {
+                    eprintln!("crmctl: conflict {id}: {e}");
+                    Ok(1)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
 }
 
 /// `crmctl limits …`
@@ -1156,6 +1268,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             sync_stale(&cli, *after, filter, *limit).await
         }
         Command::Schedules(command) => schedules(&cli, command).await,
+        Command::Conflicts(command) => conflicts_command(&cli, command).await,
         Command::Tenants(TenantCmd::Add { id, name, weight }) => {
             let pool = pool(&cli).await?;
             sqlx::query("INSERT INTO tenants (id, name, weight) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = $2, weight = $3")

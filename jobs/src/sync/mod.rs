@@ -6,7 +6,9 @@
 //!   resumes after its last committed page, never losing or re-fetching one.
 //! * [`store`] writes a page (bulk upsert, last write wins on the remote modification time,
 //!   deletes, conflicts with local pending changes).
+//! * [`conflicts`] lists the conflicts and resolves them (keep the CRM's value or ours).
 
+pub mod conflicts;
 pub mod engine;
 pub mod store;
 pub mod writer;

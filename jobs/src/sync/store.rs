@@ -41,7 +41,7 @@ pub fn table(object: ObjectKind) -> &'static str {
 }
 
 /// Fields whose local pending changes a remote change must not silently overwrite.
-fn critical_fields(object: ObjectKind) -> &'static [&'static str] {
+pub(crate) fn critical_fields(object: ObjectKind) -> &'static [&'static str] {
     match object {
         ObjectKind::Contact => &["email", "first_name", "last_name", "name"],
         _ => &["name"],
@@ -174,12 +174,13 @@ async fn resolve_conflicts(
                 continue; // the provider now has our change: no longer pending
             }
             // Recorded once: a full sync re-reads the record, and until the conflict is resolved
-            // (or either side changes) it is the same conflict.
+            // for the CRM's value (or either side changes) it is the same conflict; one
+            // resolved by keeping our value is not asked again.
             let recorded = sqlx::query(
                 "INSERT INTO sync_conflicts (tenant_id, provider, object, external_id, field, local_value, remote_value, run_id) \
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE NOT EXISTS ( \
                    SELECT 1 FROM sync_conflicts WHERE tenant_id = $1 AND provider = $2 AND object = $3 \
-                   AND external_id = $4 AND field = $5 AND resolved_at IS NULL \
+                   AND external_id = $4 AND field = $5 AND (resolved_at IS NULL OR resolution = 'local') \
                    AND local_value IS NOT DISTINCT FROM $6 AND remote_value IS NOT DISTINCT FROM $7)",
             )
             .bind(scope.tenant)

@@ -352,7 +352,23 @@ async fn an_actions_update_is_pending_until_a_sync_confirms_it_and_a_later_chang
     crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Full), info(), || false)
         .await
         .expect("full again");
-    assert_eq!(s.conflicts(&contested).await, vec![conflict]);
+    assert_eq!(s.conflicts(&contested).await, vec![conflict.clone()]);
+    assert_eq!(s.pending(&contested).await, Some(json!({ "email": "two@ours.example" })));
+    // Decided for our value: it stays pending, and the same remote value is not asked again.
+    let id: i64 = sqlx::query_scalar("SELECT id FROM sync_conflicts WHERE external_id = $1")
+        .bind(&contested)
+        .fetch_one(&s.db.pool)
+        .await
+        .expect("conflict id");
+    let resolved =
+        crm_jobs::sync::conflicts::resolve(&s.db.pool, id, crm_jobs::sync::conflicts::Keep::Local, "test")
+            .await
+            .expect("resolve");
+    assert_eq!((resolved.resolved, resolved.value.as_deref()), (1, Some("two@ours.example")));
+    crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Full), info(), || false)
+        .await
+        .expect("full once more");
+    assert_eq!(s.conflicts(&contested).await, vec![conflict], "not asked again");
     assert_eq!(s.pending(&contested).await, Some(json!({ "email": "two@ours.example" })));
 }
 

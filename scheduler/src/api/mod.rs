@@ -5,10 +5,11 @@
 //! served (a test also checks every served route is documented). Every error is a 4xx/5xx with
 //! a JSON body naming the field at fault ([`error::ErrorBody`]). Authentication: bearer API keys
 //! with scopes `enqueue` (actions, jobs, syncs on demand) and `admin` (everything, including
-//! schedules and dead letters) ([`keys`]); `/healthz`, `/readyz`, `/metrics`,
+//! schedules, dead letters and sync conflicts) ([`keys`]); `/healthz`, `/readyz`, `/metrics`,
 //! `/openapi.json` and the OAuth browser flow are public.
 
 pub mod actions;
+pub mod conflicts;
 pub mod dlq;
 pub mod error;
 pub mod keys;
@@ -56,6 +57,7 @@ pub struct ApiState {
         (name = "jobs", description = "Job state"),
         (name = "dead-letters", description = "Find, inspect, replay and purge dead letters (admin)"),
         (name = "schedules", description = "Sync schedules (admin) and syncs on demand (enqueue)"),
+        (name = "conflicts", description = "Remote changes that collided with local pending changes: list, resolve (admin)"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -131,6 +133,8 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(dlq::replay_bulk))
         .routes(routes!(schedule::api::list, schedule::api::create))
         .routes(routes!(schedule::api::show, schedule::api::update, schedule::api::delete))
+        .routes(routes!(conflicts::list))
+        .routes(routes!(conflicts::resolve))
         .route_layer(from_fn_with_state((state.pool.clone(), Scope::Admin), keys::require));
     let public = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz));
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod conflicts;
 mod failover;
 mod freshness;
 mod lease;

@@ -1,0 +1,223 @@
+//! Sync conflicts, listed and resolved: remote changes a sync did not apply because they
+//! collided with a local pending change on a critical field ([`super::store`] records them).
+//!
+//! A conflict is open until someone decides it:
+//! * **`remote`**: the CRM's value is taken. The local column gets the remote value of the
+//!   newest open conflict of that record and field, and the field is no longer pending.
+//! * **`local`**: our value is kept, and stays pending: the CRM does not have it (write it with
+//!   an `update_contact` action). A sync that later finds the CRM with it clears the mark;
+//!   one that reads the same remote value again records nothing (the question was answered).
+//!
+//! Invariants: resolving one conflict resolves every open conflict of the same record and
+//! field (later syncs asking the same question with newer remote values); it is one
+//! transaction with the record's update, under the conflict's row lock, so two operators
+//! resolving at once cannot both win and the record never disagrees with its conflicts.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::store::{critical_fields, table};
+use crate::providers::ObjectKind;
+
+/// A recorded conflict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Conflict {
+    /// Id.
+    pub id: i64,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Provider.
+    pub provider: String,
+    /// `contact`, `company` or `deal`.
+    pub object: String,
+    /// The record's id at the CRM.
+    pub external_id: String,
+    /// The field (`email`, `first_name`, `last_name`, `name`).
+    pub field: String,
+    /// Our pending value.
+    pub local_value: Option<String>,
+    /// The CRM's value the sync read.
+    pub remote_value: Option<String>,
+    /// The sync run that found it.
+    pub run_id: Option<Uuid>,
+    /// When it was found.
+    pub detected_at: DateTime<Utc>,
+    /// When it was resolved (`None`: open).
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// `remote` or `local`, once resolved.
+    pub resolution: Option<String>,
+    /// Who resolved it.
+    pub resolved_by: Option<String>,
+}
+
+const COLUMNS: &str = "id, tenant_id, provider, object, external_id, field, local_value, remote_value, run_id, \
+                       detected_at, resolved_at, resolution, resolved_by";
+
+/// Which conflicts to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this tenant's.
+    pub tenant: Option<String>,
+    /// Only this provider's.
+    pub provider: Option<String>,
+    /// Only this object's.
+    pub object: Option<ObjectKind>,
+    /// Open only (`Some(true)`), resolved only (`Some(false)`) or both.
+    pub open: Option<bool>,
+}
+
+/// Conflicts by id, at most `limit`, after the id `after`.
+pub async fn list(
+    pool: &PgPool,
+    filter: &ListFilter,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Conflict>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM sync_conflicts \
+         WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR provider = $2) \
+           AND ($3::text IS NULL OR object = $3) AND ($4::boolean IS NULL OR (resolved_at IS NULL) = $4) \
+           AND id > $5 ORDER BY id LIMIT $6"
+    )))
+    .bind(filter.tenant.as_deref())
+    .bind(filter.provider.as_deref())
+    .bind(filter.object.map(ObjectKind::as_str))
+    .bind(filter.open)
+    .bind(after.unwrap_or(0))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Which value a resolution keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The CRM's.
+    Remote,
+    /// Ours.
+    Local,
+}
+
+impl Keep {
+    /// `remote` or `local`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Remote => "remote",
+            Self::Local => "local",
+        }
+    }
+}
+
+impl std::str::FromStr for Keep {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "remote" => Ok(Self::Remote),
+            "local" => Ok(Self::Local),
+            other => Err(format!("{other:?} is neither \"remote\" nor \"local\"")),
+        }
+    }
+}
+
+/// Why a conflict could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// No conflict has this id.
+    #[error("no such conflict")]
+    NotFound,
+    /// It was resolved before (as it stands now).
+    #[error("the conflict was resolved already")]
+    AlreadyResolved(Box<Conflict>),
+    /// The stored conflict names an object or field this build does not know.
+    #[error("the conflict names an unknown object or field: {0}")]
+    Unknown(String),
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A resolution's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Resolved {
+    /// The conflict as resolved.
+    pub conflict: Conflict,
+    /// Open conflicts of the same record and field resolved with it (itself included).
+    pub resolved: u64,
+    /// The value the record now holds for the field.
+    pub value: Option<String>,
+}
+
+/// Resolves conflict `id` (and its open siblings) keeping `keep`; `actor` is recorded.
+pub async fn resolve(pool: &PgPool, id: i64, keep: Keep, actor: &str) -> Result<Resolved, ResolveError> {
+    let mut tx = pool.begin().await?;
+    let c: Conflict = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM sync_conflicts WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ResolveError::NotFound)?;
+    if c.resolved_at.is_some() {
+        return Err(ResolveError::AlreadyResolved(Box::new(c)));
+    }
+    let object: ObjectKind = c.object.parse().map_err(|_| ResolveError::Unknown(c.object.clone()))?;
+    // The column name comes from this build's list, never from the row as such.
+    let field = *critical_fields(object)
+        .iter()
+        .find(|f| **f == c.field)
+        .ok_or_else(|| ResolveError::Unknown(c.field.clone()))?;
+    let value = match keep {
+        Keep::Local => c.local_value.clone(),
+        Keep::Remote => {
+            // The newest remote value read for this record and field.
+            let newest: Option<String> = sqlx::query_scalar(
+                "SELECT remote_value FROM sync_conflicts WHERE tenant_id = $1 AND provider = $2 AND object = $3 \
+                 AND external_id = $4 AND field = $5 AND resolved_at IS NULL ORDER BY id DESC LIMIT 1",
+            )
+            .bind(&c.tenant_id)
+            .bind(&c.provider)
+            .bind(&c.object)
+            .bind(&c.external_id)
+            .bind(&c.field)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {t} SET {field} = $4, local_pending = NULLIF(local_pending - $5, '{{}}'::jsonb) \
+                 WHERE tenant_id = $1 AND provider = $2 AND external_id = $3",
+                t = table(object)
+            )))
+            .bind(&c.tenant_id)
+            .bind(&c.provider)
+            .bind(&c.external_id)
+            .bind(&newest)
+            .bind(field)
+            .execute(&mut *tx)
+            .await?;
+            newest
+        }
+    };
+    let resolved = sqlx::query(
+        "UPDATE sync_conflicts SET resolved_at = now(), resolution = $6, resolved_by = $7 \
+         WHERE tenant_id = $1 AND provider = $2 AND object = $3 AND external_id = $4 AND field = $5 \
+         AND resolved_at IS NULL",
+    )
+    .bind(&c.tenant_id)
+    .bind(&c.provider)
+    .bind(&c.object)
+    .bind(&c.external_id)
+    .bind(&c.field)
+    .bind(keep.as_str())
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let conflict: Conflict =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM sync_conflicts WHERE id = $1")))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(Resolved { conflict, resolved, value })
+}
