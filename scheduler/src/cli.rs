@@ -134,6 +134,11 @@ async fn conflicts_command(cli: &Cli, cmd: &ConflictsCommand) -> anyhow::Result<
                 "all" => None,
                 _ => return Ok(usage(&FieldError::new("state", "open, resolved or all"))),
             };
+            if let Some(p) = provider
+                && p.parse::<crm_jobs::providers::Provider>().is_err()
+            {
+                return Ok(usage(&FieldError::new("provider", format!("{p:?} is not a provider"))));
+            }
             let object =
                 match object.as_deref().map(str::parse::<crm_jobs::providers::ObjectKind>).transpose() {
                     Ok(o) => o,

@@ -221,7 +221,7 @@ async fn mark_pending(ctx: &JobContext, target: &Target, action: &Action) -> Res
     .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), json!(v))))
     .collect();
     if !changed.is_empty() {
-        crate::sync::store::mark_pending(
+        let synced = crate::sync::store::mark_pending(
             &ctx.pool,
             &target.tenant,
             target.provider.as_str(),
@@ -231,6 +231,11 @@ async fn mark_pending(ctx: &JobContext, target: &Target, action: &Action) -> Res
         )
         .await
         .map_err(db)?;
+        if !synced {
+            // Not synced yet (or known by another id form): its first sync brings the CRM's values.
+            tracing::debug!(message = "updated contact not in the local store; nothing marked pending",
+                contact = %u.contact_id, connection = %target.connection);
+        }
     }
     Ok(())
 }

@@ -1,17 +1,22 @@
 //! Sync conflicts, listed and resolved: remote changes a sync did not apply because they
-//! collided with a local pending change on a critical field ([`super::store`] records them).
+//! collided with a local pending change on a critical field ([`super::store`] records them,
+//! once while the newest open conflict of the field holds the same values, and closes them as
+//! `confirmed` when a sync finds the CRM with our value).
 //!
-//! A conflict is open until someone decides it:
-//! * **`remote`**: the CRM's value is taken. The local column gets the remote value of the
-//!   newest open conflict of that record and field, and the field is no longer pending.
+//! A conflict is open until decided:
+//! * **`remote`**: the CRM's value is taken. While our change is still pending, the local
+//!   column gets the newest remote value the syncs read, and the field is no longer pending.
 //! * **`local`**: our value is kept, and stays pending: the CRM does not have it (write it with
-//!   an `update_contact` action). A sync that later finds the CRM with it clears the mark;
-//!   one that reads the same remote value again records nothing (the question was answered).
+//!   an `update_contact` action). A sync that then finds the CRM with it closes the matter; a
+//!   full sync that reads the CRM's other value again asks again.
 //!
 //! Invariants: resolving one conflict resolves every open conflict of the same record and
-//! field (later syncs asking the same question with newer remote values); it is one
-//! transaction with the record's update, under the conflict's row lock, so two operators
-//! resolving at once cannot both win and the record never disagrees with its conflicts.
+//! field, all locked in id order first (concurrent resolutions queue, never deadlock, and only
+//! one of them wins); the record's update is in the same transaction.
+//!
+//! Known limit: the record row is not locked against a sync page written at the same moment; a
+//! page that read the pending mark before a `remote` resolution committed writes our value and
+//! its mark back, and the next sync that reads the CRM's other value asks again.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -152,13 +157,7 @@ pub struct Resolved {
 /// Resolves conflict `id` (and its open siblings) keeping `keep`; `actor` is recorded.
 pub async fn resolve(pool: &PgPool, id: i64, keep: Keep, actor: &str) -> Result<Resolved, ResolveError> {
     let mut tx = pool.begin().await?;
-    let c: Conflict = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM sync_conflicts WHERE id = $1 FOR UPDATE"
-    )))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ResolveError::NotFound)?;
+    let c = get(&mut tx, id).await?.ok_or(ResolveError::NotFound)?;
     if c.resolved_at.is_some() {
         return Err(ResolveError::AlreadyResolved(Box::new(c)));
     }
@@ -168,56 +167,68 @@ pub async fn resolve(pool: &PgPool, id: i64, keep: Keep, actor: &str) -> Result<
         .iter()
         .find(|f| **f == c.field)
         .ok_or_else(|| ResolveError::Unknown(c.field.clone()))?;
-    let value = match keep {
-        Keep::Local => c.local_value.clone(),
-        Keep::Remote => {
-            // The newest remote value read for this record and field.
-            let newest: Option<String> = sqlx::query_scalar(
-                "SELECT remote_value FROM sync_conflicts WHERE tenant_id = $1 AND provider = $2 AND object = $3 \
-                 AND external_id = $4 AND field = $5 AND resolved_at IS NULL ORDER BY id DESC LIMIT 1",
-            )
-            .bind(&c.tenant_id)
-            .bind(&c.provider)
-            .bind(&c.object)
-            .bind(&c.external_id)
-            .bind(&c.field)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE {t} SET {field} = $4, local_pending = NULLIF(local_pending - $5, '{{}}'::jsonb) \
-                 WHERE tenant_id = $1 AND provider = $2 AND external_id = $3",
-                t = table(object)
-            )))
-            .bind(&c.tenant_id)
-            .bind(&c.provider)
-            .bind(&c.external_id)
-            .bind(&newest)
-            .bind(field)
-            .execute(&mut *tx)
-            .await?;
-            newest
-        }
-    };
-    let resolved = sqlx::query(
-        "UPDATE sync_conflicts SET resolved_at = now(), resolution = $6, resolved_by = $7 \
-         WHERE tenant_id = $1 AND provider = $2 AND object = $3 AND external_id = $4 AND field = $5 \
-         AND resolved_at IS NULL",
+    // Every open conflict of the record and field, locked in id order: two resolutions of
+    // siblings queue one behind the other instead of deadlocking.
+    let open: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT id, remote_value FROM sync_conflicts WHERE tenant_id = $1 AND provider = $2 AND object = $3 \
+         AND external_id = $4 AND field = $5 AND resolved_at IS NULL ORDER BY id FOR UPDATE",
     )
     .bind(&c.tenant_id)
     .bind(&c.provider)
     .bind(&c.object)
     .bind(&c.external_id)
     .bind(&c.field)
+    .fetch_all(&mut *tx)
+    .await?;
+    if !open.iter().any(|(open_id, _)| *open_id == id) {
+        // Resolved by someone else (or confirmed by a sync) since it was read.
+        let now = get(&mut tx, id).await?.ok_or(ResolveError::NotFound)?;
+        return Err(ResolveError::AlreadyResolved(Box::new(now)));
+    }
+    let t = table(object);
+    if keep == Keep::Remote {
+        // The newest value the syncs read; written only while our change is still pending
+        // (once the CRM confirmed it, the record already holds the CRM's value).
+        let newest = open.last().and_then(|(_, v)| v.clone());
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {t} SET {field} = $4, local_pending = NULLIF(local_pending - $5, '{{}}'::jsonb) \
+             WHERE tenant_id = $1 AND provider = $2 AND external_id = $3 AND local_pending ? $5"
+        )))
+        .bind(&c.tenant_id)
+        .bind(&c.provider)
+        .bind(&c.external_id)
+        .bind(&newest)
+        .bind(field)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let value: Option<String> = sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(format!(
+        "SELECT {field} FROM {t} WHERE tenant_id = $1 AND provider = $2 AND external_id = $3"
+    )))
+    .bind(&c.tenant_id)
+    .bind(&c.provider)
+    .bind(&c.external_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
+    let ids: Vec<i64> = open.iter().map(|(open_id, _)| *open_id).collect();
+    let resolved = sqlx::query(
+        "UPDATE sync_conflicts SET resolved_at = now(), resolution = $2, resolved_by = $3 WHERE id = ANY($1)",
+    )
+    .bind(&ids)
     .bind(keep.as_str())
     .bind(actor)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    let conflict: Conflict =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM sync_conflicts WHERE id = $1")))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let conflict = get(&mut tx, id).await?.ok_or(ResolveError::NotFound)?;
     tx.commit().await?;
     Ok(Resolved { conflict, resolved, value })
+}
+
+async fn get(tx: &mut sqlx::PgConnection, id: i64) -> Result<Option<Conflict>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM sync_conflicts WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(tx)
+        .await
 }

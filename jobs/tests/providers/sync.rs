@@ -354,22 +354,25 @@ async fn an_actions_update_is_pending_until_a_sync_confirms_it_and_a_later_chang
         .expect("full again");
     assert_eq!(s.conflicts(&contested).await, vec![conflict.clone()]);
     assert_eq!(s.pending(&contested).await, Some(json!({ "email": "two@ours.example" })));
-    // Decided for our value: it stays pending, and the same remote value is not asked again.
-    let id: i64 = sqlx::query_scalar("SELECT id FROM sync_conflicts WHERE external_id = $1")
-        .bind(&contested)
-        .fetch_one(&s.db.pool)
-        .await
-        .expect("conflict id");
-    let resolved =
-        crm_jobs::sync::conflicts::resolve(&s.db.pool, id, crm_jobs::sync::conflicts::Keep::Local, "test")
+    // The CRM gets our value after all (stored as it likes: case and spaces aside, the same):
+    // the next sync confirms it and closes the conflict.
+    s.env.control.advance("1s").await;
+    s.env
+        .control
+        .patch(
+            &format!("hubspot/accounts/{}/objects/contacts/{contested}", s.hub),
+            json!({ "properties": { "email": " Two@Ours.example" } }),
+        )
+        .await;
+    s.sync(ObjectKind::Contact).await.expect("incremental");
+    assert_eq!(s.pending(&contested).await, None, "confirmed");
+    let closed: Vec<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT resolution, resolved_by FROM sync_conflicts WHERE external_id = $1")
+            .bind(&contested)
+            .fetch_all(&s.db.pool)
             .await
-            .expect("resolve");
-    assert_eq!((resolved.resolved, resolved.value.as_deref()), (1, Some("two@ours.example")));
-    crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Full), info(), || false)
-        .await
-        .expect("full once more");
-    assert_eq!(s.conflicts(&contested).await, vec![conflict], "not asked again");
-    assert_eq!(s.pending(&contested).await, Some(json!({ "email": "two@ours.example" })));
+            .expect("conflicts");
+    assert_eq!(closed, vec![(Some("confirmed".to_owned()), Some("sync".to_owned()))]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,8 +1,9 @@
 //! The `schedules` table: every SQL statement the API, `crmctl` and the tick engine run on it.
 //!
-//! Invariants: a schedule's definition changes only through [`create`] / [`update`] /
-//! [`delete`] (or by hand in SQL), and the table's trigger then bumps `updated_at` and `change_xid`, which is
-//! what the engine's change feed ([`changes`]) reads; the engine itself writes nothing but
+//! Invariants: a schedule's definition changes only through [`create`] / [`update`] (or by
+//! hand in SQL), and the table's trigger then bumps `updated_at` and `change_xid`, which is
+//! what the engine's change feed ([`changes`]) reads; a schedule removed by [`delete`] is not
+//! in that feed, and the engine finds it gone at its next tick; the engine itself writes nothing but
 //! `last_tick_at`, which only moves forward ([`advance`]), so its writes never show up in
 //! the change feed.
 
