@@ -6,6 +6,7 @@
 //! | `crm_fleet_connections` | `provider`, `status` | connections by status (PostgreSQL) |
 //! | `crm_fleet_limiter_slots_in_use` | `provider` | jobs holding the provider's concurrency slot (Redis, one `ZCARD` per provider) |
 //! | `crm_fleet_limiter_paused` | `provider`, `scope` | pauses in force: `account` (throttled), `connection` (parked), `provider` (breaker open) |
+//! | `crm_fleet_sync_conflicts_open` | `provider` | sync conflicts not yet resolved (PostgreSQL, a partial index) |
 //!
 //! Invariants: labels come from closed sets (the five providers, error classes, connection
 //! statuses, three scopes), never tenant or connection ids; a label set that disappears is set
@@ -79,6 +80,15 @@ impl Sampler {
             Ok(v) => self.paused.set("crm_fleet_limiter_paused", v),
             Err(error) => tracing::debug!(message = "sampling pauses failed", %error),
         }
+        match open_conflicts(pool).await {
+            Ok(counts) => {
+                for p in Provider::ALL {
+                    let n = counts.get(p.as_str()).copied().unwrap_or(0);
+                    metrics::gauge!("crm_fleet_sync_conflicts_open", "provider" => p.as_str()).set(n as f64);
+                }
+            }
+            Err(error) => tracing::debug!(message = "sampling sync conflicts failed", %error),
+        }
     }
 }
 
@@ -97,6 +107,16 @@ async fn dead_letters(pool: &PgPool) -> Result<Samples, sqlx::Error> {
             (vec![("provider", provider_label(&provider)), ("error_class", class)], n as f64)
         })
         .collect())
+}
+
+/// Open sync conflicts by provider (every provider present, zero where none).
+async fn open_conflicts(pool: &PgPool) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT provider, count(*) FROM sync_conflicts WHERE resolved_at IS NULL GROUP BY provider",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 async fn connections(pool: &PgPool) -> Result<Samples, sqlx::Error> {

@@ -63,6 +63,33 @@ async fn conflicts_are_listed_and_resolved_for_the_crms_value_or_ours() {
     let newer = env.conflict(&tenant, "c1", "email", "ours@example.com", "b@example.com").await;
     let other = env.conflict(&tenant, "c2", "first_name", "Ann", "Anna").await;
 
+    // The scheduler counts the open ones (a process of its own: the metrics are its alone).
+    let process = env.spawn_scheduler(&[]);
+    let http = crm_jobs::testing::http_client();
+    let open_gauge = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("crm_fleet_sync_conflicts_open{") && l.contains("provider=\"hubspot\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let seen = loop {
+        let text = http
+            .get(format!("{}/metrics", process.base))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text");
+        if open_gauge(&text) == Some(3.0) || std::time::Instant::now() > deadline {
+            break open_gauge(&text);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(seen, Some(3.0), "crm_fleet_sync_conflicts_open");
+    drop(process);
+
     let app = env.start_scheduler().await;
     let client = env.admin_client().await;
     let base = format!("{}/v1/conflicts", app.base);
