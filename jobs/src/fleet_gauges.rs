@@ -109,7 +109,7 @@ async fn dead_letters(pool: &PgPool) -> Result<Samples, sqlx::Error> {
         .collect())
 }
 
-/// Open sync conflicts by provider (every provider present, zero where none).
+/// Open sync conflicts by provider (only providers that have some: the caller fills in zeros).
 async fn open_conflicts(pool: &PgPool) -> Result<HashMap<String, i64>, sqlx::Error> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT provider, count(*) FROM sync_conflicts WHERE resolved_at IS NULL GROUP BY provider",

@@ -207,6 +207,11 @@ fn describe_metrics() {
     describe_gauge!("crm_fleet_limiter_paused", Unit::Count, "Pauses in force, by provider and scope.");
     describe_gauge!("crm_fleet_connections", Unit::Count, "CRM connections, by provider and status.");
     describe_gauge!(
+        "crm_fleet_syncs_stale",
+        Unit::Count,
+        "Scheduled syncs of active connections with a tick fired more than the grace ago and no success since, by provider and object."
+    );
+    describe_gauge!(
         "crm_fleet_sync_conflicts_open",
         Unit::Count,
         "Sync conflicts (remote changes over a local pending change) not yet resolved, by provider."

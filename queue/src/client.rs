@@ -763,8 +763,13 @@ impl Queue {
         for name in ["maxmemory-policy", "appendonly"] {
             let got: Result<HashMap<String, String>, _> =
                 redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn).await;
-            if let Ok(got) = got {
-                config.extend(got);
+            match got {
+                Ok(got) => config.extend(got),
+                Err(error) => tracing::info!(
+                    message = "Redis refused CONFIG GET; its durability settings are not checked",
+                    setting = name,
+                    %error
+                ),
             }
         }
         server_warnings(&config)

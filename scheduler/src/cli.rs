@@ -128,16 +128,12 @@ async fn conflicts_command(cli: &Cli, cmd: &ConflictsCommand) -> anyhow::Result<
     use crm_jobs::sync::conflicts::{self, Keep, ListFilter, ResolveError};
     match cmd {
         ConflictsCommand::List { tenant, provider, object, state, limit } => {
-            let open = match state.as_str() {
-                "open" => Some(true),
-                "resolved" => Some(false),
-                "all" => None,
-                _ => return Ok(usage(&FieldError::new("state", "open, resolved or all"))),
+            let open = match ListFilter::parse_state(state) {
+                Ok(open) => open,
+                Err(e) => return Ok(usage(&FieldError::new("state", e))),
             };
-            if let Some(p) = provider
-                && p.parse::<crm_jobs::providers::Provider>().is_err()
-            {
-                return Ok(usage(&FieldError::new("provider", format!("{p:?} is not a provider"))));
+            if let Some(Err(e)) = provider.as_deref().map(str::parse::<crm_jobs::providers::Provider>) {
+                return Ok(usage(&FieldError::new("provider", e)));
             }
             let object =
                 match object.as_deref().map(str::parse::<crm_jobs::providers::ObjectKind>).transpose() {
@@ -1191,13 +1187,8 @@ async fn sync_stale(
     if after.is_zero() {
         return Ok(usage(&FieldError::new("after", "must be positive")));
     }
-    if let Some(p) = &filter.provider
-        && p.parse::<crm_jobs::providers::Provider>().is_err()
-    {
-        return Ok(usage(&FieldError::new(
-            "provider",
-            format!("{p:?} is not a provider (hubspot, salesforce, pipedrive, zoho, close)"),
-        )));
+    if let Some(Err(e)) = filter.provider.as_deref().map(str::parse::<crm_jobs::providers::Provider>) {
+        return Ok(usage(&FieldError::new("provider", e)));
     }
     let pool = pool(cli).await?;
     let now = chrono::Utc::now();

@@ -73,6 +73,18 @@ pub struct ListFilter {
     pub open: Option<bool>,
 }
 
+impl ListFilter {
+    /// The `open` filter for a state name: `open`, `resolved` or `all` (both).
+    pub fn parse_state(state: &str) -> Result<Option<bool>, String> {
+        match state {
+            "open" => Ok(Some(true)),
+            "resolved" => Ok(Some(false)),
+            "all" => Ok(None),
+            other => Err(format!("{other:?} is not a state (open, resolved or all)")),
+        }
+    }
+}
+
 /// Conflicts by id, at most `limit`, after the id `after`.
 pub async fn list(
     pool: &PgPool,

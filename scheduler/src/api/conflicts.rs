@@ -105,12 +105,8 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let open = match q.state.as_deref() {
-        None | Some("open") => Some(true),
-        Some("resolved") => Some(false),
-        Some("all") => None,
-        Some(_) => return Err(ApiError::unprocessable("invalid", "state", "open, resolved or all")),
-    };
+    let open = ListFilter::parse_state(q.state.as_deref().unwrap_or("open"))
+        .map_err(|e| ApiError::unprocessable("invalid", "state", e))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::unprocessable("invalid", "limit", "between 1 and 1000"));
@@ -162,8 +158,7 @@ pub async fn resolve(
     let Path(id) = id.map_err(|_| ApiError::bad("invalid_id", "id", "not a conflict id (an integer)"))?;
     let Json(b) = body.map_err(json_rejection)?;
     let keep: Keep = b.keep.parse().map_err(|e: String| ApiError::unprocessable("invalid", "keep", e))?;
-    let actor = format!("api-key:{} ({})", caller.name, caller.key_prefix);
-    conflicts::resolve(&s.pool, id, keep, &actor).await.map(Json).map_err(|e| match e {
+    conflicts::resolve(&s.pool, id, keep, &caller.actor()).await.map(Json).map_err(|e| match e {
         ResolveError::NotFound => ApiError::not_found("id", format!("no conflict {id}")),
         ResolveError::AlreadyResolved(c) => ApiError::new(
             StatusCode::CONFLICT,
@@ -176,6 +171,6 @@ pub async fn resolve(
             ),
         ),
         ResolveError::Unknown(what) => ApiError::internal(format!("conflict {id} names {what}")),
-        ResolveError::Db(e) => ApiError::unavailable("the database", e),
+        ResolveError::Db(e) => e.into(),
     })
 }

@@ -219,11 +219,7 @@ fn request(caller: &Caller, reason: &str, set: BTreeMap<String, String>) -> Resu
         no_nul("set", k)?;
         no_nul(&format!("set.{k}"), v)?;
     }
-    Ok(ReplayRequest {
-        actor: format!("api-key:{} ({})", caller.name, caller.key_prefix),
-        reason: reason.to_owned(),
-        changes: set,
-    })
+    Ok(ReplayRequest { actor: caller.actor(), reason: reason.to_owned(), changes: set })
 }
 
 /// Replay one dead letter (at most once; a second call returns the first replay's job).

@@ -42,6 +42,13 @@ pub struct Caller {
     pub scopes: Vec<String>,
 }
 
+impl Caller {
+    /// How audit records name this caller: `api-key:<name> (<prefix>)`.
+    pub fn actor(&self) -> String {
+        format!("api-key:{} ({})", self.name, self.key_prefix)
+    }
+}
+
 /// Creates a key; returns (the full key to show once, its prefix).
 pub async fn create(pool: &PgPool, name: &str, scopes: &[Scope]) -> Result<(String, String), sqlx::Error> {
     let prefix = hex::encode(rand::random::<[u8; 4]>());

@@ -161,7 +161,7 @@ pub async fn stale_syncs(
     .fetch(pool);
     let mut crons: HashMap<String, Option<Arc<Cron>>> = HashMap::new();
     let mut out = Vec::new();
-    let mut read = 0usize;
+    let (mut read, mut unreadable) = (0usize, 0usize);
     while let Some(row) = rows.try_next().await? {
         read += 1;
         if read.is_multiple_of(1_000) {
@@ -176,7 +176,8 @@ pub async fn stale_syncs(
             }
         };
         let (Some(cron), Ok(tz)) = (cron, parse_time_zone(&row.time_zone)) else {
-            // The API and the CLI validate both; a row edited by hand is the engine's to report.
+            // The API and the CLI validate both; a row edited by hand cannot be judged.
+            unreadable += 1;
             continue;
         };
         let timing = Timing::new(cron, tz, row.jitter_ms.max(0) as u32, row.id);
@@ -197,6 +198,12 @@ pub async fn stale_syncs(
             due_at,
             last_run: None,
         });
+    }
+    if unreadable > 0 {
+        tracing::warn!(
+            message = "schedules with an unreadable cron or time zone cannot be judged stale",
+            rows = unreadable
+        );
     }
     // One entry per (connection, object): when several schedules cover it, the one with the
     // oldest unanswered tick speaks for it.
@@ -368,11 +375,6 @@ impl FreshnessGauge {
         every: Duration,
         mut leadership: watch::Receiver<Leadership>,
     ) -> Self {
-        metrics::describe_gauge!(
-            "crm_fleet_syncs_stale",
-            metrics::Unit::Count,
-            "Scheduled syncs of active connections with a tick fired more than the grace ago and no success since, by provider and object."
-        );
         Self(Service::spawn("freshness gauge", move |cancel| async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
