@@ -12,18 +12,16 @@
 //!
 //! Invariants: resolving one conflict resolves every open conflict of the same record and
 //! field, all locked in id order first (concurrent resolutions queue, never deadlock, and only
-//! one of them wins); the record's update is in the same transaction.
-//!
-//! Known limit: the record row is not locked against a sync page written at the same moment; a
-//! page that read the pending mark before a `remote` resolution committed writes our value and
-//! its mark back, and the next sync that reads the CRM's other value asks again.
+//! one of them wins); the record's update is in the same transaction. A resolution holds the
+//! records lock exclusive (see [`super::store`]), so no sync page of the record is written
+//! meanwhile: a page that had read the mark cannot write it back after a `remote` resolution.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::store::{critical_fields, table};
+use super::store::{critical_fields, lock_records, table};
 use crate::providers::ObjectKind;
 
 /// A recorded conflict.
@@ -179,6 +177,8 @@ pub async fn resolve(pool: &PgPool, id: i64, keep: Keep, actor: &str) -> Result<
         .iter()
         .find(|f| **f == c.field)
         .ok_or_else(|| ResolveError::Unknown(c.field.clone()))?;
+    // Before any row lock: pages hold it shared and then lock conflict rows.
+    lock_records(&mut tx, &c.tenant_id, &c.provider, object).await?;
     // Every open conflict of the record and field, locked in id order: two resolutions of
     // siblings queue one behind the other instead of deadlocking.
     let open: Vec<(i64, Option<String>)> = sqlx::query_as(

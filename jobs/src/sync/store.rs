@@ -4,6 +4,15 @@
 //!
 //! Invariant: everything here runs inside the caller's transaction, which also advances the
 //! cursor, so a page is either fully applied with its cursor or not at all.
+//!
+//! Pending marks and pages are ordered by the **records lock** of (tenant, provider, object), a
+//! transaction-scoped advisory lock ([`records_lock_shared_sql`], [`lock_records`]). A page
+//! holds it shared from its `BEGIN`, so its conflict check and its upsert see the same pending
+//! marks (under READ COMMITTED each statement sees what committed before it started; without
+//! the lock a mark committed between the two statements was written over). A mark
+//! ([`mark_pending`]) and a conflict resolution hold it exclusive: they wait for the pages being
+//! written, and pages that start meanwhile wait for them and then see them. Pages of concurrent
+//! syncs share it, so the bulk path costs one lock a page.
 
 use std::collections::HashMap;
 
@@ -38,6 +47,47 @@ pub fn table(object: ObjectKind) -> &'static str {
         ObjectKind::Company => "crm_companies",
         ObjectKind::Deal => "crm_deals",
     }
+}
+
+/// The advisory lock class of records locks (`pg_advisory_xact_lock(int4, int4)` keys are a
+/// space apart from the single-`bigint` keys of the leader lease and the page writer).
+const RECORDS_LOCK_CLASS: i32 = 0x5359_4e43; // "SYNC"
+
+/// The records lock key of (tenant, provider, object): FNV-1a of the three, so every process
+/// computes the same one (a collision of two tenants only makes one wait a moment longer).
+fn records_lock_key(tenant: &str, provider: &str, object: ObjectKind) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for part in [tenant, provider, object.as_str()] {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+    }
+    h as i32
+}
+
+/// The statement that takes the records lock shared, for a page's `BEGIN` (a statement of
+/// its own, before the page's first read: see the module docs).
+pub fn records_lock_shared_sql(tenant: &str, provider: &str, object: ObjectKind) -> String {
+    format!(
+        "SELECT pg_advisory_xact_lock_shared({RECORDS_LOCK_CLASS}, {})",
+        records_lock_key(tenant, provider, object)
+    )
+}
+
+/// Takes the records lock exclusive until the transaction ends: no page of these records is
+/// being written meanwhile.
+pub async fn lock_records(
+    tx: &mut PgConnection,
+    tenant: &str,
+    provider: &str,
+    object: ObjectKind,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(RECORDS_LOCK_CLASS)
+        .bind(records_lock_key(tenant, provider, object))
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// Fields whose local pending changes a remote change must not silently overwrite.
@@ -94,7 +144,8 @@ pub struct Scope<'a> {
     pub run: Uuid,
 }
 
-/// Applies records and deletions of one page.
+/// Applies records and deletions of one page. The transaction holds the records lock shared
+/// since before its first statement ([`records_lock_shared_sql`]).
 pub async fn apply_page(
     tx: &mut Transaction<'_, Postgres>,
     scope: &Scope<'_>,
@@ -344,9 +395,8 @@ async fn upsert(
 /// Returns whether the record is in the local store (a record not synced yet has nothing to
 /// protect: its first sync brings the CRM's values).
 ///
-/// Known limit: a sync page of the same record being written at that moment, its conflict
-/// check done before this commits, writes back what it read: the record then follows that page
-/// (last write wins, as for any record without a pending change) until the next action.
+/// Holds the records lock exclusive: it waits for the pages of these records being written,
+/// and the pages after it see the mark.
 pub async fn mark_pending(
     pool: &sqlx::PgPool,
     tenant: &str,
@@ -384,7 +434,11 @@ pub async fn mark_pending(
     for f in critical.iter().filter(|f| fields.contains_key(**f)) {
         q = q.bind(fields.get(*f).and_then(Value::as_str).map(str::to_owned));
     }
-    Ok(q.execute(pool).await?.rows_affected() > 0)
+    let mut tx = pool.begin().await?;
+    lock_records(&mut tx, tenant, provider, object).await?;
+    let marked = q.execute(&mut *tx).await?.rows_affected() > 0;
+    tx.commit().await?;
+    Ok(marked)
 }
 
 #[cfg(test)]

@@ -138,9 +138,16 @@ impl Writer {
         let lock = lock_key(run, self.seq);
         // The page's advisory lock is taken with its BEGIN (one round trip), before the next
         // page can start, so that page's wait for it is always a real one.
+        // With it, the records lock shared (see `store`): the page's reads see the pending
+        // marks committed before it, and none is committed until it ends.
         let pool = self.pool.clone();
-        let begin =
-            || pool.begin_with(sqlx::AssertSqlSafe(format!("BEGIN; SELECT pg_advisory_xact_lock({lock})")));
+        let records =
+            store::records_lock_shared_sql(&self.target.tenant, self.target.provider.as_str(), self.object);
+        let begin = || {
+            pool.begin_with(sqlx::AssertSqlSafe(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({lock}); {records}"
+            )))
+        };
         let tx = match self.in_flight.is_empty() {
             true => begin().await?,
             false => match tokio::time::timeout(SPARE_WAIT, begin()).await {

@@ -122,6 +122,17 @@ impl SyncEnv {
         .expect("run")
     }
 
+    /// Someone changes a contact's email at the CRM.
+    async fn set_remote_email(&self, contact: &str, email: &str) {
+        self.env
+            .control
+            .patch(
+                &format!("hubspot/accounts/{}/objects/contacts/{contact}", self.hub),
+                json!({ "properties": { "email": email } }),
+            )
+            .await;
+    }
+
     /// Runs an `update_contact` action (through the action executor) setting `email`.
     async fn update_email(&self, key: &str, contact: &str, email: &str) {
         let action =
@@ -288,13 +299,7 @@ async fn a_remote_change_that_collides_with_a_local_pending_change_is_recorded()
     crm_jobs::sync::store::mark_pending(&s.db.pool, "acme", "hubspot", ObjectKind::Contact, &id, &pending)
         .await
         .expect("pending");
-    s.env
-        .control
-        .patch(
-            &format!("hubspot/accounts/{}/objects/contacts/{id}", s.hub),
-            json!({ "properties": { "email": "theirs@example.com" } }),
-        )
-        .await;
+    s.set_remote_email(&id, "theirs@example.com").await;
     s.sync(ObjectKind::Contact).await.expect("incremental");
     let (field, local, remote): (String, Option<String>, Option<String>) =
         sqlx::query_as("SELECT field, local_value, remote_value FROM sync_conflicts WHERE external_id = $1")
@@ -311,6 +316,89 @@ async fn a_remote_change_that_collides_with_a_local_pending_change_is_recorded()
         Some("mine@example.com"),
         "not silently overwritten"
     );
+}
+
+/// A page's conflict check and its upsert see one state of the pending marks. A mark, and a
+/// conflict resolution, wait for the pages of those records being written (here a page that
+/// has read the marks and holds no row of the record), and a page waits for a mark being made.
+/// Without the records lock a mark could commit between a page's check and its upsert, and the
+/// page wrote over it; a resolution could commit under a page that then wrote the mark back.
+#[tokio::test(flavor = "multi_thread")]
+async fn marks_and_resolutions_wait_for_the_pages_being_written_and_pages_wait_for_them() {
+    use crm_jobs::sync::conflicts::{Keep, resolve};
+    use crm_jobs::sync::store::{Scope, apply_page, lock_records, mark_pending, records_lock_shared_sql};
+    const WAIT: Duration = Duration::from_millis(300);
+    let s = setup(20, 0).await;
+    s.sync(ObjectKind::Contact).await.expect("full");
+    let (id, _) = s.local(ObjectKind::Contact).await.into_iter().next().expect("a contact");
+    let scope = Scope { tenant: "acme", provider: "hubspot", connection: s.connection, run: Uuid::now_v7() };
+    let lock = records_lock_shared_sql("acme", "hubspot", ObjectKind::Contact);
+    let begin_page = |pool: sqlx::PgPool| {
+        let begin = format!("BEGIN; {lock}");
+        async move { pool.begin_with(sqlx::AssertSqlSafe(begin)).await }
+    };
+
+    // A page has read the marks (none), and the mark comes.
+    let mut page = begin_page(s.db.pool.clone()).await.expect("page");
+    apply_page(&mut page, &scope, ObjectKind::Contact, vec![], &[]).await.expect("check");
+    let mark = tokio::spawn({
+        let (pool, id) = (s.db.pool.clone(), id.clone());
+        async move {
+            let mut fields = serde_json::Map::new();
+            fields.insert("email".into(), json!("mine@example.com"));
+            mark_pending(&pool, "acme", "hubspot", ObjectKind::Contact, &id, &fields).await
+        }
+    });
+    tokio::time::sleep(WAIT).await;
+    assert!(!mark.is_finished(), "the mark waits for the page being written");
+    page.commit().await.expect("page commits");
+    assert!(mark.await.expect("task").expect("mark"), "marked once the page committed");
+
+    // A mark being made (its lock held here), and a page comes.
+    let mut marking = s.db.pool.begin().await.expect("begin");
+    lock_records(&mut marking, "acme", "hubspot", ObjectKind::Contact).await.expect("lock");
+    let page = tokio::spawn(begin_page(s.db.pool.clone()));
+    tokio::time::sleep(WAIT).await;
+    assert!(!page.is_finished(), "the page waits for the mark being made");
+    marking.commit().await.expect("mark commits");
+    page.await.expect("task").expect("page begins").rollback().await.expect("rollback");
+    // A lock of another tenant's records does not hold this one's pages.
+    let mut other = s.db.pool.begin().await.expect("begin");
+    lock_records(&mut other, "other", "hubspot", ObjectKind::Contact).await.expect("lock");
+    let page = tokio::time::timeout(Duration::from_secs(10), begin_page(s.db.pool.clone()))
+        .await
+        .expect("not held by another tenant's lock")
+        .expect("page begins");
+    page.rollback().await.expect("rollback");
+    other.rollback().await.expect("rollback");
+
+    // A conflict, and a resolution of it while a page is being written.
+    s.set_remote_email(&id, "theirs@example.com").await;
+    s.sync(ObjectKind::Contact).await.expect("incremental");
+    let conflict: i64 =
+        sqlx::query_scalar("SELECT id FROM sync_conflicts WHERE external_id = $1 AND resolved_at IS NULL")
+            .bind(&id)
+            .fetch_one(&s.db.pool)
+            .await
+            .expect("conflict recorded");
+    let mut page = begin_page(s.db.pool.clone()).await.expect("page");
+    apply_page(&mut page, &scope, ObjectKind::Contact, vec![], &[]).await.expect("check");
+    let resolution = tokio::spawn({
+        let pool = s.db.pool.clone();
+        async move { resolve(&pool, conflict, Keep::Remote, "test").await }
+    });
+    tokio::time::sleep(WAIT).await;
+    assert!(!resolution.is_finished(), "the resolution waits for the page being written");
+    page.commit().await.expect("page commits");
+    let resolved = resolution.await.expect("task").expect("resolved");
+    assert_eq!(resolved.value.as_deref(), Some("theirs@example.com"));
+    let pending: Option<Value> =
+        sqlx::query_scalar("SELECT local_pending FROM crm_contacts WHERE external_id = $1")
+            .bind(&id)
+            .fetch_one(&s.db.pool)
+            .await
+            .expect("record");
+    assert_eq!(pending, None, "no longer pending");
 }
 
 /// An action's update of a contact's email is a local pending change: the local record shows
@@ -334,13 +422,7 @@ async fn an_actions_update_is_pending_until_a_sync_confirms_it_and_a_later_chang
     assert_eq!(s.pending(&confirmed).await, Some(json!({ "email": "one@ours.example" })));
 
     // Someone changes the contested contact at the CRM after our update.
-    s.env
-        .control
-        .patch(
-            &format!("hubspot/accounts/{}/objects/contacts/{contested}", s.hub),
-            json!({ "properties": { "email": "theirs@example.com" } }),
-        )
-        .await;
+    s.set_remote_email(&contested, "theirs@example.com").await;
     s.sync(ObjectKind::Contact).await.expect("incremental");
     assert_eq!(s.pending(&confirmed).await, None, "confirmed by the CRM: no longer pending");
     assert!(s.conflicts(&confirmed).await.is_empty());
@@ -357,13 +439,7 @@ async fn an_actions_update_is_pending_until_a_sync_confirms_it_and_a_later_chang
     // The CRM gets our value after all (stored as it likes: case and spaces aside, the same):
     // the next sync confirms it and closes the conflict.
     s.env.control.advance("1s").await;
-    s.env
-        .control
-        .patch(
-            &format!("hubspot/accounts/{}/objects/contacts/{contested}", s.hub),
-            json!({ "properties": { "email": " Two@Ours.example" } }),
-        )
-        .await;
+    s.set_remote_email(&contested, " Two@Ours.example").await;
     s.sync(ObjectKind::Contact).await.expect("incremental");
     assert_eq!(s.pending(&contested).await, None, "confirmed");
     let closed: Vec<(Option<String>, Option<String>)> =
