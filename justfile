@@ -33,7 +33,7 @@ migrate:
 
 # Run one worker against local services.
 worker:
-    DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379} cargo run -p crm-worker
+    DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379} CRM_FLEET_TOKEN_KEY=${CRM_FLEET_TOKEN_KEY:?set CRM_FLEET_TOKEN_KEY to the key your tokens were stored with (a new one: crmctl keys generate)} cargo run -p crm-worker
 
 # Benchmarks (release build; prints figures).
 bench:

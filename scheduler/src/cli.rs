@@ -1,6 +1,8 @@
 //! `crmctl`, the operator CLI. Each subcommand is a function over typed arguments; output is a
 //! table by default and JSON with `--json`. Exit codes: 0 success, 1 a failed operation,
-//! 64 bad configuration or usage.
+//! 3 the named id (schedule, connection, tenant, dead letter, conflict) does not exist or a
+//! dead-letter selection matched nothing ([`EXIT_NOTHING`], [`NotFound`]), 64 bad configuration
+//! or usage ([`UsageError`]).
 
 use std::time::Duration;
 
@@ -234,7 +236,7 @@ pub enum LimitsCmd {
 }
 
 fn parse_limit(budget: &str, value: &str, burst: Option<u32>) -> anyhow::Result<crm_queue::Limit> {
-    let bad = |m: &str| anyhow::anyhow!("{value:?} for {budget}: {m}");
+    let bad = |m: &str| anyhow::Error::from(UsageError(format!("{value:?} for {budget}: {m}")));
     if budget.starts_with("r:") {
         let (n, per) = value.split_once('/').ok_or_else(|| bad("a rate is N/PERIOD, like 100/10s"))?;
         let count: u32 = n.trim().parse().map_err(|_| bad("N must be a whole number"))?;
@@ -387,7 +389,10 @@ impl DlqFilterArgs {
         let when =
             |name: &str, v: &Option<String>| -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
                 v.as_deref()
-                    .map(|s| crm_jobs::dlq::parse_when(s).map_err(|e| anyhow::anyhow!("--{name}: {e}")))
+                    .map(|s| {
+                        crm_jobs::dlq::parse_when(s)
+                            .map_err(|e| anyhow::Error::from(UsageError(format!("--{name}: {e}"))))
+                    })
                     .transpose()
             };
         Ok(crm_jobs::dlq::Filter {
@@ -469,6 +474,35 @@ pub enum DlqCmd {
 /// Exit code when nothing matched or the id is unknown.
 pub const EXIT_NOTHING: i32 = 3;
 
+/// A usage or configuration error: `crmctl` prints it and exits 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The id a command named does not exist: `crmctl` prints it and exits 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+/// Returns early with a [`UsageError`].
+macro_rules! usage_bail {
+    ($($arg:tt)*) => {
+        return Err(UsageError(format!($($arg)*)).into())
+    };
+}
+
+/// The exit code an error of [`run`] calls for: 64 for usage and configuration, 3 for an
+/// unknown id, 1 for everything else.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if error.downcast_ref::<UsageError>().is_some() {
+        EXIT_CONFIG
+    } else if error.downcast_ref::<NotFound>().is_some() {
+        EXIT_NOTHING
+    } else {
+        1
+    }
+}
+
 fn actor() -> String {
     std::env::var("CRM_FLEET_ACTOR")
         .or_else(|_| std::env::var("USER"))
@@ -482,7 +516,7 @@ fn confirm(question: &str, yes: bool) -> anyhow::Result<bool> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        anyhow::bail!("{question} — refusing without --yes (stdin is not a terminal)");
+        usage_bail!("{question} — refusing without --yes (stdin is not a terminal)");
     }
     eprint!("{question} [y/N] ");
     std::io::stderr().flush().ok();
@@ -515,7 +549,7 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
                     });
                     Ok(if rows.is_empty() { EXIT_NOTHING } else { 0 })
                 }
-                Some(other) => anyhow::bail!("--group-by {other:?}: only `tenant` is supported"),
+                Some(other) => usage_bail!("--group-by {other:?}: only `tenant` is supported"),
                 None => {
                     let (items, next) = dlq::list(&pool, &f, *limit, cursor.as_deref()).await?;
                     print(cli.json, &serde_json::json!({"items": items, "next_cursor": next}), || {
@@ -561,19 +595,20 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
         },
         DlqCmd::Replay { ids, filter, f, reason, set, dry_run, yes } => {
             if reason.trim().is_empty() {
-                anyhow::bail!("--reason is required (it is audited)");
+                usage_bail!("--reason is required (it is audited)");
             }
             let mut changes = std::collections::BTreeMap::new();
             for kv in set {
-                let (k, v) =
-                    kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {kv:?}: expected key=value"))?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| UsageError(format!("--set {kv:?}: expected key=value")))?;
                 changes.insert(k.to_owned(), v.to_owned());
             }
             let req = dlq::ReplayRequest { actor: actor(), reason: reason.clone(), changes };
             let queue = queue(cli).await?;
             if *filter {
                 if !ids.is_empty() {
-                    anyhow::bail!("give ids or --filter, not both");
+                    usage_bail!("give ids or --filter, not both");
                 }
                 let f = f.filter()?;
                 let planned = dlq::replay_matching(&pool, &queue, &f, &req, true).await?;
@@ -602,7 +637,7 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
                 Ok(if done.skipped > 0 { 1 } else { 0 })
             } else {
                 if ids.is_empty() {
-                    anyhow::bail!("give dead-letter ids, or --filter with filter flags");
+                    usage_bail!("give dead-letter ids, or --filter with filter flags");
                 }
                 if *dry_run {
                     println!("dry run: {} dead letters would be replayed", ids.len());
@@ -634,8 +669,8 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
             }
         }
         DlqCmd::Purge { older_than, f, yes } => {
-            let cutoff =
-                crm_jobs::dlq::parse_when(older_than).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
+            let cutoff = crm_jobs::dlq::parse_when(older_than)
+                .map_err(|e| UsageError(format!("--older-than: {e}")))?;
             let mut filter = f.filter()?;
             filter.until = Some(filter.until.map_or(cutoff, |u| u.min(cutoff)));
             let n = dlq::count(&pool, &filter).await?;
@@ -699,6 +734,21 @@ pub enum ConnectionCmd {
         /// The provider account id.
         #[arg(long)]
         account: String,
+    },
+    /// Print a connect link: the URL a tenant's user opens to connect a CRM account to the
+    /// tenant through the provider's consent page (the provider's OAuth app must be registered
+    /// with `crmctl apps set`). Anyone holding the link can connect an account until it
+    /// expires: hand it only to that tenant.
+    Link {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Provider.
+        #[arg(long)]
+        provider: String,
+        /// How long it stays valid (at most 7d).
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        expires_in: Duration,
     },
     /// Mark a connection disabled (its jobs park) or active again.
     SetStatus {
@@ -764,7 +814,7 @@ pub enum KeyCmd {
 }
 
 async fn queue(cli: &Cli) -> anyhow::Result<crm_queue::Queue> {
-    require(&cli.redis_url, "REDIS_URL")?;
+    require(&cli.redis_url, "REDIS_URL", "--redis-url")?;
     Ok(crm_queue::Queue::connect(
         crm_queue::QueueConfig::new(&cli.redis_url, &cli.queue).with_prefix(&cli.redis_prefix),
     )
@@ -911,12 +961,10 @@ pub struct SetArgs {
     pub disable: bool,
 }
 
-fn require(value: &str, name: &str) -> anyhow::Result<()> {
+/// A setting every command of its kind needs: named by its environment variable and flag.
+fn require(value: &str, env: &str, flag: &str) -> anyhow::Result<()> {
     if value.is_empty() {
-        anyhow::bail!(
-            "{name} is required (flag --{} or environment {name})",
-            name.to_lowercase().replace('_', "-")
-        );
+        usage_bail!("{env} is required (environment {env} or flag {flag})");
     }
     Ok(())
 }
@@ -929,7 +977,7 @@ fn read_secret() -> anyhow::Result<secrecy::SecretString> {
     std::io::stdin().read_line(&mut line).context("reading the secret from stdin")?;
     let s = line.trim().to_owned();
     if s.is_empty() {
-        anyhow::bail!("no secret given: pipe it on stdin or set CRM_FLEET_SECRET");
+        usage_bail!("no secret given: pipe it on stdin or set CRM_FLEET_SECRET");
     }
     Ok(secrecy::SecretString::from(s))
 }
@@ -966,12 +1014,12 @@ fn parsed<T: std::str::FromStr<Err = String>>(field: &str, v: &str) -> Result<T,
 }
 
 async fn pool(cli: &Cli) -> anyhow::Result<sqlx::PgPool> {
-    require(&cli.database_url, "DATABASE_URL")?;
+    require(&cli.database_url, "DATABASE_URL", "--database-url")?;
     Ok(crm_jobs::storage::connect(&cli.database_url, 2, Duration::from_secs(10)).await?)
 }
 
 fn keyring(cli: &Cli) -> anyhow::Result<std::sync::Arc<crm_jobs::auth::Keyring>> {
-    require(&cli.token_key, "CRM_FLEET_TOKEN_KEY")?;
+    require(&cli.token_key, "CRM_FLEET_TOKEN_KEY", "--token-key")?;
     let previous: Vec<String> = cli
         .token_keys_previous
         .split(',')
@@ -979,7 +1027,9 @@ fn keyring(cli: &Cli) -> anyhow::Result<std::sync::Arc<crm_jobs::auth::Keyring>>
         .filter(|k| !k.is_empty())
         .map(str::to_owned)
         .collect();
-    Ok(std::sync::Arc::new(crm_jobs::auth::Keyring::from_base64(&cli.token_key, &previous)?))
+    let keys = crm_jobs::auth::Keyring::from_base64(&cli.token_key, &previous)
+        .map_err(|e| UsageError(format!("CRM_FLEET_TOKEN_KEY or CRM_FLEET_TOKEN_KEYS_PREVIOUS: {e}")))?;
+    Ok(std::sync::Arc::new(keys))
 }
 
 fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce()) {
@@ -1039,7 +1089,7 @@ fn store_failure(e: StoreError) -> anyhow::Result<i32> {
         StoreError::ConnectionNotFound => Ok(usage(&FieldError::new("connection_id", "no such connection"))),
         StoreError::ScheduleNotFound => {
             eprintln!("crmctl: no such schedule");
-            Ok(1)
+            Ok(EXIT_NOTHING)
         }
         StoreError::Db(e) => Err(e).context("database"),
     }
@@ -1148,7 +1198,7 @@ async fn sync_now(cli: &Cli, connection: Uuid, objects: &[String], full: bool) -
         }
     };
     let pool = pool(cli).await?;
-    require(&cli.redis_url, "REDIS_URL")?;
+    require(&cli.redis_url, "REDIS_URL", "--redis-url")?;
     let queue = crm_queue::Queue::connect(
         crm_queue::QueueConfig::new(&cli.redis_url, &cli.queue).with_prefix(&cli.redis_prefix),
     )
@@ -1158,7 +1208,7 @@ async fn sync_now(cli: &Cli, connection: Uuid, objects: &[String], full: bool) -
         Ok(jobs) => jobs,
         Err(TriggerError::NotFound) => {
             eprintln!("crmctl: no such connection {connection}");
-            return Ok(1);
+            return Ok(EXIT_NOTHING);
         }
         Err(e @ (TriggerError::Disabled | TriggerError::UnknownProvider)) => {
             eprintln!("crmctl: {e}");
@@ -1317,7 +1367,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let kind = match kind.as_str() {
                 "api_key" => crm_jobs::auth::AuthKind::ApiKey,
                 "static_token" => crm_jobs::auth::AuthKind::StaticToken,
-                other => anyhow::bail!("--kind {other:?}: expected api_key or static_token"),
+                other => usage_bail!("--kind {other:?}: expected api_key or static_token"),
             };
             let secret = read_secret()?;
             let store = crm_jobs::auth::Store::new(pool(&cli).await?, keyring(&cli)?);
@@ -1325,9 +1375,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             print(cli.json, &c, || println!("connection {} ({provider}, {}) active", c.id, c.account_id));
             Ok(0)
         }
+        Command::Connections(ConnectionCmd::Link { tenant, provider, expires_in }) => {
+            use crm_jobs::auth::connect::{LinkError, link};
+            let provider: crm_jobs::providers::Provider = match parsed("provider", provider) {
+                Ok(p) => p,
+                Err(e) => return Ok(usage(&e)),
+            };
+            let store = crm_jobs::auth::Store::new(pool(&cli).await?, keyring(&cli)?);
+            match link(&store, provider, tenant, *expires_in).await {
+                Ok(l) => {
+                    print(cli.json, &l, || {
+                        println!("{}", l.url);
+                        eprintln!(
+                            "valid until {} for tenant {tenant} at {provider}",
+                            l.expires_at.to_rfc3339()
+                        );
+                    });
+                    Ok(0)
+                }
+                Err(LinkError::Ttl(_)) => Ok(usage(&FieldError::new("expires_in", "from 1s to 7d"))),
+                Err(LinkError::UnknownTenant(t)) => {
+                    eprintln!("crmctl: no tenant {t:?} (crmctl tenants add)");
+                    Ok(EXIT_NOTHING)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Connections(ConnectionCmd::SetStatus { id, status }) => {
             if !["active", "disabled"].contains(&status.as_str()) {
-                anyhow::bail!("status {status:?}: expected active or disabled");
+                usage_bail!("status {status:?}: expected active or disabled");
             }
             let pool = pool(&cli).await?;
             let n = sqlx::query("UPDATE connections SET status = $2, status_reason = 'set by operator', updated_at = now() WHERE id = $1")
@@ -1337,7 +1413,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .await?
                 .rows_affected();
             if n == 0 {
-                anyhow::bail!("no connection {id}");
+                return Err(NotFound(format!("no connection {id}")).into());
             }
             if status == "active" {
                 // Lift any re-authorisation park so its jobs run again.
@@ -1381,11 +1457,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 parsed.push(match s {
                     "enqueue" => crate::api::keys::Scope::Enqueue,
                     "admin" => crate::api::keys::Scope::Admin,
-                    other => anyhow::bail!("--scopes: unknown scope {other:?} (enqueue, admin)"),
+                    other => usage_bail!("--scopes: unknown scope {other:?} (enqueue, admin)"),
                 });
             }
             if parsed.is_empty() {
-                anyhow::bail!("--scopes: give at least one of enqueue, admin");
+                usage_bail!("--scopes: give at least one of enqueue, admin");
             }
             let pool = pool(&cli).await?;
             let (key, prefix) = crate::api::keys::create(&pool, name, &parsed).await?;
@@ -1410,7 +1486,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Migrate => {
-            require(&cli.database_url, "DATABASE_URL")?;
+            require(&cli.database_url, "DATABASE_URL", "--database-url")?;
             let pool = crm_jobs::storage::connect(&cli.database_url, 2, Duration::from_secs(10)).await?;
             let n = crm_jobs::storage::migrate(&pool).await.context("applying migrations")?;
             if cli.json {

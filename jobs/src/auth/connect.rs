@@ -1,6 +1,12 @@
 //! The connect flow, as axum handlers the control-plane API mounts:
 //!
-//! * `GET /v1/oauth/{provider}/authorize?tenant_id=…` stores a single-use state row (PKCE
+//! * a **connect link** ([`link`]: `POST /v1/oauth/{provider}/links` with an API key, or
+//!   `crmctl connections link`) is `GET /v1/oauth/{provider}/authorize?tenant_id=…&expires=…&signature=…`,
+//!   the signature an HMAC of (provider, tenant, expiry). The authorize route is public (a
+//!   tenant's user opens it in a browser, which cannot send our API key), so the link is what
+//!   says that a service allowed *this* tenant to be connected: without it anyone who knows a
+//!   tenant id could attach a CRM account of their own to that tenant;
+//! * `GET /v1/oauth/{provider}/authorize` checks the link, stores a single-use state row (PKCE
 //!   verifier encrypted, short TTL) and redirects to the provider's consent page with a state
 //!   parameter that names the row and carries an HMAC of it;
 //! * `GET /v1/oauth/callback?code=…&state=…` verifies the HMAC, claims the row (refusing an
@@ -19,9 +25,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Sha256;
 use uuid::Uuid;
@@ -32,6 +39,146 @@ use crate::providers::{Provider, ProviderError};
 
 /// How long an authorization may take (consent page to callback).
 pub const DEFAULT_STATE_TTL: Duration = Duration::from_secs(600);
+
+/// How long a connect link stays valid unless asked otherwise.
+pub const DEFAULT_LINK_TTL: Duration = Duration::from_secs(900);
+
+/// The longest a connect link may stay valid (a link e-mailed to a tenant's admin).
+pub const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The path our OAuth apps' redirect URIs end with; what precedes it is the API's public base.
+const CALLBACK_PATH: &str = "/v1/oauth/callback";
+
+/// A connect link: the URL a tenant's user opens to connect a CRM account to that tenant.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConnectLink {
+    /// The tenant it connects.
+    pub tenant_id: String,
+    /// The CRM.
+    pub provider: String,
+    /// The link: our authorize route with its signature. Absolute, on the public base of the
+    /// provider app's redirect URI (what precedes `/v1/oauth/callback` there).
+    pub url: String,
+    /// When it stops working (any number of uses until then; each starts a fresh
+    /// authorization).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Why no link was made.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No such tenant.
+    #[error("no tenant {0:?}")]
+    UnknownTenant(String),
+    /// A validity outside (0, [`MAX_LINK_TTL`]].
+    #[error("a link is valid for 1 second to 7 days; asked for {0:?}")]
+    Ttl(Duration),
+    /// No OAuth app is configured for the provider, or the store failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl From<sqlx::Error> for LinkError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Auth(e.into())
+    }
+}
+
+/// Makes a connect link for `tenant` at `provider`, valid for `ttl`.
+pub async fn link(
+    store: &Store,
+    provider: Provider,
+    tenant: &str,
+    ttl: Duration,
+) -> Result<ConnectLink, LinkError> {
+    if ttl.is_zero() || ttl > MAX_LINK_TTL {
+        return Err(LinkError::Ttl(ttl));
+    }
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
+        .bind(tenant)
+        .fetch_one(store.pool())
+        .await?;
+    if !exists {
+        return Err(LinkError::UnknownTenant(tenant.to_owned()));
+    }
+    let app = store.app(provider).await?;
+    let expires = Utc::now().timestamp() + i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+    let base = match app.redirect_uri.strip_suffix(CALLBACK_PATH) {
+        Some(base) => base.to_owned(),
+        None => {
+            url::Url::parse(&app.redirect_uri).map(|u| u.origin().ascii_serialization()).map_err(|e| {
+                AuthError::Config(format!("{provider}: the app's redirect URI is not a URL: {e}"))
+            })?
+        }
+    };
+    let mut url = url::Url::parse(&format!("{base}/v1/oauth/{provider}/authorize")).map_err(|e| {
+        AuthError::Config(format!("{provider}: the app's redirect URI gives no base URL: {e}"))
+    })?;
+    url.query_pairs_mut()
+        .append_pair("tenant_id", tenant)
+        .append_pair("expires", &expires.to_string())
+        .append_pair("signature", &link_signature(store, provider, tenant, expires));
+    Ok(ConnectLink {
+        tenant_id: tenant.to_owned(),
+        provider: provider.as_str().to_owned(),
+        url: url.into(),
+        expires_at: DateTime::from_timestamp(expires, 0).unwrap_or_default(),
+    })
+}
+
+/// The MAC of a link: (provider, tenant, expiry), under a key derived for links alone.
+fn link_mac(store: &Store, provider: Provider, tenant: &str, expires: i64) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&store.keys().derive("connect-link"))
+        .unwrap_or_else(|_| unreachable_mac());
+    for part in [provider.as_str(), tenant, &expires.to_string()] {
+        mac.update(part.as_bytes());
+        mac.update(b"\0");
+    }
+    mac
+}
+
+fn link_signature(store: &Store, provider: Provider, tenant: &str, expires: i64) -> String {
+    let tag = link_mac(store, provider, tenant, expires).finalize().into_bytes();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..16])
+}
+
+/// Checks a link's signature (in constant time) and expiry.
+fn check_link(store: &Store, provider: Provider, tenant: &str, q: &AuthorizeQuery) -> Result<(), ApiError> {
+    let forbidden = |error, field, message: String| ApiError {
+        status: StatusCode::FORBIDDEN,
+        error,
+        field: Some(field),
+        message,
+    };
+    let (Some(expires), Some(signature)) = (q.expires.as_deref(), q.signature.as_deref()) else {
+        return Err(forbidden(
+            "link_required",
+            "signature",
+            "open a connect link (POST /v1/oauth/{provider}/links or `crmctl connections link`), not this route alone".into(),
+        ));
+    };
+    let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).unwrap_or_default();
+    // A whole 16-byte tag, compared in constant time (a shorter one would check fewer bytes).
+    let valid = expires.parse::<i64>().ok().filter(|e| {
+        tag.len() == 16 && link_mac(store, provider, tenant, *e).verify_truncated_left(&tag).is_ok()
+    });
+    let Some(expires) = valid else {
+        return Err(forbidden(
+            "invalid_link",
+            "signature",
+            "this connect link is not one we issued for this tenant and CRM (altered?); ask for a new one"
+                .into(),
+        ));
+    };
+    if expires < Utc::now().timestamp() {
+        return Err(forbidden(
+            "link_expired",
+            "expires",
+            "this connect link has expired; ask for a new one".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -127,6 +274,8 @@ fn verify(store: &Store, state: &str) -> Option<Uuid> {
 #[derive(Deserialize)]
 struct AuthorizeQuery {
     tenant_id: Option<String>,
+    expires: Option<String>,
+    signature: Option<String>,
 }
 
 async fn authorize(
@@ -136,9 +285,10 @@ async fn authorize(
 ) -> Result<Response, ApiError> {
     let provider: Provider =
         provider.parse().map_err(|e: String| ApiError::bad("unknown_provider", "provider", e))?;
-    let tenant = q.tenant_id.filter(|t| !t.is_empty()).ok_or_else(|| {
+    let tenant = q.tenant_id.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
         ApiError::bad("missing_parameter", "tenant_id", "tenant_id is required: the tenant to connect")
     })?;
+    check_link(&s.store, provider, &tenant, &q)?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
         .bind(&tenant)
         .fetch_one(s.store.pool())

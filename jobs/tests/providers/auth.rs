@@ -315,19 +315,31 @@ async fn serve_connect(store: Store) -> (String, tokio::task::JoinHandle<()>) {
     (base, handle)
 }
 
-#[tokio::test]
-async fn authorize_consent_callback_stores_a_working_connection_and_refuses_bad_state() {
-    let s = setup("http://placeholder/cb").await;
-    let (base, _server) = serve_connect(s.store.clone()).await;
+/// Serves the connect routes with the HubSpot app's callback on them, for a tenant `tenant`.
+async fn serve_connect_for(s: &Setup, tenant: &str) -> (String, tokio::task::JoinHandle<()>) {
+    let (base, server) = serve_connect(s.store.clone()).await;
     let mut app = s.app.clone();
     app.redirect_uri = format!("{base}/v1/oauth/callback");
     s.store.save_app(&app).await.expect("app");
-    s.store.ensure_tenant("t2", "Tenant Two").await.expect("tenant");
+    s.store.ensure_tenant(tenant, "Tenant").await.expect("tenant");
+    (base, server)
+}
+
+/// A connect link for `tenant` at `provider`, valid for 15 minutes.
+async fn link(store: &Store, provider: Provider, tenant: &str) -> String {
+    connect::link(store, provider, tenant, connect::DEFAULT_LINK_TTL).await.expect("link").url
+}
+
+#[tokio::test]
+async fn authorize_consent_callback_stores_a_working_connection_and_refuses_bad_state() {
+    let s = setup("http://placeholder/cb").await;
+    let (base, _server) = serve_connect_for(&s, "t2").await;
 
     // A browser: follows the redirects (our authorize → sandbox consent → our callback).
     let browser = crm_jobs::testing::http_client();
-    let resp =
-        browser.get(format!("{base}/v1/oauth/hubspot/authorize?tenant_id=t2")).send().await.expect("flow");
+    let url = link(&s.store, Provider::Hubspot, "t2").await;
+    assert!(url.starts_with(&format!("{base}/v1/oauth/hubspot/authorize?tenant_id=t2&expires=")), "{url}");
+    let resp = browser.get(&url).send().await.expect("flow");
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["tenant_id"], "t2");
@@ -346,11 +358,7 @@ async fn authorize_consent_callback_stores_a_working_connection_and_refuses_bad_
     // Without following redirects, capture a real callback URL, then abuse it.
     let manual =
         reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let to_provider = manual
-        .get(format!("{base}/v1/oauth/hubspot/authorize?tenant_id=t2"))
-        .send()
-        .await
-        .expect("authorize");
+    let to_provider = manual.get(&url).send().await.expect("authorize");
     assert_eq!(to_provider.status(), 303);
     let consent = to_provider.headers()["location"].to_str().expect("location").to_owned();
     assert!(consent.contains("code_challenge="), "PKCE: {consent}");
@@ -381,13 +389,10 @@ async fn authorize_consent_callback_stores_a_working_connection_and_refuses_bad_
     assert_eq!(replay.status(), 400);
     assert_eq!(replay.json::<Value>().await.expect("json")["error"], "state_replayed");
 
-    let unknown = manual
-        .get(format!("{base}/v1/oauth/hubspot/authorize?tenant_id=nobody"))
-        .send()
-        .await
-        .expect("unknown");
-    assert_eq!(unknown.status(), 404);
-    assert_eq!(unknown.json::<Value>().await.expect("json")["field"], "tenant_id");
+    assert!(matches!(
+        connect::link(&s.store, Provider::Hubspot, "nobody", connect::DEFAULT_LINK_TTL).await,
+        Err(connect::LinkError::UnknownTenant(_))
+    ));
     let missing = manual.get(format!("{base}/v1/oauth/hubspot/authorize")).send().await.expect("missing");
     assert_eq!(missing.status(), 400);
     let bad_provider = manual
@@ -396,6 +401,74 @@ async fn authorize_consent_callback_stores_a_working_connection_and_refuses_bad_
         .await
         .expect("provider");
     assert_eq!(bad_provider.json::<Value>().await.expect("json")["field"], "provider");
+}
+
+/// The authorize route is public, so only a connect link opens it: without one, anyone who
+/// knows a tenant id could connect a CRM account of their own to that tenant. A link names
+/// its tenant, CRM and expiry under a signature; changing any of them, or cutting the
+/// signature short, is refused, and nothing is stored.
+#[tokio::test]
+async fn only_an_unaltered_unexpired_connect_link_starts_an_authorization() {
+    let s = setup("http://placeholder/cb").await;
+    let (base, _server) = serve_connect_for(&s, "t2").await;
+    let manual =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let refused = |url: String, error: &'static str, field: &'static str| {
+        let manual = manual.clone();
+        async move {
+            let resp = manual.get(&url).send().await.expect("authorize");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("json");
+            assert_eq!(
+                (status, body["error"].as_str(), body["field"].as_str()),
+                (403, Some(error), Some(field)),
+                "{url}: {body}"
+            );
+        }
+    };
+    let states = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM oauth_states")
+            .fetch_one(s.store.pool())
+            .await
+            .expect("count")
+    };
+
+    refused(format!("{base}/v1/oauth/hubspot/authorize?tenant_id=t2"), "link_required", "signature").await;
+    let url = link(&s.store, Provider::Hubspot, "t2").await;
+    refused(url.replace("tenant_id=t2", "tenant_id=t1"), "invalid_link", "signature").await;
+    refused(url.replace("/hubspot/", "/salesforce/"), "invalid_link", "signature").await;
+    let expires = url::Url::parse(&url)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "expires")
+        .map(|(_, v)| v.parse::<i64>().expect("seconds"))
+        .expect("expires");
+    refused(
+        url.replace(&format!("expires={expires}"), &format!("expires={}", expires + 86_400)),
+        "invalid_link",
+        "signature",
+    )
+    .await;
+    let signature = url.rsplit_once("signature=").expect("signature").1.to_owned();
+    refused(url.replace(&signature, &signature[..2]), "invalid_link", "signature").await;
+    refused(url.replace(&signature, ""), "invalid_link", "signature").await;
+    assert_eq!(states().await, 0, "nothing stored for a refused link");
+
+    let short = connect::link(&s.store, Provider::Hubspot, "t2", Duration::from_secs(1)).await.expect("link");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    refused(short.url, "link_expired", "expires").await;
+    assert!(matches!(
+        connect::link(&s.store, Provider::Hubspot, "t2", connect::MAX_LINK_TTL + Duration::from_secs(1))
+            .await,
+        Err(connect::LinkError::Ttl(_))
+    ));
+
+    // The link itself works, more than once until it expires (a reloaded page).
+    for _ in 0..2 {
+        let resp = manual.get(&url).send().await.expect("authorize");
+        assert_eq!(resp.status(), 303);
+    }
+    assert_eq!(states().await, 2);
 }
 
 const LOG_CHILD_ENV: &str = "CRM_TEST_LOG_CHILD";
@@ -448,7 +521,7 @@ async fn log_flow_child_process() {
     s.store.save_app(&app).await.expect("app");
     let browser = crm_jobs::testing::http_client();
     let body: Value = browser
-        .get(format!("{base}/v1/oauth/hubspot/authorize?tenant_id=t1"))
+        .get(link(&s.store, Provider::Hubspot, "t1").await)
         .send()
         .await
         .expect("flow")
@@ -535,7 +608,8 @@ async fn zoho_connections_are_keyed_by_org_not_by_the_data_centres_api_host() {
     store.save_app(&app).await.expect("app");
     store.ensure_tenant("t1", "Tenant One").await.expect("tenant");
     let browser = crm_jobs::testing::http_client();
-    let connect = || browser.get(format!("{base}/v1/oauth/zoho/authorize?tenant_id=t1")).send();
+    let url = link(&store, Provider::Zoho, "t1").await;
+    let connect = || browser.get(&url).send();
 
     let mut ids = Vec::new();
     for org in ["71000001", "71000002"] {

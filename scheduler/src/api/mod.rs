@@ -6,19 +6,21 @@
 //! a JSON body naming the field at fault ([`error::ErrorBody`]). Authentication: bearer API keys
 //! with scopes `enqueue` (actions, jobs, syncs on demand) and `admin` (everything, including
 //! schedules, dead letters and sync conflicts) ([`keys`]); `/healthz`, `/readyz`, `/metrics`,
-//! `/openapi.json` and the OAuth browser flow are public.
+//! `/openapi.json` and the OAuth browser flow are public (its authorize route takes only the
+//! signed, expiring connect links that `POST /v1/oauth/{provider}/links` makes: [`links`]).
 
 pub mod actions;
 pub mod conflicts;
 pub mod dlq;
 pub mod error;
 pub mod keys;
+pub mod links;
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -58,6 +60,7 @@ pub struct ApiState {
         (name = "dead-letters", description = "Find, inspect, replay and purge dead letters (admin)"),
         (name = "schedules", description = "Sync schedules (admin) and syncs on demand (enqueue)"),
         (name = "conflicts", description = "Remote changes that collided with local pending changes: list, resolve (admin)"),
+        (name = "connections", description = "Connect links: the URL a tenant's user opens to connect a CRM account (enqueue)"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -125,6 +128,7 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(actions::post_action))
         .routes(routes!(actions::get_job))
         .routes(routes!(schedule::api::sync_now, schedule::api::sync_status))
+        .routes(routes!(links::create))
         .route_layer(from_fn_with_state((state.pool.clone(), Scope::Enqueue), keys::require));
     let admin = OpenApiRouter::new()
         .routes(routes!(dlq::list))
@@ -221,7 +225,17 @@ async fn trace_request(
         http.status_code = tracing::field::Empty);
     let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
     crm_jobs::telemetry::set_remote_parent(&span, parent.as_deref());
-    let method = req.method().as_str().to_owned();
+    // A closed set too: a client can send any token as a method.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let started = std::time::Instant::now();
     let resp = next.run(req).instrument(span.clone()).await;
     span.record("http.status_code", resp.status().as_u16());

@@ -19,7 +19,7 @@ async fn main() {
         Ok(code) => std::process::exit(code),
         Err(error) => {
             eprintln!("crmctl: {error:#}");
-            std::process::exit(1);
+            std::process::exit(crm_scheduler::cli::exit_code(&error));
         }
     }
 }

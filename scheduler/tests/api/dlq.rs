@@ -1,7 +1,6 @@
 //! Dead-letter operations through the API and the real `crmctl` binary.
 
 use std::collections::HashSet;
-use std::process::Command;
 
 use chrono::{Duration, Utc};
 use crm_jobs::auth::{AuthKind, Store};
@@ -272,21 +271,7 @@ async fn one_command_lists_the_tenants_with_salesforce_auth_failures_in_the_last
     let other = dead_action(&app, "umbrella", Provider::Salesforce, "rejected", Duration::minutes(5)).await;
     let hub = dead_action(&app, "hooli", Provider::Hubspot, "unauthorized", Duration::minutes(5)).await;
 
-    let crmctl = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_crmctl"))
-            .env_clear()
-            .env("DATABASE_URL", &app.db.url)
-            .env("REDIS_URL", crm_jobs::testing::REDIS_URL)
-            .env("CRM_FLEET_REDIS_PREFIX", &app.prefix)
-            .args(args)
-            .output()
-            .expect("crmctl");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let crmctl = |args: &[&str]| app.crmctl(args);
     let (code, out, err) = crmctl(&[
         "dlq",
         "list",
@@ -356,7 +341,9 @@ async fn one_command_lists_the_tenants_with_salesforce_auth_failures_in_the_last
     assert_eq!(code, Some(3));
     // Unknown flags or values are usage errors.
     let (code, ..) = crmctl(&["dlq", "list", "--since", "yesterday-ish"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(64));
+    let (code, ..) = crmctl(&["dlq", "list", "--group-by", "provider"]);
+    assert_eq!(code, Some(64));
 }
 
 #[tokio::test]

@@ -23,6 +23,8 @@ pub(crate) struct App {
     pub(crate) prefix: String,
     pub(crate) http: reqwest::Client,
     pub(crate) keys: Arc<Keyring>,
+    /// The token key, base64 (for `crmctl`).
+    pub(crate) token_key: String,
 }
 
 impl Drop for App {
@@ -34,7 +36,8 @@ impl Drop for App {
 pub(crate) async fn spawn_app() -> App {
     let db = TestDb::new().await;
     let prefix = unique("crmtest-");
-    let keys = Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key"));
+    let token_key = Keyring::generate_base64();
+    let keys = Arc::new(Keyring::from_base64(&token_key, &[]).expect("key"));
     let config = SchedulerConfig {
         database_url: db.url.clone(),
         redis_url: REDIS_URL.into(),
@@ -66,10 +69,41 @@ pub(crate) async fn spawn_app() -> App {
         .expect("connection");
     let (enqueue_key, _) = keys::create(&db.pool, "svc", &[Scope::Enqueue]).await.expect("key");
     let (admin_key, _) = keys::create(&db.pool, "ops", &[Scope::Admin]).await.expect("key");
-    App { base, db, queue, enqueue_key, admin_key, prefix, http: http_client(), keys: store.keys().clone() }
+    App {
+        base,
+        db,
+        queue,
+        enqueue_key,
+        admin_key,
+        prefix,
+        http: http_client(),
+        keys: store.keys().clone(),
+        token_key,
+    }
 }
 
 impl App {
+    /// Runs the real `crmctl` against this app's database and Redis prefix: (exit code,
+    /// stdout, stderr).
+    pub(crate) fn crmctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_crmctl"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", REDIS_URL)
+            .env("CRM_FLEET_REDIS_PREFIX", &self.prefix)
+            .env("CRM_FLEET_TOKEN_KEY", &self.token_key)
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .output()
+            .expect("crmctl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     async fn post_action(&self, key: Option<&str>, body: Value) -> (StatusCode, Value) {
         let mut req =
             self.http.post(format!("{}/v1/actions", self.base)).bearer_auth(&self.enqueue_key).json(&body);
@@ -390,4 +424,123 @@ async fn the_openapi_document_describes_every_served_route() {
     let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.expect("metrics");
     assert_eq!(metrics.status(), StatusCode::OK);
     let _ = &app.admin_key;
+}
+
+/// A service asks for a connect link for one of its tenants; the link opens the provider's
+/// consent page, and the authorize route opens for nothing else.
+#[tokio::test]
+async fn connect_links_are_made_for_known_tenants_and_open_the_consent_page() {
+    let app = spawn_app().await;
+    let store = Store::new(app.db.pool.clone(), app.keys.clone());
+    store
+        .save_app(&crm_jobs::auth::oauth::OAuthApp {
+            provider: Provider::Hubspot,
+            client_id: "client".into(),
+            client_secret: SecretString::from("secret".to_owned()),
+            authorize_url: "http://127.0.0.1:9/oauth/authorize".into(),
+            token_url: "http://127.0.0.1:9/oauth/v1/token".into(),
+            revoke_url: None,
+            redirect_uri: format!("{}/v1/oauth/callback", app.base),
+            scopes: "crm.objects.contacts.read".into(),
+            api_base: None,
+        })
+        .await
+        .expect("app");
+    let post = |provider: &str, key: Option<&str>, body: Value| {
+        let mut req = app.http.post(format!("{}/v1/oauth/{provider}/links", app.base)).json(&body);
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        async move {
+            let resp = req.send().await.expect("post");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let key = Some(app.enqueue_key.as_str());
+
+    assert_eq!(post("hubspot", None, json!({"tenant_id": "acme"})).await.0, 401);
+    let (status, link) = post("hubspot", key, json!({"tenant_id": "acme", "expires_in": 600})).await;
+    assert_eq!(status, 201, "{link}");
+    let url = link["url"].as_str().expect("url");
+    assert!(url.starts_with(&format!("{}/v1/oauth/hubspot/authorize?tenant_id=acme&", app.base)), "{url}");
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        link["expires_at"].as_str().expect("expiry").parse().expect("time");
+    let left = (expires_at - chrono::Utc::now()).num_seconds();
+    assert!((590..=600).contains(&left), "expires in {left} s");
+
+    let manual =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let consent = manual.get(url).send().await.expect("authorize");
+    assert_eq!(consent.status(), 303);
+    let location = consent.headers()["location"].to_str().expect("location").to_owned();
+    assert!(
+        location.starts_with("http://127.0.0.1:9/oauth/authorize?") && location.contains("state="),
+        "{location}"
+    );
+    let bare = manual
+        .get(format!("{}/v1/oauth/hubspot/authorize?tenant_id=acme", app.base))
+        .send()
+        .await
+        .expect("bare");
+    assert_eq!(bare.status(), 403);
+    assert_eq!(bare.json::<Value>().await.expect("json")["error"], "link_required");
+
+    for (provider, body, status, field) in [
+        ("hubspot", json!({"tenant_id": "nobody"}), 404, "tenant_id"),
+        ("nosuchcrm", json!({"tenant_id": "acme"}), 400, "provider"),
+        ("salesforce", json!({"tenant_id": "acme"}), 404, "provider"),
+        ("hubspot", json!({"tenant_id": "acme", "expires_in": 0}), 422, "expires_in"),
+        ("hubspot", json!({"tenant_id": "acme", "expires_in": 604_801}), 422, "expires_in"),
+    ] {
+        let (got, err) = post(provider, key, body.clone()).await;
+        assert_eq!((got, err["field"].as_str()), (status, Some(field)), "{provider} {body}: {err}");
+    }
+
+    // The same from the command line, for an operator connecting a tenant by hand.
+    let crmctl = |args: &[&str]| app.crmctl(args);
+    let (code, out, err) = crmctl(&["connections", "link", "--tenant", "acme", "--provider", "hubspot"]);
+    assert_eq!(code, Some(0), "{err}");
+    let consent = manual.get(out.trim()).send().await.expect("authorize");
+    assert_eq!(consent.status(), 303, "the printed link works: {out}");
+    let (code, out, _) = crmctl(&[
+        "--json",
+        "connections",
+        "link",
+        "--tenant",
+        "acme",
+        "--provider",
+        "hubspot",
+        "--expires-in",
+        "2h",
+    ]);
+    assert_eq!(code, Some(0));
+    let link: Value = serde_json::from_str(&out).expect("json");
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        link["expires_at"].as_str().expect("expiry").parse().expect("time");
+    assert!((expires_at - chrono::Utc::now()).num_minutes() >= 119);
+    assert_eq!(crmctl(&["connections", "link", "--tenant", "nobody", "--provider", "hubspot"]).0, Some(3));
+    let (code, _, err) =
+        crmctl(&["connections", "link", "--tenant", "acme", "--provider", "hubspot", "--expires-in", "8d"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--expires-in"), "{err}");
+    assert_eq!(crmctl(&["connections", "link", "--tenant", "acme", "--provider", "nosuchcrm"]).0, Some(64));
+
+    // Request metrics label methods from a closed set, whatever a client sends.
+    let brew = reqwest::Method::from_bytes(b"BREW").expect("method");
+    app.http.request(brew, format!("{}/healthz", app.base)).send().await.expect("brew");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(!metrics.contains("BREW"), "a client's method became a label");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("crm_fleet_http_requests_total") && l.contains("method=\"other\""))
+    );
 }

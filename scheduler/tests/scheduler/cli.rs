@@ -74,13 +74,13 @@ async fn schedules_and_sync_now_from_the_command_line() {
     let listed = json(&env.crmctl(&["schedules", "list", "--connection", &conn, "--json"]));
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     let missing = env.crmctl(&["schedules", "disable", &uuid::Uuid::new_v4().to_string()]);
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.status.code(), Some(3), "an unknown id");
     let deleted = json(&env.crmctl(&["schedules", "delete", &id, "--json"]));
     assert_eq!((deleted["id"].as_str(), deleted["deleted"].as_bool()), (Some(id.as_str()), Some(true)));
     let listed = json(&env.crmctl(&["schedules", "list", "--connection", &conn, "--json"]));
     assert_eq!(listed.as_array().map(Vec::len), Some(0));
     let again = env.crmctl(&["schedules", "delete", &id]);
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(again.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&again.stderr).contains("no such schedule"));
 
     let first =
@@ -95,7 +95,43 @@ async fn schedules_and_sync_now_from_the_command_line() {
     let bad = env.crmctl(&["sync", "now", "--connection", &conn, "--object", "ticket"]);
     assert_eq!(bad.status.code(), Some(64));
     let none = env.crmctl(&["sync", "now", "--connection", &uuid::Uuid::new_v4().to_string()]);
-    assert_eq!(none.status.code(), Some(1));
+    assert_eq!(none.status.code(), Some(3));
+    let unknown = env.crmctl(&["connections", "set-status", &uuid::Uuid::new_v4().to_string(), "disabled"]);
+    assert_eq!(unknown.status.code(), Some(3));
+    let usage = env.crmctl(&["connections", "set-status", &conn, "sleeping"]);
+    assert_eq!(usage.status.code(), Some(64));
+    // Missing configuration is a usage error naming the variable and the flag that give it.
+    let bare = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_crmctl"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .output()
+            .expect("run crmctl")
+    };
+    let no_db = bare(&["schedules", "list"]);
+    assert_eq!(no_db.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&no_db.stderr)
+            .contains("DATABASE_URL is required (environment DATABASE_URL or flag --database-url)")
+    );
+    let no_key = bare(&[
+        "--database-url",
+        &env.db.url,
+        "connections",
+        "link",
+        "--tenant",
+        "t",
+        "--provider",
+        "hubspot",
+    ]);
+    assert_eq!(no_key.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&no_key.stderr).contains("flag --token-key"),
+        "{}",
+        String::from_utf8_lossy(&no_key.stderr)
+    );
     // The existing subcommands still work.
     let queues = json(&env.crmctl(&["queues", "--json"]));
     assert_eq!(queues["stats"]["ready"], 1);

@@ -1,0 +1,69 @@
+//! Connect links (enqueue scope): `POST /v1/oauth/{provider}/links` answers the URL a tenant's
+//! user opens to connect a CRM account to that tenant. The authorize route it points at is
+//! public and accepts only such signed, expiring links (see [`crm_jobs::auth::connect`]).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use crm_jobs::auth::AuthError;
+use crm_jobs::auth::connect::{self, ConnectLink, DEFAULT_LINK_TTL, LinkError, MAX_LINK_TTL};
+use crm_jobs::providers::Provider;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::error::{ApiError, ErrorBody, json_rejection, no_nul};
+
+/// What to link.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    /// The tenant the CRM account will be connected to.
+    pub tenant_id: String,
+    /// Seconds the link stays valid (default 900, at most 604800: 7 days).
+    #[schema(minimum = 1, maximum = 604800)]
+    pub expires_in: Option<u64>,
+}
+
+/// Make a connect link for a tenant and CRM.
+#[utoipa::path(post, path = "/v1/oauth/{provider}/links", tag = "connections", operation_id = "create_connect_link",
+    params(("provider" = String, Path, description = "hubspot, salesforce, pipedrive, zoho or close")),
+    request_body = LinkRequest,
+    responses((status = 201, description = "The link, and when it expires", body = ConnectLink),
+              (status = 400, description = "Unknown provider, or not JSON", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, description = "No such tenant, or no OAuth app for the provider", body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, description = "expires_in out of range", body = ErrorBody),
+              (status = 503, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn create(
+    State(s): State<ApiState>,
+    provider: Result<Path<String>, PathRejection>,
+    body: Result<Json<LinkRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<ConnectLink>), ApiError> {
+    let provider: Provider = provider.ok().and_then(|Path(p)| p.parse().ok()).ok_or_else(|| {
+        ApiError::bad("unknown_provider", "provider", "hubspot, salesforce, pipedrive, zoho or close")
+    })?;
+    let Json(b) = body.map_err(json_rejection)?;
+    no_nul("tenant_id", &b.tenant_id)?;
+    let ttl = b.expires_in.map_or(DEFAULT_LINK_TTL, Duration::from_secs);
+    if ttl.is_zero() || ttl > MAX_LINK_TTL {
+        return Err(ApiError::unprocessable("invalid", "expires_in", "seconds, from 1 to 604800 (7 days)"));
+    }
+    match connect::link(&s.connect.store, provider, &b.tenant_id, ttl).await {
+        Ok(link) => Ok((StatusCode::CREATED, Json(link))),
+        Err(LinkError::UnknownTenant(t)) => Err(ApiError::not_found("tenant_id", format!("no tenant {t:?}"))),
+        Err(LinkError::Ttl(_)) => {
+            Err(ApiError::unprocessable("invalid", "expires_in", "seconds, from 1 to 604800"))
+        }
+        Err(LinkError::Auth(AuthError::Config(m))) => Err(ApiError::not_found(
+            "provider",
+            format!("{m} (register it with `crmctl apps set {provider} …`)"),
+        )),
+        Err(LinkError::Auth(e)) => Err(ApiError::unavailable("the database", e)),
+    }
+}
