@@ -29,7 +29,7 @@ pub struct ActionRequest {
     #[schema(min_length = 1, pattern = r"\S")]
     pub tenant_id: String,
     /// The CRM.
-    #[schema(schema_with = provider_schema)]
+    #[schema(schema_with = super::provider_schema)]
     pub provider: String,
     /// The connection to use; optional when the tenant has one active connection to the provider.
     #[serde(default)]
@@ -40,10 +40,6 @@ pub struct ActionRequest {
     /// The action's parameters (see the action's documentation).
     #[schema(value_type = Object)]
     pub params: Value,
-}
-
-fn provider_schema() -> utoipa::openapi::schema::Object {
-    super::string_enum("The CRM.", Provider::ALL.iter().map(|p| p.as_str()))
 }
 
 fn action_schema() -> utoipa::openapi::schema::Object {

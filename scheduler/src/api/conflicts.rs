@@ -28,7 +28,7 @@ pub struct ListQuery {
     /// Only this tenant's.
     pub tenant_id: Option<String>,
     /// Only this provider's (hubspot, salesforce, pipedrive, zoho, close).
-    #[param(schema_with = provider_schema)]
+    #[param(schema_with = super::provider_schema)]
     pub provider: Option<String>,
     /// Only this object's (contact, company, deal).
     #[param(schema_with = object_schema)]
@@ -42,10 +42,6 @@ pub struct ListQuery {
     /// Page size (1–1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
-}
-
-fn provider_schema() -> utoipa::openapi::schema::Object {
-    super::string_enum("A provider.", Provider::ALL.iter().map(|p| p.as_str()))
 }
 
 fn object_schema() -> utoipa::openapi::schema::Object {
@@ -81,10 +77,6 @@ pub async fn list(
 ) -> Result<Json<ConflictPage>, ApiError> {
     let Query(q) = query.map_err(query_rejection)?;
     let tenant = q.tenant_id;
-    // PostgreSQL text cannot hold NUL, so no tenant id has one: nothing matches.
-    if tenant.as_deref().is_some_and(|t| t.contains('\0')) {
-        return Ok(Json(ConflictPage { conflicts: Vec::new(), next_after: None }));
-    }
     let provider = q
         .provider
         .map(|p| {
@@ -113,6 +105,11 @@ pub async fn list(
     }
     if q.after.is_some_and(|a| a < 0) {
         return Err(ApiError::unprocessable("invalid", "after", "a conflict id (0 or more)"));
+    }
+    // PostgreSQL text cannot hold NUL, so no tenant id has one: nothing matches (once every
+    // other parameter was checked).
+    if tenant.as_deref().is_some_and(|t| t.contains('\0')) {
+        return Ok(Json(ConflictPage { conflicts: Vec::new(), next_after: None }));
     }
     let filter = ListFilter { tenant, provider, object, open };
     let items = conflicts::list(&s.pool, &filter, q.after, limit)

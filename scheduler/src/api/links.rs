@@ -12,7 +12,7 @@ use crm_jobs::auth::AuthError;
 use crm_jobs::auth::connect::{self, ConnectLink, DEFAULT_LINK_TTL, LinkError, MAX_LINK_TTL};
 use crm_jobs::providers::Provider;
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody, json_rejection, no_nul};
@@ -24,13 +24,22 @@ pub struct LinkRequest {
     /// The tenant the CRM account will be connected to.
     pub tenant_id: String,
     /// Seconds the link stays valid (default 900, at most 604800: 7 days).
-    #[schema(minimum = 1, maximum = 604800)]
-    pub expires_in: Option<u64>,
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 604800)]
+    pub expires_in: Option<serde_json::Number>,
+}
+
+/// The path: which CRM.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct LinkPath {
+    /// hubspot, salesforce, pipedrive, zoho or close.
+    #[param(schema_with = super::provider_schema)]
+    pub provider: String,
 }
 
 /// Make a connect link for a tenant and CRM.
 #[utoipa::path(post, path = "/v1/oauth/{provider}/links", tag = "connections", operation_id = "create_connect_link",
-    params(("provider" = String, Path, description = "hubspot, salesforce, pipedrive, zoho or close")),
+    params(LinkPath),
     request_body = LinkRequest,
     responses((status = 201, description = "The link, and when it expires", body = ConnectLink),
               (status = 400, description = "Unknown provider, or not JSON", body = ErrorBody),
@@ -42,18 +51,25 @@ pub struct LinkRequest {
     security(("api_key" = [])))]
 pub async fn create(
     State(s): State<ApiState>,
-    provider: Result<Path<String>, PathRejection>,
+    path: Result<Path<LinkPath>, PathRejection>,
     body: Result<Json<LinkRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ConnectLink>), ApiError> {
-    let provider: Provider = provider.ok().and_then(|Path(p)| p.parse().ok()).ok_or_else(|| {
+    let provider: Provider = path.ok().and_then(|Path(p)| p.provider.parse().ok()).ok_or_else(|| {
         ApiError::bad("unknown_provider", "provider", "hubspot, salesforce, pipedrive, zoho or close")
     })?;
     let Json(b) = body.map_err(json_rejection)?;
     no_nul("tenant_id", &b.tenant_id)?;
-    let ttl = b.expires_in.map_or(DEFAULT_LINK_TTL, Duration::from_secs);
-    if ttl.is_zero() || ttl > MAX_LINK_TTL {
-        return Err(ApiError::unprocessable("invalid", "expires_in", "seconds, from 1 to 604800 (7 days)"));
-    }
+    // A JSON integer may be written 900.0; anything else is refused with the field named.
+    let seconds = match &b.expires_in {
+        None => Some(DEFAULT_LINK_TTL.as_secs()),
+        Some(n) => {
+            n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+        }
+    };
+    let ttl =
+        seconds.map(Duration::from_secs).filter(|t| !t.is_zero() && *t <= MAX_LINK_TTL).ok_or_else(|| {
+            ApiError::unprocessable("invalid", "expires_in", "whole seconds, from 1 to 604800 (7 days)")
+        })?;
     match connect::link(&s.connect.store, provider, &b.tenant_id, ttl).await {
         Ok(link) => Ok((StatusCode::CREATED, Json(link))),
         Err(LinkError::UnknownTenant(t)) => Err(ApiError::not_found("tenant_id", format!("no tenant {t:?}"))),

@@ -96,6 +96,14 @@ pub(crate) fn string_enum<'a>(
         .build()
 }
 
+/// A provider name, as an enum in the document.
+pub(crate) fn provider_schema() -> utoipa::openapi::schema::Object {
+    string_enum(
+        "A CRM: hubspot, salesforce, pipedrive, zoho or close.",
+        crm_jobs::providers::Provider::ALL.iter().map(|p| p.as_str()),
+    )
+}
+
 /// Liveness: the process serves requests.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive", body = String)))]
 async fn healthz() -> &'static str {

@@ -459,7 +459,7 @@ async fn connect_links_are_made_for_known_tenants_and_open_the_consent_page() {
     let key = Some(app.enqueue_key.as_str());
 
     assert_eq!(post("hubspot", None, json!({"tenant_id": "acme"})).await.0, 401);
-    let (status, link) = post("hubspot", key, json!({"tenant_id": "acme", "expires_in": 600})).await;
+    let (status, link) = post("hubspot", key, json!({"tenant_id": "acme", "expires_in": 600.0})).await;
     assert_eq!(status, 201, "{link}");
     let url = link["url"].as_str().expect("url");
     assert!(url.starts_with(&format!("{}/v1/oauth/hubspot/authorize?tenant_id=acme&", app.base)), "{url}");
@@ -491,6 +491,8 @@ async fn connect_links_are_made_for_known_tenants_and_open_the_consent_page() {
         ("salesforce", json!({"tenant_id": "acme"}), 404, "provider"),
         ("hubspot", json!({"tenant_id": "acme", "expires_in": 0}), 422, "expires_in"),
         ("hubspot", json!({"tenant_id": "acme", "expires_in": 604_801}), 422, "expires_in"),
+        ("hubspot", json!({"tenant_id": "acme", "expires_in": 1.5}), 422, "expires_in"),
+        ("hubspot", json!({"tenant_id": "acme", "expires_in": "1h"}), 422, "expires_in"),
     ] {
         let (got, err) = post(provider, key, body.clone()).await;
         assert_eq!((got, err["field"].as_str()), (status, Some(field)), "{provider} {body}: {err}");
