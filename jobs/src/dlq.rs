@@ -147,6 +147,14 @@ impl Filter {
         for p in &self.provider {
             p.parse::<crate::providers::Provider>().map_err(|e| invalid("provider", e))?;
         }
+        for t in &self.job_type {
+            if !crate::job::JOB_TYPES.contains(&t.as_str()) {
+                return Err(invalid(
+                    "job_type",
+                    format!("{t:?} is not {}", crate::job::JOB_TYPES.join(", ")),
+                ));
+            }
+        }
         for r in &self.reason {
             if crm_queue::DeadReason::parse(r).is_none() {
                 return Err(invalid(

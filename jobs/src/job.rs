@@ -21,8 +21,11 @@ pub enum CrmJob {
     Action(ActionJob),
 }
 
+/// Every job type name [`CrmJob::job_type`] gives.
+pub const JOB_TYPES: [&str; 3] = ["probe", "sync", "action"];
+
 impl CrmJob {
-    /// The job type name (labels metrics, selects the retry policy).
+    /// The job type name (labels metrics, selects the retry policy); one of [`JOB_TYPES`].
     pub fn job_type(&self) -> &'static str {
         match self {
             Self::Probe(_) => "probe",

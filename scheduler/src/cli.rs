@@ -114,6 +114,9 @@ pub enum ConflictsCommand {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// Those after this conflict id (the last of the previous page).
+        #[arg(long)]
+        after: Option<i64>,
     },
     /// Resolve a conflict (and the open ones of the same record and field): --keep remote
     /// takes the CRM's value; --keep local keeps ours, still pending until the CRM has it.
@@ -129,7 +132,7 @@ pub enum ConflictsCommand {
 async fn conflicts_command(cli: &Cli, cmd: &ConflictsCommand) -> anyhow::Result<i32> {
     use crm_jobs::sync::conflicts::{self, Keep, ListFilter, ResolveError};
     match cmd {
-        ConflictsCommand::List { tenant, provider, object, state, limit } => {
+        ConflictsCommand::List { tenant, provider, object, state, limit, after } => {
             let open = match ListFilter::parse_state(state) {
                 Ok(open) => open,
                 Err(e) => return Ok(usage(&FieldError::new("state", e))),
@@ -143,7 +146,8 @@ async fn conflicts_command(cli: &Cli, cmd: &ConflictsCommand) -> anyhow::Result<
                     Err(e) => return Ok(usage(&FieldError::new("object", e))),
                 };
             let filter = ListFilter { tenant: tenant.clone(), provider: provider.clone(), object, open };
-            let list = conflicts::list(&pool(cli).await?, &filter, None, (*limit).max(1)).await?;
+            let limit = (*limit).max(1);
+            let list = conflicts::list(&pool(cli).await?, &filter, *after, limit).await?;
             print(cli.json, &list, || {
                 println!(
                     "{:>8}  {:<16}  {:<10}  {:<7}  {:<20}  {:<10}  {:<28}  {:<28}  STATE",
@@ -168,6 +172,7 @@ async fn conflicts_command(cli: &Cli, cmd: &ConflictsCommand) -> anyhow::Result<
                     );
                 }
             });
+            more_hint(cli.json, list.len() as i64 == limit, list.last().map(|c| c.id));
             Ok(0)
         }
         ConflictsCommand::Resolve { id, keep } => {
@@ -494,7 +499,9 @@ macro_rules! usage_bail {
 /// The exit code an error of [`run`] calls for: 64 for usage and configuration, 3 for an
 /// unknown id, 1 for everything else.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
-    if error.downcast_ref::<UsageError>().is_some() {
+    if error.downcast_ref::<UsageError>().is_some()
+        || matches!(error.downcast_ref(), Some(crm_jobs::dlq::DlqError::Invalid { .. }))
+    {
         EXIT_CONFIG
     } else if error.downcast_ref::<NotFound>().is_some() {
         EXIT_NOTHING
@@ -801,6 +808,17 @@ pub enum ApiKeyCmd {
         #[arg(long, default_value = "enqueue")]
         scopes: String,
     },
+    /// List keys (prefix, name, scopes, last use; never secrets).
+    List {
+        /// Include revoked keys.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a key: requests with it get 401 from the next one on.
+    Revoke {
+        /// The key's prefix, or the whole key (`cf_<prefix>_<secret>`).
+        key: String,
+    },
 }
 
 /// `crmctl keys …`
@@ -878,6 +896,9 @@ pub enum SchedulesCommand {
         /// At most this many.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        /// Those after this schedule id (the last of the previous page).
+        #[arg(long)]
+        after: Option<Uuid>,
     },
     /// Create a schedule.
     Add(AddArgs),
@@ -1032,6 +1053,13 @@ fn keyring(cli: &Cli) -> anyhow::Result<std::sync::Arc<crm_jobs::auth::Keyring>>
     Ok(std::sync::Arc::new(keys))
 }
 
+/// Under a full page of a table, on stderr: how to ask for the next one.
+fn more_hint(json: bool, full: bool, last: Option<impl std::fmt::Display>) {
+    if let (false, true, Some(last)) = (json, full, last) {
+        eprintln!("more: --after {last}");
+    }
+}
+
 fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce()) {
     if json {
         println!("{}", serde_json::to_string(value).unwrap_or_default());
@@ -1098,12 +1126,13 @@ fn store_failure(e: StoreError) -> anyhow::Result<i32> {
 async fn schedules(cli: &Cli, command: &SchedulesCommand) -> anyhow::Result<i32> {
     let pool = pool(cli).await?;
     let result = match command {
-        SchedulesCommand::List { connection, limit } => {
-            let list = match store::list(&pool, *connection, None, *limit).await {
+        SchedulesCommand::List { connection, limit, after } => {
+            let list = match store::list(&pool, *connection, *after, *limit).await {
                 Ok(l) => l,
                 Err(e) => return store_failure(e),
             };
             print_schedules(cli.json, &list);
+            more_hint(cli.json, list.len() as u64 == u64::from(*limit), list.last().map(|s| s.id));
             return Ok(0);
         }
         SchedulesCommand::Add(a) => {
@@ -1470,6 +1499,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 eprintln!("API key {prefix} for {name:?} created; it is shown only once.");
             });
             Ok(0)
+        }
+        Command::ApiKeys(ApiKeyCmd::List { all }) => {
+            let keys = crate::api::keys::list(&pool(&cli).await?, *all).await?;
+            print(cli.json, &keys, || {
+                println!(
+                    "{:<10} {:<24} {:<15} {:<20} {:<20} REVOKED",
+                    "PREFIX", "NAME", "SCOPES", "CREATED", "LAST USED"
+                );
+                let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                };
+                for k in &keys {
+                    println!(
+                        "{:<10} {:<24} {:<15} {:<20} {:<20} {}",
+                        k.prefix,
+                        k.name,
+                        k.scopes.join(","),
+                        time(Some(k.created_at)),
+                        time(k.last_used_at),
+                        time(k.revoked_at)
+                    );
+                }
+            });
+            Ok(0)
+        }
+        Command::ApiKeys(ApiKeyCmd::Revoke { key }) => {
+            use crate::api::keys::{Revoked, revoke};
+            match revoke(&pool(&cli).await?, key).await? {
+                Revoked::Now(k) => {
+                    print(cli.json, &k, || {
+                        println!("API key {} ({:?}) revoked: requests with it now get 401", k.prefix, k.name)
+                    });
+                    Ok(0)
+                }
+                Revoked::Already(k) => {
+                    print(cli.json, &k, || {
+                        let at = k.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+                        println!("API key {} ({:?}) was already revoked at {at}", k.prefix, k.name)
+                    });
+                    Ok(0)
+                }
+                Revoked::Unknown => {
+                    Err(NotFound("no API key with that prefix (crmctl api-keys list --all)".into()).into())
+                }
+            }
         }
         Command::Dlq(cmd) => dlq_command(&cli, cmd).await,
         Command::Limits(cmd) => limits_command(&cli, cmd).await,

@@ -300,7 +300,7 @@ pub async fn delete(
     id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
-    if dlq::delete(&s.pool, id, &format!("api-key:{}", caller.name)).await? {
+    if dlq::delete(&s.pool, id, &caller.actor()).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found("id", format!("no dead letter {id}")))

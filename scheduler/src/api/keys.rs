@@ -1,6 +1,8 @@
 //! API keys: `cf_<prefix>_<secret>`. Only the SHA-256 of the secret is stored (the secret is 32
 //! random bytes, so a fast hash is enough); the prefix finds the row and names the key in logs.
 //! Scopes: `enqueue` (actions, jobs, syncs) and `admin` (everything, including dead letters).
+//! Every request checks its key against the table, so a revocation ([`revoke`], `crmctl
+//! api-keys revoke`) holds from the next request on.
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -63,6 +65,74 @@ pub async fn create(pool: &PgPool, name: &str, scopes: &[Scope]) -> Result<(Stri
         .execute(pool)
         .await?;
     Ok((format!("cf_{prefix}_{secret}"), prefix))
+}
+
+/// A key as listed: never its secret or hash.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct KeyInfo {
+    /// The prefix that names it (`cf_<prefix>_…`).
+    pub prefix: String,
+    /// Its name (the service that uses it).
+    pub name: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// Created.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last authenticated a request (to the minute).
+    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Revoked (`None`: in force).
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+const KEY_COLUMNS: &str = "prefix, name, scopes, created_at, last_used_at, revoked_at";
+
+/// The keys, newest first; revoked ones too when `revoked`.
+pub async fn list(pool: &PgPool, revoked: bool) -> Result<Vec<KeyInfo>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE $1 OR revoked_at IS NULL ORDER BY created_at DESC, prefix"
+    )))
+    .bind(revoked)
+    .fetch_all(pool)
+    .await
+}
+
+/// What revoking a key found.
+#[derive(Debug, Clone)]
+pub enum Revoked {
+    /// Revoked now: every request with it is refused from now on (keys are checked against
+    /// the database on every request).
+    Now(KeyInfo),
+    /// It was revoked before.
+    Already(KeyInfo),
+    /// No key has this prefix.
+    Unknown,
+}
+
+/// Revokes the key named by its prefix, or by the whole key (`cf_<prefix>_<secret>`, as
+/// found in a leak).
+pub async fn revoke(pool: &PgPool, key_or_prefix: &str) -> Result<Revoked, sqlx::Error> {
+    let prefix = prefix_of(key_or_prefix);
+    let now: Option<KeyInfo> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL RETURNING {KEY_COLUMNS}"
+    )))
+    .bind(prefix)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(k) = now {
+        return Ok(Revoked::Now(k));
+    }
+    let before: Option<KeyInfo> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE prefix = $1")))
+            .bind(prefix)
+            .fetch_optional(pool)
+            .await?;
+    Ok(before.map_or(Revoked::Unknown, Revoked::Already))
+}
+
+/// The prefix of `cf_<prefix>_<secret>`, or the text itself.
+fn prefix_of(key_or_prefix: &str) -> &str {
+    let t = key_or_prefix.trim();
+    t.strip_prefix("cf_").and_then(|rest| rest.split('_').next()).unwrap_or(t)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

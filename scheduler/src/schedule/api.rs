@@ -10,9 +10,11 @@
 //! | `POST /v1/connections/{id}/sync` | enqueue a sync now (202) |
 //! | `GET /v1/connections/{id}/sync` | where its syncs stand: per object the last success, the latest run, stale or not |
 //!
-//! Invariant: every rejection is a JSON body `{"error", "field", "message"}` with a 4xx
-//! status, and `field` names the input at fault (`cron`, `objects[1]`, `id`, `body`…);
-//! database and Redis failures are 503 `{"error": "unavailable"}` without internals.
+//! Invariant: every rejection is the API's one error body ([`crate::api::error`]) with a 4xx
+//! status, and `field` names the input at fault (`cron`, `objects[1]`, `id`, `body`…): a
+//! malformed id or query parameter is 400, a field the body gets wrong 422 (`invalid`), as on
+//! every other route; database and Redis failures are 503 `{"error": "unavailable"}` with
+//! `Retry-After`, without internals.
 //! Authentication is not done here: [`crate::api::router`] mounts these handlers behind its
 //! API-key layer (schedules: `admin` scope; sync now and sync status: `enqueue`) and documents them in
 //! `/openapi.json` from the annotations below.
@@ -24,7 +26,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use crm_jobs::job::SyncMode;
 use crm_jobs::providers::ObjectKind;
 use serde_json::{Value, json};
@@ -37,7 +38,7 @@ use super::model::{
 use super::store::{self, StoreError};
 use super::trigger::{self, TriggerError};
 use crate::api::ApiState;
-use crate::api::error::ErrorBody;
+use crate::api::error::{ApiError, ErrorBody, path_id};
 
 /// Default page size of `GET /v1/schedules`.
 pub const DEFAULT_PAGE: u32 = 100;
@@ -74,50 +75,10 @@ fn mode_schema() -> utoipa::openapi::schema::Object {
         .build()
 }
 
-/// An API error: a status and a JSON body naming the field at fault.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    error: &'static str,
-    field: Option<String>,
-    message: String,
-}
-
-impl ApiError {
-    fn invalid(e: FieldError) -> Self {
-        Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            error: "invalid",
-            field: Some(e.field),
-            message: e.message,
-        }
-    }
-
-    fn not_found(field: &str, message: &str) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            error: "not_found",
-            field: Some(field.to_owned()),
-            message: message.to_owned(),
-        }
-    }
-
-    fn unavailable(error: &dyn std::fmt::Display) -> Self {
-        tracing::warn!(message = "API request failed on a dependency", %error);
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            error: "unavailable",
-            field: None,
-            message: "a dependency is unavailable; retry later".to_owned(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.error, "field": self.field, "message": self.message})))
-            .into_response()
-    }
+/// 422 naming the field a [`FieldError`] is about (the code stays `invalid`, as clients of
+/// these routes know it).
+fn invalid(e: FieldError) -> ApiError {
+    ApiError::unprocessable("invalid", &e.field, e.message)
 }
 
 impl From<StoreError> for ApiError {
@@ -125,42 +86,27 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::ScheduleNotFound => Self::not_found("id", "no such schedule"),
             // The body named it: a well-formed request about something that does not exist.
-            StoreError::ConnectionNotFound => {
-                Self::invalid(FieldError::new("connection_id", "no such connection"))
-            }
-            StoreError::Invalid(f) => Self::invalid(f),
-            StoreError::Db(e) => Self::unavailable(&e),
+            StoreError::ConnectionNotFound => invalid(FieldError::new("connection_id", "no such connection")),
+            StoreError::Invalid(f) => invalid(f),
+            StoreError::Db(e) => Self::unavailable("the database", e),
         }
     }
 }
 
 fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let body = body.map_err(|e| ApiError {
-        status: e.status(),
-        error: if e.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "malformed" },
-        field: Some("body".to_owned()),
-        message: e.body_text(),
+    let body = body.map_err(|e| {
+        let error = if e.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "malformed" };
+        ApiError::new(e.status(), error, Some("body"), e.body_text())
     })?;
     if body.is_empty() {
         return Ok(Value::Object(Default::default()));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        error: "malformed",
-        field: Some("body".to_owned()),
-        message: format!("not JSON: {e}"),
-    })
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad("malformed", "body", format!("not JSON: {e}")))
 }
 
+/// A UUID query parameter: 400 `invalid_query` naming it, as every other route's.
 fn uuid_param(field: &str, raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw)
-        .map_err(|_| ApiError::invalid(FieldError::new(field, format!("{raw:?} is not a UUID"))))
-}
-
-/// The `{id}` of the path (422 naming `id` when it is not a UUID, invalid UTF-8 included).
-fn path_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(raw) = path.map_err(|_| ApiError::invalid(FieldError::new("id", "is not a UUID")))?;
-    uuid_param("id", &raw)
+    Uuid::parse_str(raw).map_err(|_| ApiError::bad("invalid_query", field, format!("{raw:?} is not a UUID")))
 }
 
 /// List schedules, by id.
@@ -177,7 +123,8 @@ fn path_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> 
             ("SyncNow" = (operation_id = "sync_now", parameters(("id" = "$response.body#/schedules/0/connection_id")))))),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
-        (status = 422, description = "Bad parameter (named in field)", body = ErrorBody),
+        (status = 400, description = "Unknown or malformed parameter (named in field)", body = ErrorBody),
+        (status = 422, description = "limit out of range", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = [])))]
@@ -186,19 +133,17 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<SchedulePage>, ApiError> {
     if let Some(k) = q.keys().find(|k| !["connection_id", "after", "limit"].contains(&k.as_str())) {
-        return Err(ApiError::invalid(FieldError::new(
-            k.clone(),
-            "unknown parameter (connection_id, after, limit)",
-        )));
+        return Err(ApiError::bad("invalid_query", k, "unknown parameter (connection_id, after, limit)"));
     }
     let connection = q.get("connection_id").map(|v| uuid_param("connection_id", v)).transpose()?;
     let after = q.get("after").map(|v| uuid_param("after", v)).transpose()?;
-    let limit = match q.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(v) => v.parse::<u32>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
-            ApiError::invalid(FieldError::new("limit", format!("must be between 1 and {MAX_PAGE}")))
-        })?,
-    };
+    let limit =
+        match q.get("limit") {
+            None => DEFAULT_PAGE,
+            Some(v) => v.parse::<u32>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
+                invalid(FieldError::new("limit", format!("must be between 1 and {MAX_PAGE}")))
+            })?,
+        };
     let schedules = store::list(&s.pool, connection, after, limit).await?;
     let next = if schedules.len() == limit as usize { schedules.last().map(|x| x.id) } else { None };
     Ok(Json(SchedulePage { schedules, next_after: next }))
@@ -211,7 +156,7 @@ pub async fn list(
         (status = 201, description = "Created", body = Schedule, links(
             ("ShowSchedule" = (operation_id = "show_schedule", parameters(("id" = "$response.body#/id")))),
             ("UpdateSchedule" = (operation_id = "update_schedule", parameters(("id" = "$response.body#/id")))))),
-        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 400, description = "Not JSON, or a malformed id or query parameter", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -223,7 +168,7 @@ pub async fn create(
     State(s): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let new = NewSchedule::from_json(&body_json(body)?).map_err(ApiError::invalid)?;
+    let new = NewSchedule::from_json(&body_json(body)?).map_err(invalid)?;
     let created = store::create(&s.pool, &new).await?;
     Ok((StatusCode::CREATED, Json(json!(created))))
 }
@@ -236,13 +181,13 @@ pub async fn create(
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such schedule", body = ErrorBody),
-        (status = 422, description = "Malformed id", body = ErrorBody),
+        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn show(
     State(s): State<ApiState>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(id)?;
     Ok(Json(json!(store::get(&s.pool, id).await?)))
@@ -255,7 +200,7 @@ pub async fn show(
     responses(
         (status = 200, description = "The changed schedule", body = Schedule, links(
             ("ShowSchedule" = (operation_id = "show_schedule", parameters(("id" = "$request.path.id")))))),
-        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 400, description = "Not JSON, or a malformed id or query parameter", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such schedule", body = ErrorBody),
@@ -266,11 +211,11 @@ pub async fn show(
     security(("api_key" = [])))]
 pub async fn update(
     State(s): State<ApiState>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<Uuid>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(id)?;
-    let patch = SchedulePatch::from_json(&body_json(body)?).map_err(ApiError::invalid)?;
+    let patch = SchedulePatch::from_json(&body_json(body)?).map_err(invalid)?;
     Ok(Json(json!(store::update(&s.pool, id, &patch).await?)))
 }
 
@@ -283,13 +228,13 @@ pub async fn update(
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such schedule", body = ErrorBody),
-        (status = 422, description = "Malformed id", body = ErrorBody),
+        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn delete(
     State(s): State<ApiState>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = path_id(id)?;
     super::delete_schedule(&s.pool, &s.queue, id).await?;
@@ -304,7 +249,7 @@ pub async fn delete(
     responses(
         (status = 202, description = "Enqueued: {connection_id, mode, jobs: [{object, job_id, duplicate}]}", body = Object,
             links(("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/jobs/0/job_id")))))),
-        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 400, description = "Not JSON, or a malformed id or query parameter", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the enqueue scope", body = ErrorBody),
         (status = 404, description = "No such connection", body = ErrorBody),
@@ -316,7 +261,7 @@ pub async fn delete(
     security(("api_key" = [])))]
 pub async fn sync_now(
     State(s): State<ApiState>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<Uuid>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let connection = path_id(id)?;
@@ -324,28 +269,25 @@ pub async fn sync_now(
         Value::Null => Value::Object(Default::default()),
         body => body,
     };
-    let map = body
-        .as_object()
-        .ok_or_else(|| ApiError::invalid(FieldError::new("body", "must be a JSON object")))?;
+    let map = body.as_object().ok_or_else(|| invalid(FieldError::new("body", "must be a JSON object")))?;
     if let Some(k) = map.keys().find(|k| !["objects", "mode"].contains(&k.as_str())) {
-        return Err(ApiError::invalid(FieldError::new(k.clone(), "unknown field (objects, mode)")));
+        return Err(invalid(FieldError::new(k.clone(), "unknown field (objects, mode)")));
     }
     let objects = match map.get("objects").filter(|v| !v.is_null()) {
         None => ObjectKind::ALL.to_vec(),
         Some(Value::Array(items)) => {
             let mut names = Vec::with_capacity(items.len());
             for (i, v) in items.iter().enumerate() {
-                names.push(v.as_str().ok_or_else(|| {
-                    ApiError::invalid(FieldError::new(format!("objects[{i}]"), "must be a string"))
-                })?);
+                names.push(
+                    v.as_str().ok_or_else(|| {
+                        invalid(FieldError::new(format!("objects[{i}]"), "must be a string"))
+                    })?,
+                );
             }
-            parse_objects("objects", &names).map_err(ApiError::invalid)?
+            parse_objects("objects", &names).map_err(invalid)?
         }
         Some(_) => {
-            return Err(ApiError::invalid(FieldError::new(
-                "objects",
-                "must be an array of contact, company, deal",
-            )));
+            return Err(invalid(FieldError::new("objects", "must be an array of contact, company, deal")));
         }
     };
     let mode = match map.get("mode").filter(|v| !v.is_null()) {
@@ -353,26 +295,26 @@ pub async fn sync_now(
         Some(Value::String(m)) if m == "incremental" => SyncMode::Incremental,
         Some(Value::String(m)) if m == "full" => SyncMode::Full,
         Some(_) => {
-            return Err(ApiError::invalid(FieldError::new("mode", "must be \"incremental\" or \"full\"")));
+            return Err(invalid(FieldError::new("mode", "must be \"incremental\" or \"full\"")));
         }
     };
     let jobs = trigger::sync_now(&s.pool, &s.queue, connection, &objects, mode, "api").await.map_err(
         |e| match e {
             TriggerError::NotFound => ApiError::not_found("id", "no such connection"),
-            TriggerError::Disabled => ApiError {
-                status: StatusCode::CONFLICT,
-                error: "connection_disabled",
-                field: Some("id".to_owned()),
-                message: "the connection is disabled".to_owned(),
-            },
-            TriggerError::UnknownProvider => ApiError {
-                status: StatusCode::CONFLICT,
-                error: "unsupported_provider",
-                field: Some("id".to_owned()),
-                message: "the connection's provider is not supported by this build".to_owned(),
-            },
-            TriggerError::Db(e) => ApiError::unavailable(&e),
-            TriggerError::Queue(e) => ApiError::unavailable(&e),
+            TriggerError::Disabled => ApiError::new(
+                StatusCode::CONFLICT,
+                "connection_disabled",
+                Some("id"),
+                "the connection is disabled",
+            ),
+            TriggerError::UnknownProvider => ApiError::new(
+                StatusCode::CONFLICT,
+                "unsupported_provider",
+                Some("id"),
+                "the connection's provider is not supported by this build",
+            ),
+            TriggerError::Db(e) => ApiError::unavailable("the database", e),
+            TriggerError::Queue(e) => e.into(),
         },
     )?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "connection_id": connection, "mode": mode, "jobs": jobs }))))
@@ -388,18 +330,18 @@ pub async fn sync_now(
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 403, description = "Key lacks the enqueue scope", body = ErrorBody),
         (status = 404, description = "No such connection", body = ErrorBody),
-        (status = 422, description = "Malformed id", body = ErrorBody),
+        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn sync_status(
     State(s): State<ApiState>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<ConnectionSync>, ApiError> {
     let id = path_id(id)?;
     match freshness::connection_sync(&s.pool, id, chrono::Utc::now(), s.sync_stale_after).await {
         Ok(Some(status)) => Ok(Json(status)),
         Ok(None) => Err(ApiError::not_found("id", "no such connection")),
-        Err(e) => Err(ApiError::unavailable(&e)),
+        Err(e) => Err(ApiError::unavailable("the database", e)),
     }
 }

@@ -344,6 +344,20 @@ async fn one_command_lists_the_tenants_with_salesforce_auth_failures_in_the_last
     assert_eq!(code, Some(64));
     let (code, ..) = crmctl(&["dlq", "list", "--group-by", "provider"]);
     assert_eq!(code, Some(64));
+    let (code, _, err) = crmctl(&["dlq", "list", "--provider", "salesfroce"]);
+    assert_eq!(code, Some(64), "{err}");
+    let (code, _, err) = crmctl(&["dlq", "list", "--job-type", "Sync"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("job_type") && err.contains("probe, sync, action"), "{err}");
+    let typo = app
+        .http
+        .get(format!("{}/v1/dead-letters?job_type=sync,acton", app.base))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(typo.status(), 422);
+    assert_eq!(typo.json::<Value>().await.expect("json")["field"], "job_type");
 }
 
 #[tokio::test]

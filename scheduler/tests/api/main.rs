@@ -357,6 +357,50 @@ async fn keys_and_scopes_are_enforced() {
         .await
         .expect("post");
     assert_eq!(admin.status(), StatusCode::ACCEPTED, "admin implies enqueue");
+
+    // An operator lists the keys (never their secrets) and revokes a leaked one, pasted whole.
+    let get_job = |key: &str| {
+        app.http
+            .get(format!("{}/v1/jobs/{}", app.base, uuid::Uuid::new_v4()))
+            .bearer_auth(key.to_owned())
+            .send()
+    };
+    assert_eq!(
+        get_job(&app.enqueue_key).await.expect("get").status(),
+        StatusCode::NOT_FOUND,
+        "the key works"
+    );
+    let (code, out, err) = app.crmctl(&["api-keys", "list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains(app.enqueue_key.rsplit('_').next().expect("secret")), "no secret listed");
+    let listed: Value = serde_json::from_str(&out).expect("json");
+    let svc =
+        listed.as_array().expect("keys").iter().find(|k| k["name"] == "svc").expect("svc listed").clone();
+    assert_eq!(svc["scopes"], json!(["enqueue"]));
+    assert!(svc["last_used_at"].is_string(), "its use is recorded: {svc}");
+    let (code, out, err) = app.crmctl(&["api-keys", "revoke", &app.enqueue_key]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("revoked") && !out.contains(&app.enqueue_key), "{out}");
+    let refused = get_job(&app.enqueue_key).await.expect("get");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "refused from the next request on");
+    let prefix = svc["prefix"].as_str().expect("prefix");
+    assert_eq!(app.crmctl(&["api-keys", "revoke", prefix]).0, Some(0), "revoking twice is fine");
+    assert_eq!(app.crmctl(&["api-keys", "revoke", "nosuchkey"]).0, Some(3));
+    let names = |all: bool| {
+        let mut args = vec!["api-keys", "list", "--json"];
+        if all {
+            args.push("--all");
+        }
+        let (_, out, _) = app.crmctl(&args);
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v.as_array()
+            .expect("keys")
+            .iter()
+            .filter_map(|k| k["name"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    assert!(!names(false).contains(&"svc".to_owned()), "revoked keys are left out");
+    assert!(names(true).contains(&"svc".to_owned()) && names(true).contains(&"ops".to_owned()));
 }
 
 #[tokio::test]

@@ -79,13 +79,18 @@ async fn validation_errors_name_the_field() {
     // Path and query parameters.
     let (got, reply) =
         send(&client, reqwest::Method::PATCH, format!("{url}/xyz"), Some(json!({"enabled": false}))).await;
-    assert_eq!((got, reply["field"].as_str()), (422, Some("id")));
+    assert_eq!(
+        (got, reply["field"].as_str(), reply["error"].as_str()),
+        (400, Some("id"), Some("invalid_id"))
+    );
     let (got, reply) =
         send(&client, reqwest::Method::PATCH, format!("{url}/{missing}"), Some(json!({"enabled": false})))
             .await;
     assert_eq!((got, reply["field"].as_str()), (404, Some("id")));
     let (got, reply) = send(&client, reqwest::Method::GET, format!("{url}?connection_id=abc"), None).await;
-    assert_eq!((got, reply["field"].as_str()), (422, Some("connection_id")));
+    assert_eq!((got, reply["field"].as_str()), (400, Some("connection_id")));
+    let (got, reply) = send(&client, reqwest::Method::GET, format!("{url}?colour=red"), None).await;
+    assert_eq!((got, reply["field"].as_str()), (400, Some("colour")));
     let (got, reply) = send(&client, reqwest::Method::GET, format!("{url}?limit=0"), None).await;
     assert_eq!((got, reply["field"].as_str()), (422, Some("limit")));
     let sync = format!("{}/v1/connections/{conn}/sync", app.base);
@@ -249,7 +254,7 @@ async fn a_deleted_schedule_is_gone() {
     let (status, body) = send(&client, reqwest::Method::DELETE, format!("{url}/{id}"), None).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{body}");
     let (status, body) = send(&client, reqwest::Method::DELETE, format!("{url}/nope"), None).await;
-    assert_eq!((status, body["field"].as_str()), (422, Some("id")), "{body}");
+    assert_eq!((status, body["field"].as_str()), (400, Some("id")), "{body}");
     let (status, listed) =
         send(&client, reqwest::Method::GET, format!("{url}?connection_id={conn}"), None).await;
     assert_eq!((status, listed["schedules"].as_array().map(Vec::len)), (200, Some(0)), "{listed}");

@@ -54,6 +54,10 @@ async fn schedules_and_sync_now_from_the_command_line() {
     assert!(table.status.success());
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("ID") && text.contains(&id) && text.contains("Europe/Paris"), "{text}");
+    let page = env.crmctl(&["schedules", "list", "--limit", "1"]);
+    assert!(String::from_utf8_lossy(&page.stderr).contains(&format!("more: --after {id}")), "a full page");
+    let after = json(&env.crmctl(&["schedules", "list", "--after", &id, "--json"]));
+    assert_eq!(after.as_array().map(Vec::len), Some(0), "nothing after the only schedule: {after}");
 
     let set = json(&env.crmctl(&[
         "schedules",

@@ -161,6 +161,28 @@ async fn conflicts_are_listed_and_resolved_for_the_crms_value_or_ours() {
     assert_eq!(resolutions, vec!["remote", "remote", "local"]);
     let table = env.crmctl(&["conflicts", "list", "--state", "all"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("kept local"));
+    // Page by page: a full page says how to ask for the next.
+    let ids: Vec<i64> = all.as_array().expect("list").iter().filter_map(|c| c["id"].as_i64()).collect();
+    let first = env.crmctl(&["conflicts", "list", "--tenant", &tenant, "--state", "all", "--limit", "2"]);
+    let hint = format!("more: --after {}", ids[1]);
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains(&hint),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let rest = json(&env.crmctl(&[
+        "conflicts",
+        "list",
+        "--tenant",
+        &tenant,
+        "--state",
+        "all",
+        "--after",
+        &ids[1].to_string(),
+        "--json",
+    ]));
+    let rest: Vec<i64> = rest.as_array().expect("list").iter().filter_map(|c| c["id"].as_i64()).collect();
+    assert_eq!(rest, ids[2..].to_vec());
     let bad = env.crmctl(&["conflicts", "resolve", &other.to_string(), "--keep", "both"]);
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--keep"));

@@ -334,7 +334,7 @@ async fn a_service_reads_where_a_connections_syncs_stand() {
     let (status, body) = get(format!("{}/v1/connections/{}/sync", app.base, Uuid::new_v4())).await;
     assert_eq!((status, body["field"].as_str()), (404, Some("id")), "{body}");
     let (status, body) = get(format!("{}/v1/connections/nope/sync", app.base)).await;
-    assert_eq!((status, body["field"].as_str()), (422, Some("id")), "{body}");
+    assert_eq!((status, body["field"].as_str()), (400, Some("id")), "{body}");
     let (_, doc) = get(format!("{}/openapi.json", app.base)).await;
     assert!(doc["paths"]["/v1/connections/{id}/sync"]["get"].is_object(), "documented");
     assert!(doc["components"]["schemas"]["ConnectionSync"].is_object(), "schema documented");
