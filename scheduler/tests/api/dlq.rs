@@ -398,3 +398,25 @@ async fn retention_purges_only_expired_dead_letters_and_audits_every_one_even_wi
     .expect("audit");
     assert_eq!(audited, expired.len() as i64, "every purged dead letter is in the audit, once");
 }
+
+/// Deleting a dead letter through the API is audited with the key that did it (name and
+/// prefix, as replays are), so two keys of one name can be told apart.
+#[tokio::test]
+async fn a_deletion_is_audited_with_the_key_that_made_it() {
+    let app = spawn_app().await;
+    let id = dead_action(&app, "acme", Provider::Hubspot, "rejected", Duration::minutes(5)).await;
+    let resp = app
+        .http
+        .delete(format!("{}/v1/dead-letters/{id}", app.base))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 204);
+    let actor: String = sqlx::query_scalar("SELECT actor FROM dead_letter_purges")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("audited");
+    let prefix = app.admin_key.split('_').nth(1).expect("prefix");
+    assert_eq!(actor, format!("api-key:ops ({prefix})"));
+}
