@@ -38,6 +38,29 @@ pub struct SchedulerConfig {
     pub dlq_retention: Option<std::time::Duration>,
 }
 
+impl SchedulerConfig {
+    /// A scheduler on loopback (API on any free port), the default queue name, no migrations,
+    /// no schedule database of its own, dead letters kept: for tests and embedding.
+    pub fn local(
+        database_url: &str,
+        redis_url: &str,
+        redis_prefix: &str,
+        keys: std::sync::Arc<crm_jobs::auth::Keyring>,
+    ) -> Self {
+        Self {
+            database_url: database_url.to_owned(),
+            redis_url: redis_url.to_owned(),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            queue: crm_jobs::job::DEFAULT_QUEUE.to_owned(),
+            redis_prefix: redis_prefix.to_owned(),
+            migrate: false,
+            keys,
+            schedule: crate::schedule::ScheduleConfig::new(""),
+            dlq_retention: None,
+        }
+    }
+}
+
 /// A built scheduler, ready to run.
 pub struct Scheduler {
     listener: TcpListener,

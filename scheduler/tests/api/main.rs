@@ -38,17 +38,7 @@ pub(crate) async fn spawn_app() -> App {
     let prefix = unique("crmtest-");
     let token_key = Keyring::generate_base64();
     let keys = Arc::new(Keyring::from_base64(&token_key, &[]).expect("key"));
-    let config = SchedulerConfig {
-        database_url: db.url.clone(),
-        redis_url: REDIS_URL.into(),
-        api_addr: "127.0.0.1:0".parse().expect("addr"),
-        queue: "crm".into(),
-        redis_prefix: prefix.clone(),
-        migrate: false,
-        keys: keys.clone(),
-        schedule: crm_scheduler::schedule::ScheduleConfig::new(""),
-        dlq_retention: None,
-    };
+    let config = SchedulerConfig::local(&db.url, REDIS_URL, &prefix, keys.clone());
     let scheduler = Scheduler::build(config).await.expect("build");
     let base = format!("http://{}", scheduler.api_addr());
     let queue = scheduler.state().queue.clone();

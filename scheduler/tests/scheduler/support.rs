@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +13,6 @@ use crm_jobs::job::CrmJob;
 use crm_jobs::providers::ObjectKind;
 use crm_jobs::testing::{REDIS_URL, TestDb, purge_redis_prefix, unique};
 use crm_queue::{Queue, QueueConfig};
-use crm_scheduler::schedule::ScheduleConfig;
 use crm_scheduler::server::{Scheduler, SchedulerConfig};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -90,17 +88,12 @@ impl Env {
     }
 
     pub fn scheduler_config(&self) -> SchedulerConfig {
-        SchedulerConfig {
-            database_url: self.db.url.clone(),
-            redis_url: REDIS_URL.to_owned(),
-            api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            queue: crm_jobs::job::DEFAULT_QUEUE.to_owned(),
-            redis_prefix: self.prefix.clone(),
-            migrate: false,
-            keys: Arc::new(crm_jobs::auth::Keyring::from_base64(&self.token_key, &[]).expect("token key")),
-            schedule: ScheduleConfig::new(""),
-            dlq_retention: None,
-        }
+        SchedulerConfig::local(
+            &self.db.url,
+            REDIS_URL,
+            &self.prefix,
+            Arc::new(crm_jobs::auth::Keyring::from_base64(&self.token_key, &[]).expect("token key")),
+        )
     }
 
     /// An HTTP client that sends a fresh API key with the `admin` scope.
