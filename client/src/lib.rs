@@ -204,8 +204,11 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 impl Client {
     /// A client of the API at `base` (e.g. `http://crm-scheduler:8080`) with an API key
-    /// (`cf_<prefix>_<secret>`; the `enqueue` scope is enough). Requests time out after 10 s;
-    /// an enqueue is tried up to 5 times over about 3 s.
+    /// (`cf_<prefix>_<secret>`; the `enqueue` scope is enough). Each request times out after
+    /// 10 s, and a call is tried up to 5 times: waits of about 0.2, 0.4, 0.8 and 1.6 s between
+    /// tries, or what the server's `Retry-After` says (at most 30 s each). It installs rustls'
+    /// ring provider as the process default unless one is installed already; to choose
+    /// another, install it first or use [`Client::with_http`].
     pub fn new(base: &str, api_key: &str) -> Result<Self, Error> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -318,8 +321,16 @@ struct Failure {
 async fn answer<T: serde::de::DeserializeOwned>(
     sent: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<T, Failure> {
-    let resp =
-        sent.map_err(|e| Failure { error: Error::Transport(transport_text(&e)), retry_after: None })?;
+    let resp = sent.map_err(|e| Failure {
+        // A request that could not be built (a header with a control character) is ours to
+        // fix: sending it again cannot help.
+        error: if e.is_builder() {
+            Error::Config(transport_text(&e))
+        } else {
+            Error::Transport(transport_text(&e))
+        },
+        retry_after: None,
+    })?;
     let status = resp.status();
     let retry_after = resp
         .headers()

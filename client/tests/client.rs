@@ -103,6 +103,9 @@ async fn enqueues_once_per_key_and_reports_the_apis_errors_by_field() {
     let unknown = client.job(uuid::Uuid::new_v4()).await.expect_err("no such job");
     assert!(matches!(unknown, Error::Api { status: 404, .. }), "{unknown}");
 
+    let unsendable = client.enqueue("line\nbreak", &task("x")).await.expect_err("a key no header can carry");
+    assert!(matches!(unsendable, Error::Config(_)) && !unsendable.is_transient(), "{unsendable}");
+
     let stranger = Client::new(&api.base, "cf_deadbeef_nope").expect("client");
     let refused = stranger.enqueue("k4", &task("x")).await.expect_err("bad key");
     assert!(matches!(&refused, Error::Api { status: 401, .. }), "{refused}");

@@ -1114,7 +1114,10 @@ fn print_schedules(json: bool, schedules: &[Schedule]) {
 fn store_failure(e: StoreError) -> anyhow::Result<i32> {
     match e {
         StoreError::Invalid(f) => Ok(usage(&f)),
-        StoreError::ConnectionNotFound => Ok(usage(&FieldError::new("connection_id", "no such connection"))),
+        StoreError::ConnectionNotFound => {
+            eprintln!("crmctl: --connection: no such connection");
+            Ok(EXIT_NOTHING)
+        }
         StoreError::ScheduleNotFound => {
             eprintln!("crmctl: no such schedule");
             Ok(EXIT_NOTHING)
@@ -1392,7 +1395,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Connections(ConnectionCmd::AddKey { tenant, provider, kind, api_base, account }) => {
-            let provider: crm_jobs::providers::Provider = provider.parse().map_err(anyhow::Error::msg)?;
+            let provider: crm_jobs::providers::Provider =
+                provider.parse().map_err(|e: String| UsageError(format!("--provider: {e}")))?;
             let kind = match kind.as_str() {
                 "api_key" => crm_jobs::auth::AuthKind::ApiKey,
                 "static_token" => crm_jobs::auth::AuthKind::StaticToken,
@@ -1461,7 +1465,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             scopes,
             api_base,
         }) => {
-            let provider: crm_jobs::providers::Provider = provider.parse().map_err(anyhow::Error::msg)?;
+            let provider: crm_jobs::providers::Provider =
+                provider.parse().map_err(|e: String| UsageError(format!("--provider: {e}")))?;
             let secret = read_secret()?;
             let store = crm_jobs::auth::Store::new(pool(&cli).await?, keyring(&cli)?);
             store
@@ -1584,7 +1589,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     serde_json::json!({
                         "queue": cli.queue, "stats": stats, "redis_warnings": redis_warnings,
                         "workers": workers.iter().map(|(w, t)| serde_json::json!({"id": w, "last_seen_ms": t})).collect::<Vec<_>>(),
-                        "limits": limits.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect::<std::collections::BTreeMap<_, _>>(),
+                        "limits": limits.iter().map(|(k, v)| (k.clone(), describe(v))).collect::<std::collections::BTreeMap<_, _>>(),
                         "pauses": pauses,
                     })
                 );
@@ -1615,7 +1620,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     let mut l: Vec<_> = limits.into_iter().collect();
                     l.sort_by(|a, b| a.0.cmp(&b.0));
                     for (k, v) in l {
-                        println!("    {k:<40} {v:?}");
+                        println!("    {k:<40} {}", describe(&v));
                     }
                 }
                 for (k, until) in pauses {

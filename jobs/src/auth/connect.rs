@@ -46,6 +46,9 @@ pub const DEFAULT_LINK_TTL: Duration = Duration::from_secs(900);
 /// The longest a connect link may stay valid (a link e-mailed to a tenant's admin).
 pub const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// What the link MAC key is derived for.
+const LINK_PURPOSE: &str = "connect-link";
+
 /// The path our OAuth apps' redirect URIs end with; what precedes it is the API's public base.
 const CALLBACK_PATH: &str = "/v1/oauth/callback";
 
@@ -126,10 +129,10 @@ pub async fn link(
     })
 }
 
-/// The MAC of a link: (provider, tenant, expiry), under a key derived for links alone.
-fn link_mac(store: &Store, provider: Provider, tenant: &str, expires: i64) -> Hmac<Sha256> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&store.keys().derive("connect-link"))
-        .unwrap_or_else(|_| unreachable_mac());
+/// The MAC of a link: (provider, tenant, expiry), under a key derived for links alone from
+/// one of the token keys.
+fn link_mac(key: &[u8; 32], provider: Provider, tenant: &str, expires: i64) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_mac());
     for part in [provider.as_str(), tenant, &expires.to_string()] {
         mac.update(part.as_bytes());
         mac.update(b"\0");
@@ -138,7 +141,8 @@ fn link_mac(store: &Store, provider: Provider, tenant: &str, expires: i64) -> Hm
 }
 
 fn link_signature(store: &Store, provider: Provider, tenant: &str, expires: i64) -> String {
-    let tag = link_mac(store, provider, tenant, expires).finalize().into_bytes();
+    let key = store.keys().derive(LINK_PURPOSE);
+    let tag = link_mac(&key, provider, tenant, expires).finalize().into_bytes();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..16])
 }
 
@@ -159,8 +163,14 @@ fn check_link(store: &Store, provider: Provider, tenant: &str, q: &AuthorizeQuer
     };
     let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).unwrap_or_default();
     // A whole 16-byte tag, compared in constant time (a shorter one would check fewer bytes).
+    // Any configured token key: a link made before a rotation works until it expires.
     let valid = expires.parse::<i64>().ok().filter(|e| {
-        tag.len() == 16 && link_mac(store, provider, tenant, *e).verify_truncated_left(&tag).is_ok()
+        tag.len() == 16
+            && store
+                .keys()
+                .derive_all(LINK_PURPOSE)
+                .iter()
+                .any(|key| link_mac(key, provider, tenant, *e).verify_truncated_left(&tag).is_ok())
     });
     let Some(expires) = valid else {
         return Err(forbidden(
@@ -489,4 +499,36 @@ async fn zoho_org(http: &reqwest::Client, app: &OAuthApp, grant: &oauth::Grant) 
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{AuthorizeQuery, Provider, Store, check_link, link_signature};
+    use crate::auth::Keyring;
+
+    fn store(current: &str, previous: &[String]) -> Store {
+        let pool = sqlx::PgPool::connect_lazy("postgres://127.0.0.1:1/unused").expect("lazy pool");
+        Store::new(pool, Arc::new(Keyring::from_base64(current, previous).expect("keys")))
+    }
+
+    #[tokio::test]
+    async fn a_link_made_before_a_key_rotation_works_while_the_old_key_is_configured() {
+        let (old, new) = (Keyring::generate_base64(), Keyring::generate_base64());
+        let expires = chrono::Utc::now().timestamp() + 600;
+        let query = AuthorizeQuery {
+            tenant_id: Some("acme".into()),
+            expires: Some(expires.to_string()),
+            signature: Some(link_signature(&store(&old, &[]), Provider::Hubspot, "acme", expires)),
+        };
+        assert!(check_link(&store(&old, &[]), Provider::Hubspot, "acme", &query).is_ok());
+        assert!(
+            check_link(&store(&new, std::slice::from_ref(&old)), Provider::Hubspot, "acme", &query).is_ok()
+        );
+        let refused = check_link(&store(&new, &[]), Provider::Hubspot, "acme", &query).expect_err("refused");
+        assert_eq!(refused.error, "invalid_link", "once the old key is gone");
+        let other = check_link(&store(&old, &[]), Provider::Hubspot, "globex", &query).expect_err("refused");
+        assert_eq!(other.error, "invalid_link", "another tenant");
+    }
 }

@@ -48,6 +48,14 @@ pub struct Keyring {
     previous: Vec<Entry>,
 }
 
+fn derive_from(raw: &[u8; 32], purpose: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"crm-fleet key derivation v1\0");
+    h.update(purpose.as_bytes());
+    h.update(raw);
+    h.finalize().into()
+}
+
 fn entry(name: &str, b64: &str) -> Result<Entry, KeyError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
@@ -120,11 +128,14 @@ impl Keyring {
 
     /// A MAC key derived from the current key for `purpose` (OAuth state signing).
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"crm-fleet key derivation v1\0");
-        h.update(purpose.as_bytes());
-        h.update(self.current.raw);
-        h.finalize().into()
+        derive_from(&self.current.raw, purpose)
+    }
+
+    /// The MAC keys for `purpose` derived from every configured key, the current one first:
+    /// what was signed before a rotation (or by a replica not yet rolled) still verifies while
+    /// its key is among the previous ones.
+    pub fn derive_all(&self, purpose: &str) -> Vec<[u8; 32]> {
+        std::iter::once(&self.current).chain(&self.previous).map(|e| derive_from(&e.raw, purpose)).collect()
     }
 }
 

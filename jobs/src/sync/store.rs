@@ -6,13 +6,16 @@
 //! cursor, so a page is either fully applied with its cursor or not at all.
 //!
 //! Pending marks and pages are ordered by the **records lock** of (tenant, provider, object), a
-//! transaction-scoped advisory lock ([`records_lock_shared_sql`], [`lock_records`]). A page
-//! holds it shared from its `BEGIN`, so its conflict check and its upsert see the same pending
-//! marks (under READ COMMITTED each statement sees what committed before it started; without
-//! the lock a mark committed between the two statements was written over). A mark
-//! ([`mark_pending`]) and a conflict resolution hold it exclusive: they wait for the pages being
+//! transaction-scoped advisory lock. A page ([`apply_page`]) takes it shared with its first
+//! statement, so its conflict check and its upsert see the same pending marks (under READ
+//! COMMITTED each statement sees what committed before it started; without the lock a mark
+//! committed between the two statements was written over). A mark ([`mark_pending`]) and a
+//! conflict resolution hold it exclusive ([`lock_records`]): they wait for the pages being
 //! written, and pages that start meanwhile wait for them and then see them. Pages of concurrent
-//! syncs share it, so the bulk path costs one lock a page.
+//! syncs share it, so the bulk path costs one lock (one round trip) a page. The lock is taken
+//! inside the transaction, never with its `BEGIN`: a wait cut short (a timeout, a cancelled
+//! job) then drops a transaction that rolls back, rather than a connection left in an open
+//! transaction that holds it.
 
 use std::collections::HashMap;
 
@@ -65,15 +68,6 @@ fn records_lock_key(tenant: &str, provider: &str, object: ObjectKind) -> i32 {
     h as i32
 }
 
-/// The statement that takes the records lock shared, for a page's `BEGIN` (a statement of
-/// its own, before the page's first read: see the module docs).
-pub fn records_lock_shared_sql(tenant: &str, provider: &str, object: ObjectKind) -> String {
-    format!(
-        "SELECT pg_advisory_xact_lock_shared({RECORDS_LOCK_CLASS}, {})",
-        records_lock_key(tenant, provider, object)
-    )
-}
-
 /// Takes the records lock exclusive until the transaction ends: no page of these records is
 /// being written meanwhile.
 pub async fn lock_records(
@@ -82,7 +76,18 @@ pub async fn lock_records(
     provider: &str,
     object: ObjectKind,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+    take_records_lock(tx, "pg_advisory_xact_lock", tenant, provider, object).await
+}
+
+async fn take_records_lock(
+    tx: &mut PgConnection,
+    function: &str,
+    tenant: &str,
+    provider: &str,
+    object: ObjectKind,
+) -> Result<(), sqlx::Error> {
+    // `function` is one of two constants of this module.
+    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {function}($1, $2)")))
         .bind(RECORDS_LOCK_CLASS)
         .bind(records_lock_key(tenant, provider, object))
         .execute(tx)
@@ -144,8 +149,8 @@ pub struct Scope<'a> {
     pub run: Uuid,
 }
 
-/// Applies records and deletions of one page. The transaction holds the records lock shared
-/// since before its first statement ([`records_lock_shared_sql`]).
+/// Applies records and deletions of one page, holding the records lock shared from its first
+/// statement to the end of the transaction.
 pub async fn apply_page(
     tx: &mut Transaction<'_, Postgres>,
     scope: &Scope<'_>,
@@ -153,6 +158,7 @@ pub async fn apply_page(
     records: Vec<CrmRecord>,
     deleted: &[DeletedRecord],
 ) -> Result<PageCounts, sqlx::Error> {
+    take_records_lock(tx, "pg_advisory_xact_lock_shared", scope.tenant, scope.provider, object).await?;
     let mut counts = PageCounts { processed: records.len() as i64, ..PageCounts::default() };
     // One row per id (the newest), or the statement would touch a row twice.
     let mut newest: HashMap<String, CrmRecord> = HashMap::with_capacity(records.len());

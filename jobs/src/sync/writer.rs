@@ -138,16 +138,12 @@ impl Writer {
         let lock = lock_key(run, self.seq);
         // The page's advisory lock is taken with its BEGIN (one round trip), before the next
         // page can start, so that page's wait for it is always a real one.
-        // With it, the records lock shared (see `store`): the page's reads see the pending
-        // marks committed before it, and none is committed until it ends.
+        // Nothing that can wait long goes in this BEGIN (it may run under a timeout, and a
+        // BEGIN cut short leaves no transaction to roll back): the records lock is taken by
+        // the page's first statement (see `store`).
         let pool = self.pool.clone();
-        let records =
-            store::records_lock_shared_sql(&self.target.tenant, self.target.provider.as_str(), self.object);
-        let begin = || {
-            pool.begin_with(sqlx::AssertSqlSafe(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({lock}); {records}"
-            )))
-        };
+        let begin =
+            || pool.begin_with(sqlx::AssertSqlSafe(format!("BEGIN; SELECT pg_advisory_xact_lock({lock})")));
         let tx = match self.in_flight.is_empty() {
             true => begin().await?,
             false => match tokio::time::timeout(SPARE_WAIT, begin()).await {

@@ -326,21 +326,25 @@ async fn a_remote_change_that_collides_with_a_local_pending_change_is_recorded()
 #[tokio::test(flavor = "multi_thread")]
 async fn marks_and_resolutions_wait_for_the_pages_being_written_and_pages_wait_for_them() {
     use crm_jobs::sync::conflicts::{Keep, resolve};
-    use crm_jobs::sync::store::{Scope, apply_page, lock_records, mark_pending, records_lock_shared_sql};
+    use crm_jobs::sync::store::{Scope, apply_page, lock_records, mark_pending};
     const WAIT: Duration = Duration::from_millis(300);
     let s = setup(20, 0).await;
     s.sync(ObjectKind::Contact).await.expect("full");
     let (id, _) = s.local(ObjectKind::Contact).await.into_iter().next().expect("a contact");
     let scope = Scope { tenant: "acme", provider: "hubspot", connection: s.connection, run: Uuid::now_v7() };
-    let lock = records_lock_shared_sql("acme", "hubspot", ObjectKind::Contact);
+    // A page being written (here an empty one: its first statement takes the lock, and it
+    // stays open until committed).
     let begin_page = |pool: sqlx::PgPool| {
-        let begin = format!("BEGIN; {lock}");
-        async move { pool.begin_with(sqlx::AssertSqlSafe(begin)).await }
+        let scope = scope.clone();
+        async move {
+            let mut page = pool.begin().await?;
+            apply_page(&mut page, &scope, ObjectKind::Contact, vec![], &[]).await?;
+            Ok::<_, sqlx::Error>(page)
+        }
     };
 
     // A page has read the marks (none), and the mark comes.
-    let mut page = begin_page(s.db.pool.clone()).await.expect("page");
-    apply_page(&mut page, &scope, ObjectKind::Contact, vec![], &[]).await.expect("check");
+    let page = begin_page(s.db.pool.clone()).await.expect("page");
     let mark = tokio::spawn({
         let (pool, id) = (s.db.pool.clone(), id.clone());
         async move {
@@ -381,8 +385,7 @@ async fn marks_and_resolutions_wait_for_the_pages_being_written_and_pages_wait_f
             .fetch_one(&s.db.pool)
             .await
             .expect("conflict recorded");
-    let mut page = begin_page(s.db.pool.clone()).await.expect("page");
-    apply_page(&mut page, &scope, ObjectKind::Contact, vec![], &[]).await.expect("check");
+    let page = begin_page(s.db.pool.clone()).await.expect("page");
     let resolution = tokio::spawn({
         let pool = s.db.pool.clone();
         async move { resolve(&pool, conflict, Keep::Remote, "test").await }

@@ -47,8 +47,21 @@ async fn schedules_and_sync_now_from_the_command_line() {
         "--cron",
         "* * * * *",
     ]);
-    assert_eq!(bad.status.code(), Some(64));
+    assert_eq!(bad.status.code(), Some(3), "an unknown connection, as for sync now");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--connection"));
+    let typo = env.crmctl(&[
+        "connections",
+        "add-key",
+        "--tenant",
+        "t",
+        "--provider",
+        "hubspt",
+        "--api-base",
+        "http://x",
+        "--account",
+        "1",
+    ]);
+    assert_eq!(typo.status.code(), Some(64), "{}", String::from_utf8_lossy(&typo.stderr));
 
     let table = env.crmctl(&["schedules", "list"]);
     assert!(table.status.success());
@@ -137,8 +150,15 @@ async fn schedules_and_sync_now_from_the_command_line() {
         String::from_utf8_lossy(&no_key.stderr)
     );
     // The existing subcommands still work.
+    // (`limits set` stores it in PostgreSQL for the fleet to apply; here straight into Redis.)
+    let rate = crm_queue::Limit::Rate { count: 100, per: std::time::Duration::from_secs(10), burst: 2 };
+    env.queue.set_limit("r:account:hubspot:cli-test", rate).await.expect("limit");
     let queues = json(&env.crmctl(&["queues", "--json"]));
     assert_eq!(queues["stats"]["ready"], 1);
+    assert_eq!(
+        queues["limits"]["r:account:hubspot:cli-test"], "100 per 10s (burst 2)",
+        "as `limits show` says it"
+    );
     // Redis settings that can lose jobs are named: whether AOF is off decides one of them.
     let aof = std::process::Command::new("redis-cli")
         .args(["config", "get", "appendonly"])

@@ -269,7 +269,8 @@ async fn operators_find_stale_syncs_with_crmctl_and_the_scheduler_counts_them() 
             .text()
             .await
             .expect("body");
-        if value(&text, "contact").is_some() || std::time::Instant::now() > deadline {
+        // Every replica reports 0 until its first count as leader: wait for the count.
+        if value(&text, "contact") == Some(1.0) || std::time::Instant::now() > deadline {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -25,7 +25,7 @@ use crm_jobs::job::{SyncJob, SyncMode};
 use crm_jobs::ops::JobContext;
 use crm_jobs::providers::{Clients, Http, ObjectKind, Provider, SyncCursor, SyncPage};
 use crm_jobs::sync::engine::AttemptInfo;
-use crm_jobs::sync::store::{Scope, apply_page, records_lock_shared_sql};
+use crm_jobs::sync::store::{Scope, apply_page};
 use crm_queue::{Queue, QueueConfig};
 use crm_sandbox::config::ProviderKind;
 use crm_sandbox::{Sandbox, SandboxConfig};
@@ -270,9 +270,8 @@ impl Env {
         let n = pages.len() as u64;
         let (c0, t0) = (cpu_s(), Instant::now());
         let mut records = 0u64;
-        let lock = records_lock_shared_sql(&self.tenant, self.provider.as_str(), ObjectKind::Contact);
         for page in pages {
-            let mut tx = self.ctx.pool.begin_with(sqlx::AssertSqlSafe(format!("BEGIN; {lock}"))).await?;
+            let mut tx = self.ctx.pool.begin().await?;
             let counts =
                 apply_page(&mut tx, &scope, ObjectKind::Contact, page.records, &page.deleted).await?;
             tx.commit().await?;
