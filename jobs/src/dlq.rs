@@ -619,13 +619,7 @@ pub async fn replay_one(
     req: &ReplayRequest,
 ) -> Result<ReplayOutcome, DlqError> {
     let mut tx = pool.begin().await?;
-    let row: Option<ReplayRow> = sqlx::query_as(
-        "SELECT id, job_id, lane, payload, max_attempts, replayed_at, replay_job_id FROM dead_letters WHERE id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else { return Err(invalid("id", format!("no dead letter {id}"))) };
+    let row = replay_row(&mut tx, id, " FOR UPDATE").await?;
     if row.replayed_at.is_some() {
         return Ok(ReplayOutcome::AlreadyReplayed { job_id: row.replay_job_id.unwrap_or_default() });
     }
@@ -648,6 +642,62 @@ pub async fn replay_one(
     tx.commit().await?;
     tracing::info!(message = "dead letter replayed", dead_letter = %id, job = %job_id, actor = %req.actor);
     Ok(outcome)
+}
+
+/// The dead letter `id` as a replay reads it (`lock`: a row lock clause, or nothing); an unknown
+/// id is [`DlqError::Invalid`] naming `id`.
+async fn replay_row(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    lock: &'static str,
+) -> Result<ReplayRow, DlqError> {
+    let row: Option<ReplayRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, job_id, lane, payload, max_attempts, replayed_at, replay_job_id FROM dead_letters WHERE id = $1{lock}"
+    )))
+    .bind(id)
+    .fetch_optional(tx)
+    .await?;
+    row.ok_or_else(|| invalid("id", format!("no dead letter {id}")))
+}
+
+/// What replaying one dead letter would do: a dry run, which changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Preview {
+    /// It would be replayed (with the edits asked for, which are valid).
+    Replayable,
+    /// It was replayed before; replaying it again would do nothing.
+    AlreadyReplayed {
+        /// The earlier replay's job.
+        job_id: Uuid,
+    },
+    /// It cannot be replayed as it is.
+    Unreplayable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What [`replay_one`] would do with `changes`, checked as it would check them (the action
+/// still exists and has not succeeded since, the edits are valid, the connection exists), in
+/// a transaction that is rolled back. An unknown id is [`DlqError::Invalid`] naming `id`.
+pub async fn preview_one(
+    pool: &PgPool,
+    id: Uuid,
+    changes: &BTreeMap<String, String>,
+) -> Result<Preview, DlqError> {
+    let mut tx = pool.begin().await?;
+    let row = replay_row(&mut tx, id, "").await?;
+    let preview = if row.replayed_at.is_some() {
+        Preview::AlreadyReplayed { job_id: row.replay_job_id.unwrap_or_default() }
+    } else {
+        match build(&mut tx, &row, changes).await? {
+            Ok(_) => Preview::Replayable,
+            Err(reason) => Preview::Unreplayable { reason },
+        }
+    };
+    tx.rollback().await?;
+    Ok(preview)
 }
 
 /// What a bulk replay did.

@@ -647,8 +647,30 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
                     usage_bail!("give dead-letter ids, or --filter with filter flags");
                 }
                 if *dry_run {
-                    println!("dry run: {} dead letters would be replayed", ids.len());
-                    return Ok(0);
+                    // Each checked as a replay would check it; nothing changes.
+                    let mut code = 0;
+                    let mut out = Vec::new();
+                    for id in ids {
+                        match dlq::preview_one(&pool, *id, &req.changes).await {
+                            Ok(p) => {
+                                if matches!(p, dlq::Preview::Unreplayable { .. }) {
+                                    code = code.max(1);
+                                }
+                                out.push(serde_json::json!({"id": id, "result": p}));
+                            }
+                            Err(dlq::DlqError::Invalid { field, message }) if field == "id" => {
+                                code = EXIT_NOTHING;
+                                out.push(serde_json::json!({"id": id, "error": message}));
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    print(cli.json, &out, || {
+                        for o in &out {
+                            println!("dry run: {o}");
+                        }
+                    });
+                    return Ok(code);
                 }
                 let mut code = 0;
                 let mut out = Vec::new();

@@ -339,6 +339,27 @@ async fn one_command_lists_the_tenants_with_salesforce_auth_failures_in_the_last
         "--yes",
     ]);
     assert_eq!(code, Some(3));
+    // A dry run by ids checks each as a replay would, and changes nothing.
+    let unknown = Uuid::new_v4();
+    let (o, r, u) = (other.to_string(), replayed[0].to_string(), unknown.to_string());
+    let (code, out, err) = crmctl(&["dlq", "replay", &o, &r, &u, "--reason", "look", "--dry-run", "--json"]);
+    assert_eq!(code, Some(3), "an unknown id among them: {out}{err}");
+    let preview: Value = serde_json::from_str(&out).expect("json");
+    let outcome = |i: usize| preview[i]["result"]["outcome"].as_str().map(str::to_owned);
+    assert_eq!(
+        (outcome(0).as_deref(), outcome(1).as_deref(), preview[2]["error"].is_string()),
+        (Some("replayable"), Some("already_replayed"), true),
+        "{preview}"
+    );
+    let (code, ..) = crmctl(&["dlq", "replay", &o, "--reason", "look", "--dry-run"]);
+    assert_eq!(code, Some(0));
+    let untouched: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT replayed_at FROM dead_letters WHERE id = $1")
+            .bind(other)
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("row");
+    assert_eq!(untouched, None, "a dry run replays nothing");
     // Unknown flags or values are usage errors.
     let (code, ..) = crmctl(&["dlq", "list", "--since", "yesterday-ish"]);
     assert_eq!(code, Some(64));
