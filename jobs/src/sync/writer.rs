@@ -137,13 +137,27 @@ impl Writer {
         self.seq += 1;
         let lock = lock_key(run, self.seq);
         // The page's advisory lock is taken with its BEGIN (one round trip), before the next
-        // page can start, so that page's wait for it is always a real one.
-        // Nothing that can wait long goes in this BEGIN (it may run under a timeout, and a
-        // BEGIN cut short leaves no transaction to roll back): the records lock is taken by
-        // the page's first statement (see `store`).
+        // page can start, so that page's wait for it is always a real one. The records lock
+        // is not: the page's first statement takes it (see `store`).
+        //
+        // The BEGIN runs in a task of its own. A BEGIN cut short by dropping its future (the
+        // timeout below, or this job cancelled) leaves its connection in an open transaction
+        // that sqlx does not roll back (its depth is counted only once BEGIN answered), and
+        // the pool takes the connection back like that: still holding the page's lock, which
+        // the next BEGIN of this page then waits for forever. A task runs to the end instead,
+        // and the transaction nobody awaits any more is dropped, so rolled back.
         let pool = self.pool.clone();
-        let begin =
-            || pool.begin_with(sqlx::AssertSqlSafe(format!("BEGIN; SELECT pg_advisory_xact_lock({lock})")));
+        let begin = || {
+            let pool = pool.clone();
+            let sql = format!("BEGIN; SELECT pg_advisory_xact_lock({lock})");
+            let task = tokio::spawn(async move { pool.begin_with(sqlx::AssertSqlSafe(sql)).await });
+            async move {
+                match task.await {
+                    Ok(tx) => tx.map_err(WriteError::from),
+                    Err(e) => Err(WriteError::Task(e.to_string())),
+                }
+            }
+        };
         let tx = match self.in_flight.is_empty() {
             true => begin().await?,
             false => match tokio::time::timeout(SPARE_WAIT, begin()).await {
@@ -209,9 +223,10 @@ impl Drop for Writer {
     }
 }
 
-/// A 64-bit advisory lock key for page `seq` of `run` (a collision with another run's key only
-/// makes a page wait a moment longer).
-fn lock_key(run: Uuid, seq: u64) -> i64 {
+/// The 64-bit advisory lock key page `seq` (from 1) of `run` holds while it is written (a
+/// collision with another run's key only makes a page wait a moment longer); `pg_locks` shows
+/// it as `classid`/`objid`.
+pub fn lock_key(run: Uuid, seq: u64) -> i64 {
     let v = run.as_u128();
     ((v as u64) ^ ((v >> 64) as u64) ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
 }

@@ -625,6 +625,55 @@ mod ordered_writes {
         assert_eq!(rows.keys().collect::<Vec<_>>(), ["a"], "page 3's row rolled back");
     }
 
+    /// Page 2's BEGIN waits longer than the writer gives a second connection (its lock is
+    /// held here for a moment), so the writer gives up on it, waits for page 1 and begins page
+    /// 2 again. The BEGIN it gave up on must not leave a pooled connection in an open
+    /// transaction holding page 2's lock: the second BEGIN would wait for it forever, and
+    /// whoever took that connection next would work inside a transaction nobody ends.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_begin_given_up_on_leaves_no_connection_in_a_transaction() {
+        let s = setup(0, 0).await;
+        let run = start_run(&s).await;
+        slow_at(&s, "a-slow", 1.0, false).await;
+        let mut holder = s.db.pool.begin().await.expect("begin");
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(crm_jobs::sync::writer::lock_key(run, 2))
+            .execute(&mut *holder)
+            .await
+            .expect("page 2's lock");
+        let mut w = writer(&s);
+        w.submit(run, page("p1", &["a-slow"], 1), false).await.expect("page 1");
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            holder.rollback().await
+        });
+        let idle_in_transaction = || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state LIKE 'idle in transaction%'",
+            )
+            .fetch_one(&s.db.pool)
+            .await
+            .expect("activity")
+        };
+        let writing = tokio::time::timeout(Duration::from_secs(20), async {
+            w.submit(run, page("p2", &["b"], 2), false).await?;
+            w.drain().await
+        });
+        // Sampled after the lock was released and while page 1 is still being written (its
+        // trigger sleeps 1 s): the BEGIN given up on has finished by now.
+        let sampled = async {
+            tokio::time::sleep(Duration::from_millis(650)).await;
+            idle_in_transaction().await
+        };
+        let (second, during) = tokio::join!(writing, sampled);
+        second.expect("page 2 is not left waiting for a lock").expect("both pages commit");
+        release.await.expect("task").expect("released");
+        assert_eq!(during, 0, "no pooled connection left inside the abandoned BEGIN's transaction");
+        assert_eq!(w.take_committed().len(), 2);
+        assert_eq!(idle_in_transaction().await, 0);
+    }
+
     /// A wait between two pages of one sync must be one PostgreSQL can see. Here another
     /// writer (a second connection of the same tenant and provider, whose ids collide) holds
     /// a row page 1 needs and waits for a row page 2 wrote, while page 2 waits for page 1:
