@@ -336,13 +336,16 @@ async fn limits_command(cli: &Cli, cmd: &LimitsCmd) -> anyhow::Result<i32> {
             let limit = parse_limit(budget, value, *burst)?;
             let pool = pool(cli).await?;
             crm_jobs::limits::set(&pool, budget, limit, note).await?;
-            println!("{budget}: {} (applied within a second)", describe(&limit));
+            let set = serde_json::json!({"budget": budget, "limit": describe(&limit)});
+            print(cli.json, &set, || println!("{budget}: {} (applied within a second)", describe(&limit)));
             Ok(0)
         }
         LimitsCmd::Unset { budget } => {
             let pool = pool(cli).await?;
             if crm_jobs::limits::unset(&pool, budget).await? {
-                println!("{budget}: removed");
+                print(cli.json, &serde_json::json!({"budget": budget, "removed": true}), || {
+                    println!("{budget}: removed")
+                });
                 Ok(0)
             } else {
                 eprintln!("crmctl: no limit {budget}");
@@ -352,7 +355,9 @@ async fn limits_command(cli: &Cli, cmd: &LimitsCmd) -> anyhow::Result<i32> {
         LimitsCmd::Resume { budget } => {
             let queue = queue(cli).await?;
             queue.pause(budget, Duration::ZERO).await?;
-            println!("{budget}: resumed");
+            print(cli.json, &serde_json::json!({"budget": budget, "resumed": true}), || {
+                println!("{budget}: resumed")
+            });
             Ok(0)
         }
     }
@@ -1475,7 +1480,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 let queue = queue(&cli).await?;
                 queue.pause(&crm_jobs::enqueue::budget::connection_pause(*id), Duration::ZERO).await?;
             }
-            println!("connection {id} is {status}");
+            print(cli.json, &serde_json::json!({"id": id, "status": status}), || {
+                println!("connection {id} is {status}")
+            });
             Ok(0)
         }
         Command::Apps(AppCmd::Set {
@@ -1504,7 +1511,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     api_base: api_base.clone(),
                 })
                 .await?;
-            println!("{provider} OAuth app registered");
+            print(cli.json, &serde_json::json!({"provider": provider.as_str(), "registered": true}), || {
+                println!("{provider} OAuth app registered")
+            });
             Ok(0)
         }
         Command::ApiKeys(ApiKeyCmd::Create { name, scopes }) => {

@@ -117,6 +117,14 @@ async fn schedules_and_sync_now_from_the_command_line() {
     assert_eq!(unknown.status.code(), Some(3));
     let usage = env.crmctl(&["connections", "set-status", &conn, "sleeping"]);
     assert_eq!(usage.status.code(), Some(64));
+    for status in ["disabled", "active"] {
+        let set = json(&env.crmctl(&["connections", "set-status", &conn, status, "--json"]));
+        assert_eq!(
+            (set["id"].as_str(), set["status"].as_str()),
+            (Some(conn.as_str()), Some(status)),
+            "{set}"
+        );
+    }
     // Missing configuration is a usage error naming the variable and the flag that give it.
     let bare = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_crmctl"))
