@@ -617,11 +617,13 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
                 changes.insert(k.to_owned(), v.to_owned());
             }
             let req = dlq::ReplayRequest { actor: actor(), reason: reason.clone(), changes };
-            let queue = queue(cli).await?;
+            // An id that does not exist is 3; edits a dead letter refuses are usage (64).
+            let refused = |field: &str| if field == "id" { EXIT_NOTHING } else { EXIT_CONFIG };
             if *filter {
                 if !ids.is_empty() {
                     usage_bail!("give ids or --filter, not both");
                 }
+                let queue = queue(cli).await?;
                 let f = f.filter()?;
                 let planned = dlq::replay_matching(&pool, &queue, &f, &req, true).await?;
                 eprintln!("{} dead letters match and have not been replayed.", planned.matched);
@@ -663,8 +665,8 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
                                 }
                                 out.push(serde_json::json!({"id": id, "result": p}));
                             }
-                            Err(dlq::DlqError::Invalid { field, message }) if field == "id" => {
-                                code = EXIT_NOTHING;
+                            Err(dlq::DlqError::Invalid { field, message }) => {
+                                code = code.max(refused(&field));
                                 out.push(serde_json::json!({"id": id, "error": message}));
                             }
                             Err(e) => return Err(e.into()),
@@ -677,18 +679,19 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
                     });
                     return Ok(code);
                 }
+                let queue = queue(cli).await?;
                 let mut code = 0;
                 let mut out = Vec::new();
                 for id in ids {
                     match dlq::replay_one(&pool, &queue, *id, &req).await {
                         Ok(o) => {
                             if matches!(o, dlq::ReplayOutcome::Unreplayable { .. }) {
-                                code = 1;
+                                code = code.max(1);
                             }
                             out.push(serde_json::json!({"id": id, "result": o}));
                         }
-                        Err(dlq::DlqError::Invalid { message, .. }) => {
-                            code = EXIT_NOTHING;
+                        Err(dlq::DlqError::Invalid { field, message }) => {
+                            code = code.max(refused(&field));
                             out.push(serde_json::json!({"id": id, "error": message}));
                         }
                         Err(e) => return Err(e.into()),

@@ -12,10 +12,11 @@
 //! committed between the two statements was written over). A mark ([`mark_pending`]) and a
 //! conflict resolution hold it exclusive ([`lock_records`]): they wait for the pages being
 //! written, and pages that start meanwhile wait for them and then see them. Pages of concurrent
-//! syncs share it, so the bulk path costs one lock (one round trip) a page. The lock is taken
-//! inside the transaction, never with its `BEGIN`: a wait cut short (a timeout, a cancelled
-//! job) then drops a transaction that rolls back, rather than a connection left in an open
-//! transaction that holds it.
+//! syncs share it, so the bulk path costs one lock (one round trip) a page; the page writer
+//! also takes it before it starts the next page ([`super::writer`]), so pages of one sync hold
+//! it in page order. It is taken inside the transaction, never with its `BEGIN`: a wait cut
+//! short or a failure then drops a transaction that rolls back, rather than a connection left
+//! in an open (or aborted) transaction.
 
 use std::collections::HashMap;
 
@@ -77,6 +78,12 @@ pub async fn lock_records(
     object: ObjectKind,
 ) -> Result<(), sqlx::Error> {
     take_records_lock(tx, "pg_advisory_xact_lock", tenant, provider, object).await
+}
+
+/// The records lock of (tenant, provider, object) as `pg_advisory_xact_lock(int4, int4)`
+/// arguments, for a writer that takes it in a statement of its own.
+pub(crate) fn records_lock_id(tenant: &str, provider: &str, object: ObjectKind) -> (i32, i32) {
+    (RECORDS_LOCK_CLASS, records_lock_key(tenant, provider, object))
 }
 
 async fn take_records_lock(

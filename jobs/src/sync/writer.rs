@@ -136,21 +136,32 @@ impl Writer {
         }
         self.seq += 1;
         let lock = lock_key(run, self.seq);
-        // The page's advisory lock is taken with its BEGIN (one round trip), before the next
-        // page can start, so that page's wait for it is always a real one. The records lock
-        // is not: the page's first statement takes it (see `store`).
-        //
-        // The BEGIN runs in a task of its own. A BEGIN cut short by dropping its future (the
-        // timeout below, or this job cancelled) leaves its connection in an open transaction
-        // that sqlx does not roll back (its depth is counted only once BEGIN answered), and
-        // the pool takes the connection back like that: still holding the page's lock, which
-        // the next BEGIN of this page then waits for forever. A task runs to the end instead,
-        // and the transaction nobody awaits any more is dropped, so rolled back.
+        // Before the next page can start, this page holds its own advisory lock (so the next
+        // page's wait for it is always a real one) and the records lock shared (so pages of
+        // one sync hold it in page order: a mark queued between them cannot make page N wait
+        // behind page N+1). Both in one statement after BEGIN, in a task of its own:
+        // * not with the BEGIN: a statement of a BEGIN message that fails leaves sqlx's
+        //   transaction uncounted, and the connection goes back to the pool in an aborted
+        //   transaction;
+        // * in a task: a BEGIN or lock given up on (the timeout below, or this job cancelled)
+        //   still ends, and the transaction nobody awaits is dropped, so rolled back. Dropping
+        //   the future instead left a pooled connection inside an open transaction holding
+        //   this page's lock, which the page's next BEGIN then waited for forever.
         let pool = self.pool.clone();
+        let (class, key) =
+            store::records_lock_id(&self.target.tenant, self.target.provider.as_str(), self.object);
         let begin = || {
             let pool = pool.clone();
-            let sql = format!("BEGIN; SELECT pg_advisory_xact_lock({lock})");
-            let task = tokio::spawn(async move { pool.begin_with(sqlx::AssertSqlSafe(sql)).await });
+            let task = tokio::spawn(async move {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock_shared($2, $3)")
+                    .bind(lock)
+                    .bind(class)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok::<_, sqlx::Error>(tx)
+            });
             async move {
                 match task.await {
                     Ok(tx) => tx.map_err(WriteError::from),

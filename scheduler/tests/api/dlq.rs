@@ -353,6 +353,11 @@ async fn one_command_lists_the_tenants_with_salesforce_auth_failures_in_the_last
     );
     let (code, ..) = crmctl(&["dlq", "replay", &o, "--reason", "look", "--dry-run"]);
     assert_eq!(code, Some(0));
+    // An edit the action refuses is a usage error, reported with the id, as the replay does.
+    let (code, out, err) =
+        crmctl(&["dlq", "replay", &o, "--set", "subject=5", "--reason", "look", "--dry-run", "--json"]);
+    assert_eq!(code, Some(64), "{out}{err}");
+    assert!(out.contains("subject"), "{out}");
     let untouched: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT replayed_at FROM dead_letters WHERE id = $1")
             .bind(other)
