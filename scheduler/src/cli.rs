@@ -1,7 +1,7 @@
 //! `crmctl`, the operator CLI. Each subcommand is a function over typed arguments; output is a
 //! table by default and JSON with `--json`. Exit codes: 0 success, 1 a failed operation,
 //! 3 the named id (schedule, connection, tenant, dead letter, conflict) does not exist or a
-//! dead-letter selection matched nothing ([`EXIT_NOTHING`], [`NotFound`]), 64 bad configuration
+//! dead-letter selection matched nothing ([`EXIT_NOTHING`]), 64 bad configuration
 //! or usage ([`UsageError`]).
 
 use std::time::Duration;
@@ -489,11 +489,6 @@ pub const EXIT_NOTHING: i32 = 3;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The id a command named does not exist: `crmctl` prints it and exits 3.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NotFound(pub String);
-
 /// Returns early with a [`UsageError`].
 macro_rules! usage_bail {
     ($($arg:tt)*) => {
@@ -501,15 +496,13 @@ macro_rules! usage_bail {
     };
 }
 
-/// The exit code an error of [`run`] calls for: 64 for usage and configuration, 3 for an
-/// unknown id, 1 for everything else.
+/// The exit code an error of [`run`] calls for: 64 for usage and configuration, 1 for
+/// everything else (an unknown id is not an error: the command prints it and returns 3).
 pub fn exit_code(error: &anyhow::Error) -> i32 {
     if error.downcast_ref::<UsageError>().is_some()
         || matches!(error.downcast_ref(), Some(crm_jobs::dlq::DlqError::Invalid { .. }))
     {
         EXIT_CONFIG
-    } else if error.downcast_ref::<NotFound>().is_some() {
-        EXIT_NOTHING
     } else {
         1
     }
@@ -617,8 +610,6 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
                 changes.insert(k.to_owned(), v.to_owned());
             }
             let req = dlq::ReplayRequest { actor: actor(), reason: reason.clone(), changes };
-            // An id that does not exist is 3; edits a dead letter refuses are usage (64).
-            let refused = |field: &str| if field == "id" { EXIT_NOTHING } else { EXIT_CONFIG };
             if *filter {
                 if !ids.is_empty() {
                     usage_bail!("give ids or --filter, not both");
@@ -653,53 +644,27 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
                 if ids.is_empty() {
                     usage_bail!("give dead-letter ids, or --filter with filter flags");
                 }
-                if *dry_run {
-                    // Each checked as a replay would check it; nothing changes.
-                    let mut code = 0;
-                    let mut out = Vec::new();
-                    for id in ids {
-                        match dlq::preview_one(&pool, *id, &req.changes).await {
-                            Ok(p) => {
-                                if matches!(p, dlq::Preview::Unreplayable { .. }) {
-                                    code = code.max(1);
-                                }
-                                out.push(serde_json::json!({"id": id, "result": p}));
-                            }
-                            Err(dlq::DlqError::Invalid { field, message }) => {
-                                code = code.max(refused(&field));
-                                out.push(serde_json::json!({"id": id, "error": message}));
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    print(cli.json, &out, || {
-                        for o in &out {
-                            println!("dry run: {o}");
-                        }
-                    });
-                    return Ok(code);
-                }
-                let queue = queue(cli).await?;
-                let mut code = 0;
-                let mut out = Vec::new();
-                for id in ids {
-                    match dlq::replay_one(&pool, &queue, *id, &req).await {
-                        Ok(o) => {
-                            if matches!(o, dlq::ReplayOutcome::Unreplayable { .. }) {
-                                code = code.max(1);
-                            }
-                            out.push(serde_json::json!({"id": id, "result": o}));
-                        }
-                        Err(dlq::DlqError::Invalid { field, message }) => {
-                            code = code.max(refused(&field));
-                            out.push(serde_json::json!({"id": id, "error": message}));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                // Each checked as a replay would check it; a dry run changes nothing.
+                let (out, code) = if *dry_run {
+                    per_id(
+                        ids,
+                        |id| dlq::preview_one(&pool, id, &req.changes),
+                        |p| matches!(p, dlq::Preview::Unreplayable { .. }),
+                    )
+                    .await?
+                } else {
+                    let queue = queue(cli).await?;
+                    per_id(
+                        ids,
+                        |id| dlq::replay_one(&pool, &queue, id, &req),
+                        |o| matches!(o, dlq::ReplayOutcome::Unreplayable { .. }),
+                    )
+                    .await?
+                };
+                let prefix = if *dry_run { "dry run: " } else { "" };
                 print(cli.json, &out, || {
                     for o in &out {
-                        println!("{o}");
+                        println!("{prefix}{o}");
                     }
                 });
                 Ok(code)
@@ -1081,6 +1046,34 @@ fn keyring(cli: &Cli) -> anyhow::Result<std::sync::Arc<crm_jobs::auth::Keyring>>
     let keys = crm_jobs::auth::Keyring::from_base64(&cli.token_key, &previous)
         .map_err(|e| UsageError(format!("CRM_FLEET_TOKEN_KEY or CRM_FLEET_TOKEN_KEYS_PREVIOUS: {e}")))?;
     Ok(std::sync::Arc::new(keys))
+}
+
+/// Runs `one` (a replay, or its dry run) for each dead-letter id: `{id, result}` or
+/// `{id, error}` per id, and the exit code: 1 when one cannot be replayed, 3 for an unknown id,
+/// 64 for edits a dead letter refuses (the highest wins).
+async fn per_id<T: serde::Serialize, F: Future<Output = Result<T, crm_jobs::dlq::DlqError>>>(
+    ids: &[Uuid],
+    one: impl Fn(Uuid) -> F,
+    unreplayable: impl Fn(&T) -> bool,
+) -> anyhow::Result<(Vec<serde_json::Value>, i32)> {
+    let mut code = 0;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        match one(*id).await {
+            Ok(r) => {
+                if unreplayable(&r) {
+                    code = code.max(1);
+                }
+                out.push(serde_json::json!({"id": id, "result": r}));
+            }
+            Err(crm_jobs::dlq::DlqError::Invalid { field, message }) => {
+                code = code.max(if field == "id" { EXIT_NOTHING } else { EXIT_CONFIG });
+                out.push(serde_json::json!({"id": id, "error": message}));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((out, code))
 }
 
 /// Under a full page of a table, on stderr: how to ask for the next one.
@@ -1476,7 +1469,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .await?
                 .rows_affected();
             if n == 0 {
-                return Err(NotFound(format!("no connection {id}")).into());
+                eprintln!("crmctl: no connection {id}");
+                return Ok(EXIT_NOTHING);
             }
             if status == "active" {
                 // Lift any re-authorisation park so its jobs run again.
@@ -1580,7 +1574,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     Ok(0)
                 }
                 Revoked::Unknown => {
-                    Err(NotFound("no API key with that prefix (crmctl api-keys list --all)".into()).into())
+                    eprintln!("crmctl: no API key with that prefix (crmctl api-keys list --all)");
+                    Ok(EXIT_NOTHING)
                 }
             }
         }

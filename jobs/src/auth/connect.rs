@@ -81,12 +81,6 @@ pub enum LinkError {
     Auth(#[from] AuthError),
 }
 
-impl From<sqlx::Error> for LinkError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Auth(e.into())
-    }
-}
-
 /// Makes a connect link for `tenant` at `provider`, valid for `ttl`.
 pub async fn link(
     store: &Store,
@@ -97,11 +91,7 @@ pub async fn link(
     if ttl.is_zero() || ttl > MAX_LINK_TTL {
         return Err(LinkError::Ttl(ttl));
     }
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
-        .bind(tenant)
-        .fetch_one(store.pool())
-        .await?;
-    if !exists {
+    if !store.tenant_exists(tenant).await? {
         return Err(LinkError::UnknownTenant(tenant.to_owned()));
     }
     let app = store.app(provider).await?;
@@ -299,11 +289,7 @@ async fn authorize(
         ApiError::bad("missing_parameter", "tenant_id", "tenant_id is required: the tenant to connect")
     })?;
     check_link(&s.store, provider, &tenant, &q)?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
-        .bind(&tenant)
-        .fetch_one(s.store.pool())
-        .await?;
-    if !exists {
+    if !s.store.tenant_exists(&tenant).await? {
         return Err(ApiError {
             status: StatusCode::NOT_FOUND,
             error: "unknown_tenant",

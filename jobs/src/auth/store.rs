@@ -147,6 +147,14 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the tenant exists.
+    pub async fn tenant_exists(&self, id: &str) -> Result<bool, AuthError> {
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Saves (replaces) an OAuth app registration.
     pub async fn save_app(&self, app: &OAuthApp) -> Result<(), AuthError> {
         let secret = self

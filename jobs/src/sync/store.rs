@@ -6,23 +6,21 @@
 //! cursor, so a page is either fully applied with its cursor or not at all.
 //!
 //! Pending marks and pages are ordered by the **records lock** of (tenant, provider, object), a
-//! transaction-scoped advisory lock. A page ([`apply_page`]) takes it shared with its first
-//! statement, so its conflict check and its upsert see the same pending marks (under READ
+//! transaction-scoped advisory lock. A page's transaction ([`begin_page`]) takes it shared
+//! before [`apply_page`] reads anything, so its conflict check and its upsert see the same
+//! pending marks (under READ
 //! COMMITTED each statement sees what committed before it started; without the lock a mark
 //! committed between the two statements was written over). A mark ([`mark_pending`]) and a
 //! conflict resolution hold it exclusive ([`lock_records`]): they wait for the pages being
 //! written, and pages that start meanwhile wait for them and then see them. Pages of concurrent
-//! syncs share it, so the bulk path costs one lock (one round trip) a page; the page writer
-//! also takes it before it starts the next page ([`super::writer`]), so pages of one sync hold
-//! it in page order. It is taken inside the transaction, never with its `BEGIN`: a wait cut
-//! short or a failure then drops a transaction that rolls back, rather than a connection left
-//! in an open (or aborted) transaction.
+//! syncs share it. The page writer ([`super::writer`]) begins a page, with this lock and the
+//! page's own, before it starts the next page, so pages of one sync hold it in page order.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::providers::{CrmRecord, DeletedRecord, ObjectKind};
@@ -77,29 +75,48 @@ pub async fn lock_records(
     provider: &str,
     object: ObjectKind,
 ) -> Result<(), sqlx::Error> {
-    take_records_lock(tx, "pg_advisory_xact_lock", tenant, provider, object).await
-}
-
-/// The records lock of (tenant, provider, object) as `pg_advisory_xact_lock(int4, int4)`
-/// arguments, for a writer that takes it in a statement of its own.
-pub(crate) fn records_lock_id(tenant: &str, provider: &str, object: ObjectKind) -> (i32, i32) {
-    (RECORDS_LOCK_CLASS, records_lock_key(tenant, provider, object))
-}
-
-async fn take_records_lock(
-    tx: &mut PgConnection,
-    function: &str,
-    tenant: &str,
-    provider: &str,
-    object: ObjectKind,
-) -> Result<(), sqlx::Error> {
-    // `function` is one of two constants of this module.
-    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {function}($1, $2)")))
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(RECORDS_LOCK_CLASS)
         .bind(records_lock_key(tenant, provider, object))
         .execute(tx)
         .await?;
     Ok(())
+}
+
+/// Starts the transaction of a page of (tenant, provider, object): `BEGIN`, then one statement
+/// taking the records lock shared and, when given, `page_lock` (the writer's lock that orders
+/// one sync's pages). [`apply_page`] runs in such a transaction.
+///
+/// The locks are a statement of their own, never part of the `BEGIN` message: sqlx counts a
+/// transaction only once `BEGIN` has answered, so a failing or abandoned statement in that
+/// message would leave the pooled connection inside an open (or aborted) transaction.
+pub async fn begin_page(
+    pool: &PgPool,
+    tenant: &str,
+    provider: &str,
+    object: ObjectKind,
+    page_lock: Option<i64>,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let records = records_lock_key(tenant, provider, object);
+    match page_lock {
+        Some(lock) => {
+            sqlx::query("SELECT pg_advisory_xact_lock($3), pg_advisory_xact_lock_shared($1, $2)")
+                .bind(RECORDS_LOCK_CLASS)
+                .bind(records)
+                .bind(lock)
+                .execute(&mut *tx)
+                .await?
+        }
+        None => {
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1, $2)")
+                .bind(RECORDS_LOCK_CLASS)
+                .bind(records)
+                .execute(&mut *tx)
+                .await?
+        }
+    };
+    Ok(tx)
 }
 
 /// Fields whose local pending changes a remote change must not silently overwrite.
@@ -156,8 +173,8 @@ pub struct Scope<'a> {
     pub run: Uuid,
 }
 
-/// Applies records and deletions of one page, holding the records lock shared from its first
-/// statement to the end of the transaction.
+/// Applies records and deletions of one page, in a transaction from [`begin_page`] (which
+/// holds the records lock shared).
 pub async fn apply_page(
     tx: &mut Transaction<'_, Postgres>,
     scope: &Scope<'_>,
@@ -165,7 +182,6 @@ pub async fn apply_page(
     records: Vec<CrmRecord>,
     deleted: &[DeletedRecord],
 ) -> Result<PageCounts, sqlx::Error> {
-    take_records_lock(tx, "pg_advisory_xact_lock_shared", scope.tenant, scope.provider, object).await?;
     let mut counts = PageCounts { processed: records.len() as i64, ..PageCounts::default() };
     // One row per id (the newest), or the statement would touch a row twice.
     let mut newest: HashMap<String, CrmRecord> = HashMap::with_capacity(records.len());

@@ -139,28 +139,16 @@ impl Writer {
         // Before the next page can start, this page holds its own advisory lock (so the next
         // page's wait for it is always a real one) and the records lock shared (so pages of
         // one sync hold it in page order: a mark queued between them cannot make page N wait
-        // behind page N+1). Both in one statement after BEGIN, in a task of its own:
-        // * not with the BEGIN: a statement of a BEGIN message that fails leaves sqlx's
-        //   transaction uncounted, and the connection goes back to the pool in an aborted
-        //   transaction;
-        // * in a task: a BEGIN or lock given up on (the timeout below, or this job cancelled)
-        //   still ends, and the transaction nobody awaits is dropped, so rolled back. Dropping
-        //   the future instead left a pooled connection inside an open transaction holding
-        //   this page's lock, which the page's next BEGIN then waited for forever.
-        let pool = self.pool.clone();
-        let (class, key) =
-            store::records_lock_id(&self.target.tenant, self.target.provider.as_str(), self.object);
+        // behind page N+1): `store::begin_page`, in a task of its own. A begin given up on
+        // (the timeout below, or this job cancelled) then still ends, and the transaction
+        // nobody awaits is dropped, so rolled back; dropping the future instead could leave a
+        // pooled connection in a transaction holding this page's lock, which the page's next
+        // begin would wait for forever.
+        let (pool, target, object) = (self.pool.clone(), self.target.clone(), self.object);
         let begin = || {
-            let pool = pool.clone();
+            let (pool, target) = (pool.clone(), target.clone());
             let task = tokio::spawn(async move {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock_shared($2, $3)")
-                    .bind(lock)
-                    .bind(class)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-                Ok::<_, sqlx::Error>(tx)
+                store::begin_page(&pool, &target.tenant, target.provider.as_str(), object, Some(lock)).await
             });
             async move {
                 match task.await {

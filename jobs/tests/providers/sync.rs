@@ -326,25 +326,25 @@ async fn a_remote_change_that_collides_with_a_local_pending_change_is_recorded()
 #[tokio::test(flavor = "multi_thread")]
 async fn marks_and_resolutions_wait_for_the_pages_being_written_and_pages_wait_for_them() {
     use crm_jobs::sync::conflicts::{Keep, resolve};
-    use crm_jobs::sync::store::{Scope, apply_page, lock_records, mark_pending};
+    use crm_jobs::sync::store::{Scope, apply_page, begin_page, lock_records, mark_pending};
     const WAIT: Duration = Duration::from_millis(300);
     let s = setup(20, 0).await;
     s.sync(ObjectKind::Contact).await.expect("full");
     let (id, _) = s.local(ObjectKind::Contact).await.into_iter().next().expect("a contact");
     let scope = Scope { tenant: "acme", provider: "hubspot", connection: s.connection, run: Uuid::now_v7() };
-    // A page being written (here an empty one: its first statement takes the lock, and it
+    // A page being written (here an empty one: `begin_page` takes the lock, and the page
     // stays open until committed).
-    let begin_page = |pool: sqlx::PgPool| {
+    let open_page = |pool: sqlx::PgPool| {
         let scope = scope.clone();
         async move {
-            let mut page = pool.begin().await?;
+            let mut page = begin_page(&pool, "acme", "hubspot", ObjectKind::Contact, None).await?;
             apply_page(&mut page, &scope, ObjectKind::Contact, vec![], &[]).await?;
             Ok::<_, sqlx::Error>(page)
         }
     };
 
     // A page has read the marks (none), and the mark comes.
-    let page = begin_page(s.db.pool.clone()).await.expect("page");
+    let page = open_page(s.db.pool.clone()).await.expect("page");
     let mark = tokio::spawn({
         let (pool, id) = (s.db.pool.clone(), id.clone());
         async move {
@@ -361,7 +361,7 @@ async fn marks_and_resolutions_wait_for_the_pages_being_written_and_pages_wait_f
     // A mark being made (its lock held here), and a page comes.
     let mut marking = s.db.pool.begin().await.expect("begin");
     lock_records(&mut marking, "acme", "hubspot", ObjectKind::Contact).await.expect("lock");
-    let page = tokio::spawn(begin_page(s.db.pool.clone()));
+    let page = tokio::spawn(open_page(s.db.pool.clone()));
     tokio::time::sleep(WAIT).await;
     assert!(!page.is_finished(), "the page waits for the mark being made");
     marking.commit().await.expect("mark commits");
@@ -369,7 +369,7 @@ async fn marks_and_resolutions_wait_for_the_pages_being_written_and_pages_wait_f
     // A lock of another tenant's records does not hold this one's pages.
     let mut other = s.db.pool.begin().await.expect("begin");
     lock_records(&mut other, "other", "hubspot", ObjectKind::Contact).await.expect("lock");
-    let page = tokio::time::timeout(Duration::from_secs(10), begin_page(s.db.pool.clone()))
+    let page = tokio::time::timeout(Duration::from_secs(10), open_page(s.db.pool.clone()))
         .await
         .expect("not held by another tenant's lock")
         .expect("page begins");
@@ -385,7 +385,7 @@ async fn marks_and_resolutions_wait_for_the_pages_being_written_and_pages_wait_f
             .fetch_one(&s.db.pool)
             .await
             .expect("conflict recorded");
-    let page = begin_page(s.db.pool.clone()).await.expect("page");
+    let page = open_page(s.db.pool.clone()).await.expect("page");
     let resolution = tokio::spawn({
         let pool = s.db.pool.clone();
         async move { resolve(&pool, conflict, Keep::Remote, "test").await }

@@ -9,7 +9,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crm_jobs::auth::AuthError;
-use crm_jobs::auth::connect::{self, ConnectLink, DEFAULT_LINK_TTL, LinkError, MAX_LINK_TTL};
+use crm_jobs::auth::connect::{self, ConnectLink, DEFAULT_LINK_TTL, LinkError};
 use crm_jobs::providers::Provider;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -59,23 +59,21 @@ pub async fn create(
     })?;
     let Json(b) = body.map_err(json_rejection)?;
     no_nul("tenant_id", &b.tenant_id)?;
-    // A JSON integer may be written 900.0; anything else is refused with the field named.
+    // A JSON integer may be written 900.0; anything else, or out of range (`link` checks the
+    // range), is refused with the field named.
+    let bad_ttl =
+        || ApiError::unprocessable("invalid", "expires_in", "whole seconds, from 1 to 604800 (7 days)");
     let seconds = match &b.expires_in {
         None => Some(DEFAULT_LINK_TTL.as_secs()),
         Some(n) => {
             n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
         }
     };
-    let ttl =
-        seconds.map(Duration::from_secs).filter(|t| !t.is_zero() && *t <= MAX_LINK_TTL).ok_or_else(|| {
-            ApiError::unprocessable("invalid", "expires_in", "whole seconds, from 1 to 604800 (7 days)")
-        })?;
+    let ttl = seconds.map(Duration::from_secs).ok_or_else(bad_ttl)?;
     match connect::link(&s.connect.store, provider, &b.tenant_id, ttl).await {
         Ok(link) => Ok((StatusCode::CREATED, Json(link))),
         Err(LinkError::UnknownTenant(t)) => Err(ApiError::not_found("tenant_id", format!("no tenant {t:?}"))),
-        Err(LinkError::Ttl(_)) => {
-            Err(ApiError::unprocessable("invalid", "expires_in", "seconds, from 1 to 604800"))
-        }
+        Err(LinkError::Ttl(_)) => Err(bad_ttl()),
         Err(LinkError::Auth(AuthError::Config(m))) => Err(ApiError::not_found(
             "provider",
             format!("{m} (register it with `crmctl apps set {provider} …`)"),

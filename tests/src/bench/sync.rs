@@ -25,7 +25,7 @@ use crm_jobs::job::{SyncJob, SyncMode};
 use crm_jobs::ops::JobContext;
 use crm_jobs::providers::{Clients, Http, ObjectKind, Provider, SyncCursor, SyncPage};
 use crm_jobs::sync::engine::AttemptInfo;
-use crm_jobs::sync::store::{Scope, apply_page};
+use crm_jobs::sync::store::{Scope, apply_page, begin_page};
 use crm_queue::{Queue, QueueConfig};
 use crm_sandbox::config::ProviderKind;
 use crm_sandbox::{Sandbox, SandboxConfig};
@@ -271,7 +271,9 @@ impl Env {
         let (c0, t0) = (cpu_s(), Instant::now());
         let mut records = 0u64;
         for page in pages {
-            let mut tx = self.ctx.pool.begin().await?;
+            let mut tx =
+                begin_page(&self.ctx.pool, &self.tenant, self.provider.as_str(), ObjectKind::Contact, None)
+                    .await?;
             let counts =
                 apply_page(&mut tx, &scope, ObjectKind::Contact, page.records, &page.deleted).await?;
             tx.commit().await?;
