@@ -196,7 +196,7 @@ for name in ("scheduler-1", "scheduler-2", "worker"):
     need(dep.get("redis", {}).get("condition") == "service_healthy", f"{name}: waits for healthy redis")
     env = s[name]["environment"]
     need(env.get("CRM_FLEET_TOKEN_KEY"), f"{name}: CRM_FLEET_TOKEN_KEY from the env file")
-    need(env.get("CRM_FLEET_NO_MIGRATE") == "true", f"{name}: CRM_FLEET_NO_MIGRATE=true (clap wants true/false)")
+    need(env.get("CRM_FLEET_NO_MIGRATE") == "true", f"{name}: CRM_FLEET_NO_MIGRATE=true")
 need(s["worker"].get("deploy", {}).get("replicas") == 3, "3 workers")
 grace = seconds(s["worker"]["environment"].get("CRM_FLEET_SHUTDOWN_GRACE", "30s"))
 need(seconds(s["worker"].get("stop_grace_period")) > grace, "worker stop_grace_period > CRM_FLEET_SHUTDOWN_GRACE")

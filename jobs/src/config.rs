@@ -7,6 +7,17 @@ use std::fmt;
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// A binary's arguments (flags and environment), or the exit: `--help` and `--version` print
+/// and exit 0, anything clap refuses (an unknown flag, `CRM_FLEET_NO_MIGRATE=maybe`) prints its
+/// message and exits [`EXIT_CONFIG`], like every other configuration error.
+pub fn parse_args<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+        let _ = e.print();
+        std::process::exit(code);
+    })
+}
+
 /// Every problem found in a configuration.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ConfigProblems(Vec<String>);

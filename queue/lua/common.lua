@@ -222,7 +222,11 @@ local function drop_unique(id, u)
   end
 end
 
+-- A dying job will not run again, so its unique key is given up here, not at finalize: a
+-- replay or a scheduled push in the outbox window (up to the dying grace when the writer
+-- died) must not be merged into a job that is only waiting to be written down.
 local function begin_dying(id, reason, now)
+  drop_unique(id, redis.call('HGET', jkey(id), 'u'))
   redis.call('HSET', jkey(id), 's', 'z', 'dr', reason, 'dt', now)
   redis.call('HDEL', jkey(id), 'k', 'w', 'x', 'hb')
   redis.call('ZADD', base .. 'dying', now, id)

@@ -119,7 +119,7 @@ impl<Args: DeserializeOwned + Send + 'static> RedisBackend<Args> {
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
                     shared.bury_undecodable(&job, error.to_string()).await;
-                    shared.unregister(job.lease.job);
+                    shared.unregister(&job.lease);
                 });
             }
         }
@@ -192,7 +192,7 @@ impl<Args: DeserializeOwned + Send + 'static> RedisBackend<Args> {
             }
             for job in jobs {
                 let _ = shared.queue.retry(&job.lease, Duration::ZERO, None, true, true).await;
-                shared.unregister(job.lease.job);
+                shared.unregister(&job.lease);
             }
         })
     }

@@ -107,7 +107,7 @@ where
                     attempt = job.attempt, max_attempts = job.max_attempts, error_class = %e.class, error = %e.message);
             }
             shared.complete(&job, outcome).await;
-            shared.unregister(job.lease.job);
+            shared.unregister(&job.lease);
             ret
         })
     }

@@ -167,6 +167,9 @@ pub(crate) fn decide(job: &LeasedJob, error: JobError, retry: &RetryPolicies) ->
     }
 }
 
+/// How long [`Consumer::shutdown`] keeps retrying unflushed acks while Redis is unreachable.
+pub const ACK_FLUSH: Duration = Duration::from_secs(10);
+
 impl Consumer {
     /// Starts the consumer: the acker and the maintenance actors (heartbeat, reaper, promoter,
     /// dead-letter sweeper, gauges).
@@ -222,7 +225,7 @@ impl Consumer {
         if !leftover.is_empty() {
             tracing::warn!(message = "releasing jobs still running at shutdown", count = leftover.len());
         }
-        for lease in leftover {
+        let release = |lease: Lease| async move {
             let record = AttemptRecord {
                 attempt: 0,
                 started_at: 0,
@@ -241,12 +244,23 @@ impl Consumer {
                 }
             }
             self.shared.inflight.lock().remove(&lease.job);
-        }
-        // Closing the ack channel ends the acker once it has flushed.
+        };
+        // At once: with Redis unreachable each may wait out the response timeout.
+        futures::future::join_all(leftover.into_iter().map(release)).await;
+        // Closing the ack channel ends the acker once it has flushed. Acks are retried while
+        // Redis is away, but not past ACK_FLUSH: the process must exit, and an ack given up
+        // loses nothing (the lease expires and the job runs again, at least once).
         self.shared.acker.lock().take();
         let acker = self.acker_task.lock().take();
-        if let Some(acker) = acker {
-            let _ = acker.await;
+        if let Some(mut acker) = acker
+            && tokio::time::timeout(ACK_FLUSH, &mut acker).await.is_err()
+        {
+            tracing::error!(message = "acks not flushed at shutdown; giving them up, their leases will expire",
+                waited = ?ACK_FLUSH);
+            self.abandon_pending_writes();
+            if tokio::time::timeout(ACK_FLUSH, &mut acker).await.is_err() {
+                acker.abort();
+            }
         }
         let maintenance = self.maintenance.lock().take();
         if let Some(m) = maintenance {
@@ -255,7 +269,8 @@ impl Consumer {
         tracing::info!(message = "consumer stopped", worker_id = %self.shared.config.worker_id);
     }
 
-    /// Stops retrying Redis writes of outcomes (call when the shutdown grace period ends).
+    /// Stops retrying Redis writes of outcomes ([`Consumer::shutdown`] does, once acks have
+    /// waited [`ACK_FLUSH`]).
     pub fn abandon_pending_writes(&self) {
         self.shared.deadline.cancel();
     }
@@ -307,8 +322,14 @@ impl Shared {
         self.inflight.lock().insert(lease.job, lease.clone());
     }
 
-    pub(crate) fn unregister(&self, job: JobId) {
-        self.inflight.lock().remove(&job);
+    /// Forgets `lease` once its run is over. Only that lease: when the lease was lost (the
+    /// handler outlived it) and this process fetched the job again, the entry is the new run's,
+    /// and removing it would stop its heartbeat and get it reaped while it runs.
+    pub(crate) fn unregister(&self, lease: &Lease) {
+        let mut inflight = self.inflight.lock();
+        if inflight.get(&lease.job).is_some_and(|held| held.id == lease.id) {
+            inflight.remove(&lease.job);
+        }
     }
 
     fn attempt_record(&self, job: &LeasedJob, outcome: &str, error: &JobError) -> AttemptRecord {
@@ -461,6 +482,33 @@ mod tests {
             lease_expiry_ms: 0,
             started_at_ms: 0,
         }
+    }
+
+    /// A run whose lease was lost, finishing after this process fetched the job again, must
+    /// not unregister the new run's lease (the heartbeat renews only registered leases).
+    #[tokio::test]
+    async fn a_stale_runs_end_leaves_the_jobs_new_lease_registered() {
+        let prefix = format!("crmtest-{}", &JobId::new().to_string()[..12]);
+        let queue =
+            Queue::connect(crate::QueueConfig::new("redis://127.0.0.1:6379", "q").with_prefix(prefix))
+                .await
+                .expect("redis reachable");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://postgres@127.0.0.1:5432/test")
+            .expect("lazy pool");
+        let consumer =
+            Consumer::start(queue.clone(), PgDeadLetters::new(pool, "q"), ConsumerConfig::new("t", 2));
+        let job = JobId::new();
+        let (first, second) = (Lease { job, id: "1".into() }, Lease { job, id: "2".into() });
+        consumer.shared.register(&first);
+        consumer.shared.register(&second);
+        consumer.shared.unregister(&first);
+        let held = consumer.shared.inflight.lock().get(&job).map(|l| l.id.clone());
+        assert_eq!(held.as_deref(), Some("2"), "the new run's lease is still renewed");
+        consumer.shared.unregister(&second);
+        assert_eq!(consumer.in_flight(), 0);
+        consumer.shutdown().await;
+        queue.destroy().await.expect("destroy");
     }
 
     #[test]

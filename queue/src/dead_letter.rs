@@ -5,6 +5,13 @@
 //! idempotent on `job_id` (ON CONFLICT DO NOTHING), so the two-phase protocol (Redis `dying`
 //! outbox → PostgreSQL → finalize) may repeat any step after a crash without duplicating or
 //! losing a dead letter.
+//!
+//! PostgreSQL refuses a NUL character in `text` and `jsonb`, and a provider's error body or a
+//! payload may hold one: every text and JSON value is written with NULs replaced by U+FFFD
+//! (the raw `payload` bytes stay exact), or one such dead letter would fail its write forever
+//! and never leave the `dying` outbox.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::PgPool;
@@ -18,6 +25,24 @@ use crate::job::{DyingJob, Priority, parse_lane_id};
 pub struct PgDeadLetters {
     pool: PgPool,
     queue: String,
+}
+
+/// `s` as PostgreSQL stores text: NUL replaced by U+FFFD.
+fn pg_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') { Cow::Owned(s.replace('\0', "\u{FFFD}")) } else { Cow::Borrowed(s) }
+}
+
+/// `v` as PostgreSQL stores `jsonb`: NUL replaced by U+FFFD in every string and key.
+fn pg_json(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{FFFD}")),
+        Value::Array(a) => Value::Array(a.into_iter().map(pg_json).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (pg_text(&k).into_owned(), pg_json(v))).collect())
+        }
+        other => other,
+    }
 }
 
 fn ts(ms: i64) -> Option<DateTime<Utc>> {
@@ -41,8 +66,12 @@ impl PgDeadLetters {
             .map(|l| (l.priority, l.provider.to_owned(), l.tenant.to_owned()))
             .unwrap_or((Priority::Normal, String::new(), String::new()));
         let last = job.history.last();
-        let payload_json: Option<serde_json::Value> = serde_json::from_slice(&job.payload).ok();
-        let meta = serde_json::to_value(&job.meta).unwrap_or(serde_json::Value::Null);
+        let payload_json: Option<serde_json::Value> = serde_json::from_slice(&job.payload).ok().map(pg_json);
+        let meta = pg_json(serde_json::to_value(&job.meta).unwrap_or(serde_json::Value::Null));
+        let text = |s: &str| pg_text(s).into_owned();
+        let texts = |v: Vec<Option<String>>| -> Vec<Option<String>> {
+            v.into_iter().map(|s| s.map(|s| text(&s))).collect()
+        };
         let now = Utc::now();
         let mut tx = self.pool.begin().await?;
         let id: Option<Uuid> = sqlx::query_scalar(
@@ -54,10 +83,10 @@ impl PgDeadLetters {
         )
         .bind(job.id.0)
         .bind(&self.queue)
-        .bind(&job.job_type)
-        .bind(&job.lane)
-        .bind(&provider)
-        .bind(&tenant)
+        .bind(text(&job.job_type))
+        .bind(text(&job.lane))
+        .bind(text(&provider))
+        .bind(text(&tenant))
         .bind(match priority {
             Priority::High => "high",
             Priority::Normal => "normal",
@@ -65,12 +94,12 @@ impl PgDeadLetters {
         .bind(&job.payload)
         .bind(payload_json)
         .bind(meta)
-        .bind(&job.unique_key)
+        .bind(job.unique_key.as_deref().map(text))
         .bind(job.reason.as_str())
-        .bind(last.map(|a| a.error_class.as_str()).unwrap_or("unknown"))
-        .bind(last.map(|a| a.message.as_str()).unwrap_or(""))
+        .bind(text(last.map(|a| a.error_class.as_str()).unwrap_or("unknown")))
+        .bind(text(last.map(|a| a.message.as_str()).unwrap_or("")))
         .bind(last.and_then(|a| a.provider_status).map(i32::from))
-        .bind(last.and_then(|a| a.provider_code.clone()))
+        .bind(last.and_then(|a| a.provider_code.as_deref()).map(text))
         .bind(job.attempts as i32)
         .bind(job.max_attempts as i32)
         .bind(job.orphans as i32)
@@ -93,12 +122,12 @@ impl PgDeadLetters {
             .bind(h.iter().map(|a| a.attempt as i32).collect::<Vec<_>>())
             .bind(h.iter().map(|a| ts(a.started_at)).collect::<Vec<_>>())
             .bind(h.iter().map(|a| ts(a.finished_at)).collect::<Vec<_>>())
-            .bind(h.iter().map(|a| a.worker.clone()).collect::<Vec<_>>())
-            .bind(h.iter().map(|a| a.outcome.clone()).collect::<Vec<_>>())
-            .bind(h.iter().map(|a| a.error_class.clone()).collect::<Vec<_>>())
-            .bind(h.iter().map(|a| a.message.clone()).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| text(&a.worker)).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| text(&a.outcome)).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| text(&a.error_class)).collect::<Vec<_>>())
+            .bind(h.iter().map(|a| text(&a.message)).collect::<Vec<_>>())
             .bind(h.iter().map(|a| a.provider_status.map(i32::from)).collect::<Vec<_>>())
-            .bind(h.iter().map(|a| a.provider_code.clone()).collect::<Vec<_>>())
+            .bind(texts(h.iter().map(|a| a.provider_code.clone()).collect()))
             .execute(&mut *tx)
             .await?;
         }

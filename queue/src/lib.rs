@@ -42,7 +42,7 @@ pub use backend::{JobHandle, RedisBackend};
 pub use client::{InJobToken, JobInfo, Limit, Queue, QueueStats, ReapReport};
 pub use config::QueueConfig;
 pub use conn::{RedisConn, RedisTarget};
-pub use consumer::{Completion, Consumer, ConsumerConfig, worker_id};
+pub use consumer::{ACK_FLUSH, Completion, Consumer, ConsumerConfig, worker_id};
 pub use dead_letter::PgDeadLetters;
 pub use error::{FailureKind, JobError, QueueError};
 pub use job::{

@@ -467,6 +467,16 @@ pub enum DlqCmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Delete dead letters by id (audited; asks unless --yes): one whose action happened after
+    /// all, or a garbage payload.
+    Delete {
+        /// Dead-letter ids.
+        #[arg(required = true)]
+        ids: Vec<uuid::Uuid>,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Delete dead letters older than an age (audited; asks unless --yes).
     Purge {
         /// Age: a duration (30d) or an RFC 3339 time.
@@ -669,6 +679,40 @@ async fn dlq_command(cli: &Cli, cmd: &DlqCmd) -> anyhow::Result<i32> {
                 });
                 Ok(code)
             }
+        }
+        DlqCmd::Delete { ids, yes } => {
+            if !confirm(&format!("Delete {} dead letters?", ids.len()), *yes)? {
+                eprintln!("nothing deleted");
+                return Ok(1);
+            }
+            let actor = actor();
+            let (out, code) = per_id(
+                ids,
+                |id| {
+                    let (pool, actor) = (&pool, &actor);
+                    async move {
+                        match dlq::delete(pool, id, actor).await? {
+                            true => Ok("deleted"),
+                            false => Err(dlq::DlqError::Invalid {
+                                field: "id".into(),
+                                message: format!("no dead letter {id}"),
+                            }),
+                        }
+                    }
+                },
+                |_| false,
+            )
+            .await?;
+            print(cli.json, &out, || {
+                for o in &out {
+                    match (o["result"].as_str(), o["error"].as_str()) {
+                        (Some(r), _) => println!("{} {r}", o["id"].as_str().unwrap_or_default()),
+                        (_, Some(e)) => eprintln!("crmctl: {e}"),
+                        _ => {}
+                    }
+                }
+            });
+            Ok(code)
         }
         DlqCmd::Purge { older_than, f, yes } => {
             let cutoff = crm_jobs::dlq::parse_when(older_than)
@@ -1048,7 +1092,7 @@ fn keyring(cli: &Cli) -> anyhow::Result<std::sync::Arc<crm_jobs::auth::Keyring>>
     Ok(std::sync::Arc::new(keys))
 }
 
-/// Runs `one` (a replay, or its dry run) for each dead-letter id: `{id, result}` or
+/// Runs `one` (a replay, its dry run, or a deletion) for each dead-letter id: `{id, result}` or
 /// `{id, error}` per id, and the exit code: 1 when one cannot be replayed, 3 for an unknown id,
 /// 64 for edits a dead letter refuses (the highest wins).
 async fn per_id<T: serde::Serialize, F: Future<Output = Result<T, crm_jobs::dlq::DlqError>>>(

@@ -38,7 +38,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "CRM_FLEET_LEASE_TTL", default_value = "20s")]
     pub lease_ttl: String,
     /// Do not apply database migrations at start.
-    #[arg(long, env = "CRM_FLEET_NO_MIGRATE")]
+    #[arg(long, env = "CRM_FLEET_NO_MIGRATE", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_migrate: bool,
     /// Log format: text or json.
     #[arg(long, env = "CRM_FLEET_LOG_FORMAT", default_value = "text")]

@@ -1,12 +1,11 @@
 //! `crm-worker`: parse configuration, set up telemetry, build, log the bound address, run
 //! until SIGTERM/SIGINT, drain within the grace period, exit. Everything else is in the library.
 
-use clap::Parser;
 use crm_jobs::config::EXIT_CONFIG;
 use crm_worker::{App, WorkerArgs};
 
 fn main() -> anyhow::Result<()> {
-    let config = match WorkerArgs::parse().validate() {
+    let config = match crm_jobs::config::parse_args::<WorkerArgs>().validate() {
         Ok(c) => c,
         Err(problems) => {
             eprint!("crm-worker: {problems}");

@@ -191,8 +191,33 @@ fn grant(resp: TokenResp) -> Grant {
     }
 }
 
+/// Error codes by which a token endpoint refuses the OAuth app itself (its client id or
+/// secret, or the grant types it may use), not the user's grant: RFC 6749's, and HubSpot's,
+/// Salesforce's and Zoho's own spellings.
+const APP_REFUSED: &[&str] = &[
+    "invalid_client",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_client_id",
+    "invalid_client_secret",
+    "BAD_CLIENT_ID",
+    "BAD_CLIENT_SECRET",
+    "BAD_GRANT_TYPE",
+];
+
+/// A refusal of the app's credentials is a configuration error: re-authorising every
+/// connection would not fix it (and `needs_reauth` would park them all), `crmctl apps set` does.
+fn app_refused(code: &str, provider_said: &str) -> Option<GrantError> {
+    APP_REFUSED.contains(&code).then(|| {
+        GrantError::Config(format!(
+            "the provider refused the OAuth app's credentials ({code}{provider_said}); fix them with              `crmctl apps set`, connections are left as they are"
+        ))
+    })
+}
+
 /// Classifies a failed grant. Rejections are 4xx answers naming a bad code or token; Zoho's
-/// "too many requests" (its token-creation limit) is transient, not a rejection.
+/// "too many requests" (its token-creation limit) is transient, not a rejection; a refusal of
+/// the app's own credentials is a configuration error ([`APP_REFUSED`]).
 fn classify<RE: std::error::Error + 'static>(
     err: RequestTokenError<RE, BasicErrorResponse>,
     status: Option<u16>,
@@ -205,6 +230,10 @@ fn classify<RE: std::error::Error + 'static>(
                 || status.is_some_and(|s| s == 429 || s >= 500)
             {
                 GrantError::Transient(format!("{code}: {desc}"))
+            } else if let Some(refused) =
+                app_refused(&code, &if desc.is_empty() { String::new() } else { format!(": {desc}") })
+            {
+                refused
             } else {
                 GrantError::Rejected { code }
             }
@@ -225,7 +254,7 @@ fn classify<RE: std::error::Error + 'static>(
                         .and_then(|c| c.as_str().map(str::to_owned))
                 })
                 .unwrap_or_else(|| format!("http_{}", status.unwrap_or(0)));
-            GrantError::Rejected { code }
+            app_refused(&code, "").unwrap_or(GrantError::Rejected { code })
         }
         RequestTokenError::Request(e) => GrantError::Transient(e.to_string()),
         RequestTokenError::Other(msg) => match status {

@@ -252,11 +252,13 @@ impl TokenManager {
             Err(GrantError::Transient(msg)) => {
                 tx.rollback().await?;
                 count(conn.provider, "error");
+                tracing::warn!(message = "token refresh failed", connection = %id, provider = %conn.provider, error = %msg);
                 Err(AuthError::Transient(msg))
             }
             Err(GrantError::Config(msg)) => {
                 tx.rollback().await?;
                 count(conn.provider, "error");
+                tracing::error!(message = "token refresh failed", connection = %id, provider = %conn.provider, error = %msg);
                 Err(AuthError::Config(msg))
             }
         }

@@ -89,15 +89,21 @@ impl RawResponse {
     }
 
     /// The body as text, shortened for error messages and stripped of anything token-like
-    /// (error messages are logged and kept in dead letters).
+    /// (error messages are logged and kept in dead letters). Control characters become spaces:
+    /// a NUL cannot be stored in PostgreSQL text, and escapes have no place in a log line.
     pub fn snippet(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body);
-        let mut s: String = text.chars().take(300).collect();
-        if text.chars().count() > 300 {
-            s.push('…');
-        }
-        scrub_tokens(&s)
+        snippet(&self.body)
     }
+}
+
+/// See [`RawResponse::snippet`].
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut s: String = text.chars().take(300).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(300).is_some() {
+        s.push('…');
+    }
+    scrub_tokens(&s)
 }
 
 /// Replaces every run of 24 or more token characters (letters, digits, `-._~+=`) that mixes
@@ -271,7 +277,20 @@ pub fn common_status(resp: &RawResponse) -> Option<ProviderError> {
 
 #[cfg(test)]
 mod tests {
-    use super::scrub_tokens;
+    use super::{scrub_tokens, snippet};
+
+    #[test]
+    fn snippets_are_short_single_line_and_free_of_nul() {
+        assert_eq!(snippet(b"bad\0value\r\n\x1b[31mred"), "bad value   [31mred");
+        let long = snippet("é".repeat(400).as_bytes());
+        assert_eq!(long.chars().count(), 301, "300 characters and an ellipsis");
+        assert!(long.ends_with('…'));
+        assert_eq!(
+            snippet("é".repeat(300).as_bytes()).chars().count(),
+            300,
+            "no ellipsis when nothing was cut"
+        );
+    }
 
     #[test]
     fn token_shapes_are_scrubbed_and_the_rest_kept() {

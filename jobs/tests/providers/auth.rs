@@ -275,6 +275,32 @@ async fn a_401_refreshes_once_even_when_the_expiry_looked_fine() {
     assert_eq!(s.refreshes().await, (1, 0));
 }
 
+/// A wrong client secret is the app's fault, not the user's grant: the refresh fails as a
+/// configuration error naming `crmctl apps set`, the connection stays active, and once the
+/// secret is fixed the next call works without anyone re-authorising.
+#[tokio::test]
+async fn a_refused_client_secret_is_a_configuration_error_not_a_revoked_grant() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    let tokens = manager(&s.store);
+    let mut wrong = s.app.clone();
+    wrong.client_secret = SecretString::from("not-the-secret".to_owned());
+    s.store.save_app(&wrong).await.expect("save app");
+    s.expire().await;
+    let err = s.get_contact(&tokens).await.expect_err("secret refused");
+    assert!(
+        matches!(&err, CallError::Auth(AuthError::Config(m)) if m.contains("BAD_CLIENT_SECRET") && m.contains("apps set")),
+        "{err:?}"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM connections WHERE id = $1")
+        .bind(s.connection)
+        .fetch_one(&s.db.pool)
+        .await
+        .expect("row");
+    assert_eq!(status, "active", "the user's grant is not what was refused");
+    s.store.save_app(&s.app).await.expect("fixed");
+    s.get_contact(&tokens).await.expect("works once the secret is fixed");
+}
+
 #[tokio::test]
 async fn a_revoked_grant_parks_the_connection_as_needs_reauth() {
     let s = setup("http://127.0.0.1:9/cb").await;

@@ -265,6 +265,29 @@ async fn sigterm_exits_within_the_grace_period_and_keeps_the_long_job() {
     drop(short);
 }
 
+/// A job that finished while Redis was gone leaves an ack the worker cannot write. SIGTERM must
+/// still end the process: the ack is retried for a bounded time (`ACK_FLUSH`), then given up
+/// (its lease expires and the job runs again elsewhere), instead of holding the exit forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_exits_on_sigterm_while_redis_is_gone_with_an_ack_pending() {
+    let mut redis = PrivateRedis::start().await;
+    let env = TestEnv::on(&redis.url(), |c| c).await;
+    env.queue.push(job(&env, "t", json!({"op": "sleep", "ms": 1_000}))).await.expect("push");
+    let mut w = env.worker(&[("grace-ms", "1000")]);
+    wait_ready(&mut w);
+    eventually(Duration::from_secs(10), "started", || async { !env.runs().await.is_empty() }).await;
+    redis.kill();
+    // The job ends meanwhile; its ack now retries against a Redis that is not there.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    w.signal("TERM");
+    let limit = crm_queue::ACK_FLUSH + Duration::from_secs(15);
+    let exited = w.wait_exit(limit).await;
+    // A server again, so the environment can clean up after itself.
+    redis.restart().await;
+    assert!(exited.is_some(), "still running {limit:?} after SIGTERM");
+    eprintln!("exited {exited:?} after SIGTERM");
+}
+
 /// The settings that can lose jobs are named at start: a server without AOF, and one that
 /// evicts keys under memory pressure (a private Redis: the shared one's settings are not ours).
 #[tokio::test]

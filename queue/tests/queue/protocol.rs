@@ -139,15 +139,22 @@ async fn dead_lettering_is_durable_then_finalized() {
     assert_eq!(dying.id, pushed);
     assert_eq!(dying.history.len(), 1);
     assert_eq!(q.stats().await.expect("stats").dying, 1);
-    // Not finalized yet: still visible, unique key still held.
-    assert!(q.push(job("t").unique_key("u1")).await.expect("push").is_duplicate());
+    // Not finalized yet: still visible, but its unique key is free (it will not run again, so
+    // a replay or the next scheduled push must not be merged into it).
+    let next = q.push(job("t").unique_key("u1")).await.expect("push");
+    assert!(!next.is_duplicate(), "a dying job holds no unique key");
 
     let dlq = crm_queue::PgDeadLetters::new(env.pool.clone(), "q");
     let id = dlq.record(&dying).await.expect("record").expect("new row");
     assert!(dlq.record(&dying).await.expect("record again").is_none(), "idempotent on job id");
     assert_eq!(q.finalize(&[pushed]).await.expect("finalize"), 1);
     assert_eq!(q.stats().await.expect("stats").dying, 0);
-    assert!(!q.push(job("t").unique_key("u1")).await.expect("push").is_duplicate());
+    // Finalizing the dead job does not take the key from the job that holds it now.
+    assert_eq!(
+        q.push(job("t").unique_key("u1")).await.expect("push").id(),
+        next.id(),
+        "still held by the new job"
+    );
 
     let (reason, class, status, attempts): (String, String, Option<i32>, i64) = sqlx::query_as(
         "SELECT d.reason, d.error_class, d.provider_status, (SELECT count(*) FROM dead_letter_attempts a WHERE a.dead_letter_id = d.id) \
@@ -714,4 +721,62 @@ async fn in_job_requests_take_rate_tokens_and_respect_pauses() {
     assert_eq!(got, InJobToken::Taken, "untouched until then");
     let got = q.take_token_unless_paused(other, &[]).await.expect("take");
     assert!(matches!(got, InJobToken::Wait(_)), "and now spent: a rate wait, not a pause: {got:?}");
+}
+
+/// A NUL in an error message or payload (a provider's error body may hold one) would make
+/// PostgreSQL refuse the dead letter, and the job would stay dying for good: it is written with
+/// U+FFFD instead, and the raw payload bytes stay exact.
+#[tokio::test]
+async fn a_nul_in_an_error_or_payload_is_dead_lettered_not_stuck() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let payload = br#"{"op":"noop","note":"a\u0000b"}"#.to_vec();
+    let pushed =
+        q.push(NewJob::new("noop", lane("t"), payload.clone()).unique_key("un")).await.expect("push").id();
+    let leased = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+    let mut rec = record(1);
+    rec.message = "provider said: bad\0body".into();
+    rec.provider_code = Some("E\0".into());
+    let dying =
+        q.dead_letter(&leased.lease, &rec, DeadReason::Permanent).await.expect("dead").expect("record");
+    let dlq = crm_queue::PgDeadLetters::new(env.pool.clone(), "q");
+    let id = dlq.record(&dying).await.expect("a NUL does not fail the write").expect("new row");
+    assert_eq!(q.finalize(&[pushed]).await.expect("finalize"), 1);
+    let (last, note, raw, message, code): (String, String, Vec<u8>, String, String) = sqlx::query_as(
+        "SELECT d.last_error, d.payload_json->>'note', d.payload, a.message, a.provider_code \
+         FROM dead_letters d JOIN dead_letter_attempts a ON a.dead_letter_id = d.id WHERE d.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&env.pool)
+    .await
+    .expect("row");
+    assert_eq!(last, "provider said: bad\u{FFFD}body");
+    assert_eq!(message, last);
+    assert_eq!(code, "E\u{FFFD}");
+    assert_eq!(note, "a\u{FFFD}b");
+    assert_eq!(raw, payload, "the raw bytes are kept exactly");
+}
+
+/// The sweeper takes the oldest dying records first; one it collected goes behind the others,
+/// so records whose write keeps failing cannot hold every sweep.
+#[tokio::test]
+async fn a_collected_dying_record_goes_behind_the_others() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let mut ids = Vec::new();
+    for t in ["a", "b", "c"] {
+        ids.push(q.push(job(t)).await.expect("push").id());
+        let leased = q.fetch("w", 1).await.expect("fetch").pop().expect("job");
+        q.dead_letter(&leased.lease, &record(1), DeadReason::Permanent).await.expect("dead").expect("record");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let got = q.collect_dying(Duration::ZERO, 1).await.expect("collect");
+        assert_eq!(got.len(), 1);
+        order.push(got[0].id);
+    }
+    assert_eq!(order, vec![ids[0], ids[1], ids[2], ids[0]], "oldest first, then round the outbox");
+    assert_eq!(q.stats().await.expect("stats").dying, 3, "collecting removes nothing");
 }

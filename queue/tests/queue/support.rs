@@ -195,6 +195,22 @@ impl PrivateRedis {
     pub async fn start() -> Self {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        Self::start_on(port).await
+    }
+
+    /// Stops the server (its data is gone: no persistence) until [`PrivateRedis::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A fresh, empty server on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        *self = Self::start_on(self.port).await;
+    }
+
+    async fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())

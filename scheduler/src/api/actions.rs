@@ -51,7 +51,8 @@ fn action_schema() -> utoipa::openapi::schema::Object {
 pub struct Accepted {
     /// The job (and action) id; poll `GET /v1/jobs/{job_id}`.
     pub job_id: Uuid,
-    /// queued, running, succeeded or failed.
+    /// queued, running, succeeded, failed, or dead (its job was dead-lettered and waits for an
+    /// operator's replay; sending the request again does not run it).
     pub state: String,
     /// True when this Idempotency-Key was seen before with the same request: nothing new was
     /// enqueued.
@@ -220,7 +221,19 @@ pub async fn post_action(
             ));
         }
     };
-    if row.state == "queued" || row.state == "running" {
+    // A job that died (dead-lettered, perhaps replayed since under a job id of its own) is the
+    // dead-letter queue's to replay: pushing the action's job again would run it beside the
+    // replay, or run an action operators were told is dead.
+    let dead_letter: Option<bool> =
+        sqlx::query_scalar("SELECT replayed_at IS NOT NULL FROM dead_letters WHERE job_id = $1")
+            .bind(row.id)
+            .fetch_optional(&state.pool)
+            .await?;
+    let view_state = match dead_letter {
+        Some(false) if row.state != "succeeded" => "dead".to_owned(),
+        _ => row.state.clone(),
+    };
+    if dead_letter.is_none() && (row.state == "queued" || row.state == "running") {
         // (Re)push: the job id is the action id, so a repeat is a no-op in the queue.
         let target = crm_jobs::enqueue::target(&state.pool, connection)
             .await?
@@ -233,7 +246,7 @@ pub async fn post_action(
         }
         state.queue.push(job).await?;
     }
-    let mut resp = (StatusCode::ACCEPTED, Json(Accepted { job_id: row.id, state: row.state, duplicate }))
+    let mut resp = (StatusCode::ACCEPTED, Json(Accepted { job_id: row.id, state: view_state, duplicate }))
         .into_response();
     if duplicate && let Ok(v) = "true".parse() {
         resp.headers_mut().insert("idempotent-replayed", v);
@@ -288,10 +301,13 @@ pub async fn get_job(
     let id = path_id(id)?;
     if let Some(a) = actions::store::get(&state.pool, id).await? {
         let live = state.queue.job(crm_queue::JobId(id)).await.ok().flatten();
-        let dead: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dead_letters WHERE job_id = $1)")
-            .bind(id)
-            .fetch_one(&state.pool)
-            .await?;
+        // Dead while its dead letter waits; once replayed, the action row follows the replay.
+        let dead: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE job_id = $1 AND replayed_at IS NULL)",
+        )
+        .bind(id)
+        .fetch_one(&state.pool)
+        .await?;
         let view_state = match (a.state.as_str(), &live, dead) {
             (_, _, true) if a.state != "succeeded" => "dead".to_owned(),
             ("queued" | "running", Some(info), _) if info.state == "delayed" => "retrying".to_owned(),

@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, env = "CRM_FLEET_REDIS_PREFIX", default_value = crm_queue::config::DEFAULT_PREFIX)]
     redis_prefix: String,
     /// Do not apply database migrations at start.
-    #[arg(long, env = "CRM_FLEET_NO_MIGRATE")]
+    #[arg(long, env = "CRM_FLEET_NO_MIGRATE", value_parser = clap::builder::FalseyValueParser::new())]
     no_migrate: bool,
     /// How late a tick may fire and still be on time; later ticks count as missed and follow
     /// their schedule's missed-tick policy (e.g. 1s, 250ms).
@@ -155,7 +155,7 @@ fn validate(
 }
 
 fn main() -> anyhow::Result<()> {
-    let (config, log_format, otel) = match validate(Args::parse()) {
+    let (config, log_format, otel) = match validate(crm_jobs::config::parse_args::<Args>()) {
         Ok(c) => c,
         Err(problems) => {
             eprint!("crm-scheduler: {problems}");

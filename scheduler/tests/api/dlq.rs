@@ -446,3 +446,32 @@ async fn a_deletion_is_audited_with_the_key_that_made_it() {
     let prefix = app.admin_key.split('_').nth(1).expect("prefix");
     assert_eq!(actor, format!("api-key:ops ({prefix})"));
 }
+
+/// The runbooks' "delete that dead letter": `crmctl dlq delete <id>…` removes exactly the named
+/// ones, audited, and says which ids it did not know (exit 3).
+#[tokio::test]
+async fn crmctl_deletes_dead_letters_by_id_and_names_the_unknown_ones() {
+    let app = spawn_app().await;
+    let gone =
+        dead_action(&app, "acme", Provider::Hubspot, "reconcile_inconclusive", Duration::minutes(5)).await;
+    let kept = dead_action(&app, "acme", Provider::Hubspot, "rejected", Duration::minutes(6)).await;
+    let unknown = Uuid::new_v4();
+    let (code, out, err) = app.crmctl(&["dlq", "delete", &gone.to_string(), &unknown.to_string(), "--yes"]);
+    assert_eq!(code, Some(3), "an unknown id: {out} {err}");
+    assert!(out.contains(&format!("{gone} deleted")), "{out}");
+    assert!(err.contains(&format!("no dead letter {unknown}")), "{err}");
+    let left: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM dead_letters").fetch_all(&app.db.pool).await.expect("rows");
+    assert_eq!(left, vec![kept], "only the named one deleted");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letter_purges WHERE count = 1")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("audit");
+    assert_eq!(audited, 1);
+    let (code, out, err) = app.crmctl(&["dlq", "delete", &kept.to_string()]);
+    assert_eq!(code, Some(64), "not confirmed without a terminal: {out} {err}");
+    let (code, _, err) = app.crmctl(&["dlq", "delete", &kept.to_string(), "--yes", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = app.crmctl(&["dlq", "delete"]);
+    assert_eq!(code, Some(64), "ids are required: {err}");
+}

@@ -166,6 +166,74 @@ async fn one_idempotency_key_posted_ten_times_concurrently_makes_one_job() {
     );
 }
 
+/// An action whose job died without the action learning it (its worker was killed until the
+/// job was reaped as poison: the action row still says running) is not run again by a client
+/// sending the request again: the answer says dead and nothing is pushed. Once an operator
+/// replays it, the replay is the one job that runs it; a resend does not add a second.
+#[tokio::test]
+async fn a_resent_request_does_not_run_again_an_action_whose_job_died() {
+    let app = spawn_app().await;
+    let (status, body) = app.post_action(Some("dies"), task("Will die")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id: uuid::Uuid = body["job_id"].as_str().expect("id").parse().expect("uuid");
+    sqlx::query("UPDATE actions SET state = 'running', attempts = 1 WHERE id = $1")
+        .bind(id)
+        .execute(&app.db.pool)
+        .await
+        .expect("running");
+    let leased = app.queue.fetch("w", 1).await.expect("fetch").pop().expect("the action's job");
+    let record = crm_queue::AttemptRecord {
+        attempt: 1,
+        started_at: 1,
+        finished_at: 2,
+        worker: "w".into(),
+        outcome: "orphaned".into(),
+        error_class: "lease_expired".into(),
+        message: "worker presumed dead".into(),
+        provider_status: None,
+        provider_code: None,
+    };
+    let dying = app
+        .queue
+        .dead_letter(&leased.lease, &record, crm_queue::DeadReason::Poison)
+        .await
+        .expect("dead")
+        .expect("dying");
+    let dead_letter = crm_queue::PgDeadLetters::new(app.db.pool.clone(), crm_jobs::job::DEFAULT_QUEUE)
+        .record(&dying)
+        .await
+        .expect("write")
+        .expect("row");
+    app.queue.finalize(&[leased.lease.job]).await.expect("finalize");
+
+    let (status, body) = app.post_action(Some("dies"), task("Will die")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!((body["state"].as_str(), body["duplicate"].as_bool()), (Some("dead"), Some(true)), "{body}");
+    let stats = app.queue.stats().await.expect("stats");
+    assert_eq!(stats.ready + stats.delayed + stats.leased, 0, "nothing pushed for a dead action");
+
+    let req = crm_jobs::dlq::ReplayRequest {
+        actor: "ops".into(),
+        reason: "test".into(),
+        changes: Default::default(),
+    };
+    let replayed =
+        crm_jobs::dlq::replay_one(&app.db.pool, &app.queue, dead_letter, &req).await.expect("replay");
+    let crm_jobs::dlq::ReplayOutcome::Enqueued { job_id: replay } = replayed else {
+        panic!("not enqueued: {replayed:?}")
+    };
+    let (status, body) = app.post_action(Some("dies"), task("Will die")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["state"], "queued", "{body}");
+    let stats = app.queue.stats().await.expect("stats");
+    assert_eq!(stats.ready, 1, "only the replay's job");
+    assert!(app.queue.job(crm_queue::JobId(replay)).await.expect("job").is_some());
+    assert!(
+        app.queue.job(crm_queue::JobId(id)).await.expect("job").is_none(),
+        "no second job under the action's id"
+    );
+}
+
 /// A tenant with two HubSpot portals: a throttle pause of one portal holds back that portal's
 /// actions only, whichever was enqueued last (each connection has its own lane and budgets).
 #[tokio::test]

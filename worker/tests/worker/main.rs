@@ -120,6 +120,29 @@ fn bad_configuration_lists_every_problem_and_exits_64() {
     }
 }
 
+/// `CRM_FLEET_NO_MIGRATE=1` (or `yes`) means set, as an operator would expect, and a flag the
+/// binary does not know is a configuration error like the others (64, not clap's 2).
+#[test]
+fn no_migrate_takes_any_usual_true_and_unknown_flags_exit_64() {
+    for set in ["1", "yes", "true"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_crm-worker"))
+            .env_clear()
+            .env("CRM_FLEET_NO_MIGRATE", set)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{set}: {err}");
+        assert!(err.contains("DATABASE_URL") && !err.contains("NO_MIGRATE"), "{set} accepted:\n{err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_crm-worker"))
+        .env_clear()
+        .arg("--no-such-flag")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_jobs_and_serves_metrics_and_readiness() {
     let env = Env::new().await;
