@@ -8,7 +8,7 @@ use std::fmt;
 pub const EXIT_CONFIG: i32 = 64;
 
 /// A binary's arguments (flags and environment), or the exit: `--help` and `--version` print
-/// and exit 0, anything clap refuses (an unknown flag, `CRM_FLEET_NO_MIGRATE=maybe`) prints its
+/// and exit 0, anything clap refuses (an unknown flag, a value it cannot parse) prints its
 /// message and exits [`EXIT_CONFIG`], like every other configuration error.
 pub fn parse_args<T: clap::Parser>() -> T {
     T::try_parse().unwrap_or_else(|e| {

@@ -35,6 +35,10 @@ pub const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(10);
 /// How long a connection awaiting re-authorisation is parked (re-authorising lifts it at once).
 pub const REAUTH_PARK: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a provider whose token endpoint refuses the OAuth app's credentials is paused
+/// (each job that meets the refusal again renews it); fixing the app takes effect within it.
+pub const APP_REFUSED_PAUSE: Duration = Duration::from_secs(300);
+
 /// Feeds a response's quota headers to the account's budgets: an exhausted window pauses the
 /// account until it resets, before the provider has to say 429.
 pub async fn observe(ctx: &JobContext, target: &Target, quota: Option<&QuotaObservation>) {
@@ -75,6 +79,17 @@ pub async fn on_error(ctx: &JobContext, target: &Target, error: &CallError) -> J
             JobError::defer(Duration::from_secs(1), "needs_reauth", e.to_string())
         }
         CallError::Auth(AuthError::Transient(m)) => JobError::transient("token_refresh", m.clone()),
+        CallError::Auth(e @ AuthError::AppRefused(_)) => {
+            // Every job of the provider would fail the same way until the app is fixed: pause the
+            // provider (renewed by each job that meets the refusal) instead of spending attempts
+            // or dead-lettering them all. `crmctl limits resume x:provider:<p>` lifts it at once.
+            if let Err(err) = ctx.queue.pause(&budget::breaker(target.provider), APP_REFUSED_PAUSE).await {
+                tracing::warn!(message = "could not pause a provider", %err);
+            }
+            tracing::error!(message = "provider paused: it refuses the OAuth app's credentials", provider = %target.provider,
+                pause_ms = APP_REFUSED_PAUSE.as_millis() as u64);
+            JobError::defer(Duration::from_secs(1), "app_refused", e.to_string())
+        }
         CallError::Auth(AuthError::NotFound(id)) => {
             JobError::permanent("not_found", format!("connection {id} is gone"))
         }

@@ -1,6 +1,7 @@
 //! Running an action exactly once at the provider, as far as the provider allows.
 //!
-//! 1. An action already succeeded is done (a replayed or duplicated job does nothing).
+//! 1. An action already succeeded is done (a replayed or duplicated job does nothing); one
+//!    that failed for good is too, until a replay sets it back to queued.
 //! 2. A create whose last attempt recorded an intent but no result is **outcome-unknown**: the
 //!    object may exist. Reconcile first — find it by the action's marker (the provider's unique
 //!    property, external id, or a search, per client) — and adopt it if found.
@@ -86,6 +87,13 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         .map_err(db)?
         .ok_or_else(|| JobError::permanent("not_found", format!("action {id} does not exist")))?;
     if row.state == "succeeded" {
+        return Ok(());
+    }
+    if row.state == "failed" {
+        // Ended for good (its last attempt, or its job dead-lettered); only a replay, which sets
+        // it back to queued first, runs it again. A job that still comes (a request resent in
+        // the instant its job died) does nothing.
+        tracing::info!(message = "action already failed; this job does nothing", action = %id);
         return Ok(());
     }
     let target =

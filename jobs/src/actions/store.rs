@@ -182,7 +182,8 @@ pub(crate) async fn fail(
            completed_at = CASE WHEN $4 THEN now() ELSE completed_at END, updated_at = now() WHERE id = $1",
     )
     .bind(id)
-    .bind(message)
+    // PostgreSQL text holds no NUL; a provider's message (parsed from JSON) may.
+    .bind(message.replace('\0', "\u{FFFD}"))
     .bind(class)
     .bind(last)
     .execute(pool)

@@ -226,7 +226,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         let status = match &e {
             AuthError::Config(_) => StatusCode::NOT_FOUND,
-            AuthError::Transient(_) => StatusCode::BAD_GATEWAY,
+            AuthError::Transient(_) | AuthError::AppRefused(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         tracing::warn!(message = "connect flow failed", error = %e);
@@ -390,6 +390,7 @@ async fn callback(
         }
         GrantError::Transient(m) => AuthError::Transient(m).into(),
         GrantError::Config(m) => AuthError::Config(m).into(),
+        GrantError::AppRefused(m) => AuthError::AppRefused(m).into(),
     })?;
     let account = match provider {
         Provider::Zoho => match zoho_org(&s.http, &app, &grant).await {

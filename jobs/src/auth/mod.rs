@@ -50,6 +50,10 @@ pub enum AuthError {
     /// Misconfiguration (no OAuth app for the provider, bad URL).
     #[error("auth configuration: {0}")]
     Config(String),
+    /// The provider refuses the OAuth app's credentials: no grant of the provider works until
+    /// they are fixed (`crmctl apps set`); the connections themselves are fine.
+    #[error("oauth app refused: {0}")]
+    AppRefused(String),
     /// Storage.
     #[error("database: {0}")]
     Storage(#[from] sqlx::Error),

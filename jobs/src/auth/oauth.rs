@@ -122,6 +122,10 @@ pub enum GrantError {
     /// Our configuration is wrong (bad URL).
     #[error("oauth configuration: {0}")]
     Config(String),
+    /// The provider refused the OAuth app's own credentials ([`APP_REFUSED`]): every grant of
+    /// the provider fails until `crmctl apps set` fixes them.
+    #[error("{0}")]
+    AppRefused(String),
 }
 
 /// The adapter: `oauth2` HTTP requests onto our reqwest client. It remembers the last status
@@ -205,19 +209,20 @@ const APP_REFUSED: &[&str] = &[
     "BAD_GRANT_TYPE",
 ];
 
-/// A refusal of the app's credentials is a configuration error: re-authorising every
-/// connection would not fix it (and `needs_reauth` would park them all), `crmctl apps set` does.
+/// A refusal of the app's credentials is not the user's grant: re-authorising every connection
+/// would not fix it (and `needs_reauth` would park them all), `crmctl apps set` does.
 fn app_refused(code: &str, provider_said: &str) -> Option<GrantError> {
     APP_REFUSED.contains(&code).then(|| {
-        GrantError::Config(format!(
-            "the provider refused the OAuth app's credentials ({code}{provider_said}); fix them with              `crmctl apps set`, connections are left as they are"
+        GrantError::AppRefused(format!(
+            "the provider refused the OAuth app's credentials ({code}{provider_said}); fix them with \
+             `crmctl apps set`, connections are left as they are"
         ))
     })
 }
 
 /// Classifies a failed grant. Rejections are 4xx answers naming a bad code or token; Zoho's
 /// "too many requests" (its token-creation limit) is transient, not a rejection; a refusal of
-/// the app's own credentials is a configuration error ([`APP_REFUSED`]).
+/// the app's own credentials is [`GrantError::AppRefused`].
 fn classify<RE: std::error::Error + 'static>(
     err: RequestTokenError<RE, BasicErrorResponse>,
     status: Option<u16>,

@@ -255,6 +255,12 @@ impl TokenManager {
                 tracing::warn!(message = "token refresh failed", connection = %id, provider = %conn.provider, error = %msg);
                 Err(AuthError::Transient(msg))
             }
+            Err(GrantError::AppRefused(msg)) => {
+                tx.rollback().await?;
+                count(conn.provider, "error");
+                tracing::error!(message = "token refresh failed", connection = %id, provider = %conn.provider, error = %msg);
+                Err(AuthError::AppRefused(msg))
+            }
             Err(GrantError::Config(msg)) => {
                 tx.rollback().await?;
                 count(conn.provider, "error");

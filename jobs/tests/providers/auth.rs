@@ -275,9 +275,10 @@ async fn a_401_refreshes_once_even_when_the_expiry_looked_fine() {
     assert_eq!(s.refreshes().await, (1, 0));
 }
 
-/// A wrong client secret is the app's fault, not the user's grant: the refresh fails as a
-/// configuration error naming `crmctl apps set`, the connection stays active, and once the
-/// secret is fixed the next call works without anyone re-authorising.
+/// A wrong client secret is the app's fault, not the user's grant: the refresh fails as
+/// `AppRefused` naming `crmctl apps set` (jobs then pause the provider: `limits::on_error`), the
+/// connection stays active, and once the secret is fixed the next call works without anyone
+/// re-authorising.
 #[tokio::test]
 async fn a_refused_client_secret_is_a_configuration_error_not_a_revoked_grant() {
     let s = setup("http://127.0.0.1:9/cb").await;
@@ -288,7 +289,7 @@ async fn a_refused_client_secret_is_a_configuration_error_not_a_revoked_grant() 
     s.expire().await;
     let err = s.get_contact(&tokens).await.expect_err("secret refused");
     assert!(
-        matches!(&err, CallError::Auth(AuthError::Config(m)) if m.contains("BAD_CLIENT_SECRET") && m.contains("apps set")),
+        matches!(&err, CallError::Auth(AuthError::AppRefused(m)) if m.contains("BAD_CLIENT_SECRET") && m.contains("apps set")),
         "{err:?}"
     );
     let status: String = sqlx::query_scalar("SELECT status FROM connections WHERE id = $1")

@@ -485,6 +485,39 @@ async fn revoked_credentials_park_the_connection() {
     assert!(s.ctx.queue.pauses().await.expect("pauses").contains_key(&format!("x:conn:{}", s.connection)));
 }
 
+/// A token endpoint refusing the OAuth app's own credentials fails every job of the provider
+/// alike: the job is deferred (no attempt spent, not dead-lettered) and the provider paused
+/// fleet-wide for `APP_REFUSED_PAUSE`, the connection left active.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_oauth_app_pauses_the_provider_and_defers_the_job() {
+    let s = setup(10, 0).await;
+    let target = crm_jobs::enqueue::target(&s.db.pool, s.connection).await.expect("db").expect("target");
+    let refused = crm_jobs::auth::call::CallError::Auth(crm_jobs::auth::AuthError::AppRefused(
+        "BAD_CLIENT_SECRET".into(),
+    ));
+    let err = crm_jobs::limits::on_error(&s.ctx, &target, &refused).await;
+    assert_eq!(err.class, "app_refused");
+    assert!(matches!(err.kind, FailureKind::Defer(_)), "no attempt spent: {err:?}");
+    let until = s
+        .ctx
+        .queue
+        .pauses()
+        .await
+        .expect("pauses")
+        .get("x:provider:hubspot")
+        .copied()
+        .expect("provider paused");
+    let left = until - chrono::Utc::now().timestamp_millis();
+    let pause = crm_jobs::limits::APP_REFUSED_PAUSE.as_millis() as i64;
+    assert!((pause - 5_000..=pause).contains(&left), "paused for {left} ms");
+    let status: String = sqlx::query_scalar("SELECT status FROM connections WHERE id = $1")
+        .bind(s.connection)
+        .fetch_one(&s.db.pool)
+        .await
+        .expect("status");
+    assert_eq!(status, "active");
+}
+
 /// Ordered page writes (`crm_jobs::sync::writer`), driven directly with pages made up here so
 /// that the database can be made slow or failing at a chosen record (a trigger of this test's
 /// own database): two pages are written at once, yet they commit in order.

@@ -221,19 +221,15 @@ pub async fn post_action(
             ));
         }
     };
-    // A job that died (dead-lettered, perhaps replayed since under a job id of its own) is the
-    // dead-letter queue's to replay: pushing the action's job again would run it beside the
-    // replay, or run an action operators were told is dead.
-    let dead_letter: Option<bool> =
-        sqlx::query_scalar("SELECT replayed_at IS NOT NULL FROM dead_letters WHERE job_id = $1")
-            .bind(row.id)
-            .fetch_optional(&state.pool)
-            .await?;
-    let view_state = match dead_letter {
-        Some(false) if row.state != "succeeded" => "dead".to_owned(),
+    // A job of this action that died (dead-lettered, perhaps replayed since under a job id of
+    // its own) is the dead-letter queue's to replay: pushing the action's job again would run it
+    // beside the replay, or run an action operators were told is dead.
+    let unreplayed = dead_letters_of(&state.pool, row.id).await?;
+    let view_state = match unreplayed {
+        Some(true) if row.state != "succeeded" => "dead".to_owned(),
         _ => row.state.clone(),
     };
-    if dead_letter.is_none() && (row.state == "queued" || row.state == "running") {
+    if unreplayed.is_none() && (row.state == "queued" || row.state == "running") {
         // (Re)push: the job id is the action id, so a repeat is a no-op in the queue.
         let target = crm_jobs::enqueue::target(&state.pool, connection)
             .await?
@@ -252,6 +248,19 @@ pub async fn post_action(
         resp.headers_mut().insert("idempotent-replayed", v);
     }
     Ok(resp)
+}
+
+/// Whether the action's jobs have dead letters: `None` if none, else whether one of them (the
+/// action's own job's, or a replay's) waits unreplayed. Replays carry the action id in their
+/// payload, so this follows the whole chain (index `dead_letters_action`).
+async fn dead_letters_of(pool: &sqlx::PgPool, action: Uuid) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT bool_or(replayed_at IS NULL) FROM dead_letters \
+         WHERE job_type = 'action' AND payload_json ->> 'action_id' = $1",
+    )
+    .bind(action.to_string())
+    .fetch_one(pool)
+    .await
 }
 
 /// A sync run row, as `GET /v1/jobs/{id}` reads it.
@@ -301,13 +310,8 @@ pub async fn get_job(
     let id = path_id(id)?;
     if let Some(a) = actions::store::get(&state.pool, id).await? {
         let live = state.queue.job(crm_queue::JobId(id)).await.ok().flatten();
-        // Dead while its dead letter waits; once replayed, the action row follows the replay.
-        let dead: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE job_id = $1 AND replayed_at IS NULL)",
-        )
-        .bind(id)
-        .fetch_one(&state.pool)
-        .await?;
+        // Dead while a dead letter of it waits; once replayed, the action row follows the replay.
+        let dead = dead_letters_of(&state.pool, id).await? == Some(true);
         let view_state = match (a.state.as_str(), &live, dead) {
             (_, _, true) if a.state != "succeeded" => "dead".to_owned(),
             ("queued" | "running", Some(info), _) if info.state == "delayed" => "retrying".to_owned(),

@@ -94,6 +94,21 @@ impl App {
         )
     }
 
+    /// `GET /v1/jobs/{id}`'s state.
+    async fn job_state(&self, id: uuid::Uuid) -> String {
+        let job: Value = self
+            .http
+            .get(format!("{}/v1/jobs/{id}", self.base))
+            .bearer_auth(&self.enqueue_key)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        job["state"].as_str().unwrap_or_default().to_owned()
+    }
+
     async fn post_action(&self, key: Option<&str>, body: Value) -> (StatusCode, Value) {
         let mut req =
             self.http.post(format!("{}/v1/actions", self.base)).bearer_auth(&self.enqueue_key).json(&body);
@@ -206,6 +221,15 @@ async fn a_resent_request_does_not_run_again_an_action_whose_job_died() {
         .expect("row");
     app.queue.finalize(&[leased.lease.job]).await.expect("finalize");
 
+    let action_state = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM actions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("state")
+    };
+    assert_eq!(action_state().await, "failed", "the dead letter ends the action");
+    assert_eq!(app.job_state(id).await, "dead");
     let (status, body) = app.post_action(Some("dies"), task("Will die")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!((body["state"].as_str(), body["duplicate"].as_bool()), (Some("dead"), Some(true)), "{body}");
@@ -232,6 +256,36 @@ async fn a_resent_request_does_not_run_again_an_action_whose_job_died() {
         app.queue.job(crm_queue::JobId(id)).await.expect("job").is_none(),
         "no second job under the action's id"
     );
+    assert_eq!(app.job_state(id).await, "queued", "the replay runs it");
+
+    // The replay's own job dies too: the action is dead again, whichever link of the chain died.
+    let leased = app.queue.fetch("w", 1).await.expect("fetch").pop().expect("the replay's job");
+    assert_eq!(leased.lease.job.0, replay);
+    let dying = app
+        .queue
+        .dead_letter(&leased.lease, &record, crm_queue::DeadReason::Poison)
+        .await
+        .expect("dead")
+        .expect("dying");
+    crm_queue::PgDeadLetters::new(app.db.pool.clone(), crm_jobs::job::DEFAULT_QUEUE)
+        .record(&dying)
+        .await
+        .expect("write")
+        .expect("row");
+    app.queue.finalize(&[leased.lease.job]).await.expect("finalize");
+    assert_eq!(action_state().await, "failed");
+    assert_eq!(app.job_state(id).await, "dead");
+    let (_, body) = app.post_action(Some("dies"), task("Will die")).await;
+    assert_eq!(body["state"], "dead", "{body}");
+    let stats = app.queue.stats().await.expect("stats");
+    assert_eq!(stats.ready + stats.delayed + stats.leased, 0, "nothing pushed");
+
+    // Even once every dead letter of it is deleted, a resend does not run it: it failed.
+    sqlx::query("DELETE FROM dead_letters").execute(&app.db.pool).await.expect("delete");
+    let (_, body) = app.post_action(Some("dies"), task("Will die")).await;
+    assert_eq!(body["state"], "failed", "{body}");
+    let stats = app.queue.stats().await.expect("stats");
+    assert_eq!(stats.ready + stats.delayed + stats.leased, 0, "nothing pushed");
 }
 
 /// A tenant with two HubSpot portals: a throttle pause of one portal holds back that portal's
