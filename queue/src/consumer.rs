@@ -79,7 +79,9 @@ pub enum Completion {
     Abandoned,
 }
 
-type AckRequest = (Lease, oneshot::Sender<bool>);
+/// A lease to ack and where to answer: `Some(accepted)`, or `None` when the ack was given up
+/// (Redis unreachable past [`ACK_FLUSH`] at shutdown).
+type AckRequest = (Lease, oneshot::Sender<Option<bool>>);
 
 pub(crate) struct Shared {
     pub(crate) queue: Queue,
@@ -167,7 +169,8 @@ pub(crate) fn decide(job: &LeasedJob, error: JobError, retry: &RetryPolicies) ->
     }
 }
 
-/// How long [`Consumer::shutdown`] keeps retrying unflushed acks while Redis is unreachable.
+/// How long [`Consumer::shutdown`] keeps retrying unflushed acks while Redis is unreachable,
+/// and waits for the maintenance actors' rounds in progress.
 pub const ACK_FLUSH: Duration = Duration::from_secs(10);
 
 impl Consumer {
@@ -257,14 +260,13 @@ impl Consumer {
         {
             tracing::error!(message = "acks not flushed at shutdown; giving them up, their leases will expire",
                 waited = ?ACK_FLUSH);
+            // Its pending replies are dropped with it: their jobs complete as `abandoned`.
             self.abandon_pending_writes();
-            if tokio::time::timeout(ACK_FLUSH, &mut acker).await.is_err() {
-                acker.abort();
-            }
+            acker.abort();
         }
         let maintenance = self.maintenance.lock().take();
         if let Some(m) = maintenance {
-            m.stop().await;
+            m.stop(ACK_FLUSH).await;
         }
         tracing::info!(message = "consumer stopped", worker_id = %self.shared.config.worker_id);
     }
@@ -296,13 +298,13 @@ async fn run_acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<AckReque
         match result {
             Ok(accepted) => {
                 for ((_, reply), ok) in batch.into_iter().zip(accepted) {
-                    let _ = reply.send(ok);
+                    let _ = reply.send(Some(ok));
                 }
             }
             Err(error) => {
                 tracing::error!(message = "acks abandoned at shutdown; leases will expire", %error, count = batch.len());
                 for (_, reply) in batch {
-                    let _ = reply.send(false);
+                    let _ = reply.send(None);
                 }
             }
         }
@@ -360,14 +362,19 @@ impl Shared {
                     Some(tx) => {
                         let (reply_tx, reply_rx) = oneshot::channel();
                         if tx.send((job.lease.clone(), reply_tx)).is_ok() {
-                            reply_rx.await.unwrap_or(false)
+                            // No answer at all: the acker was aborted at shutdown.
+                            reply_rx.await.unwrap_or(None)
                         } else {
                             self.ack_direct(&job.lease).await
                         }
                     }
                     None => self.ack_direct(&job.lease).await,
                 };
-                if accepted { Completion::Done } else { Completion::LeaseLost }
+                match accepted {
+                    Some(true) => Completion::Done,
+                    Some(false) => Completion::LeaseLost,
+                    None => Completion::Abandoned,
+                }
             }
             Decision::Retry { delay, refund, error } => {
                 let outcome = if refund { "deferred" } else { "retry" };
@@ -410,20 +417,27 @@ impl Shared {
         };
         metrics::counter!("crm_fleet_jobs_completed_total", "outcome" => outcome, "job_type" => labels[0].1.clone())
             .increment(1);
-        if matches!(completion, Completion::LeaseLost) {
-            tracing::warn!(message = "outcome refused: lease lost (job was reclaimed)", job_id = %job.lease.job, attempt = job.attempt);
+        match completion {
+            Completion::LeaseLost => {
+                tracing::warn!(message = "outcome refused: lease lost (job was reclaimed)", job_id = %job.lease.job, attempt = job.attempt)
+            }
+            Completion::Abandoned => {
+                tracing::warn!(message = "outcome not recorded: Redis unreachable at shutdown; the lease will expire and the job run again",
+                    job_id = %job.lease.job, attempt = job.attempt)
+            }
+            _ => {}
         }
         completion
     }
 
-    async fn ack_direct(&self, lease: &Lease) -> bool {
+    /// `Some(accepted)`, or `None` when given up at shutdown.
+    async fn ack_direct(&self, lease: &Lease) -> Option<bool> {
         (|| self.queue.ack(std::slice::from_ref(lease)))
             .retry(retry_forever())
             .when(|_| !self.deadline.is_cancelled())
             .await
             .ok()
-            .and_then(|v| v.first().copied())
-            .unwrap_or(false)
+            .map(|v| v.first().copied().unwrap_or(false))
     }
 
     /// Dead-letters a job whose payload cannot be decoded, with its raw bytes.

@@ -87,10 +87,17 @@ impl Maintenance {
         Self { token, tasks }
     }
 
-    pub(crate) async fn stop(self) {
+    /// Stops the actors: each finishes the round it is in, for at most `patience` in all (a
+    /// sweep writing dead letters to an unreachable PostgreSQL would otherwise hold the exit);
+    /// what is still running then is aborted. Nothing is lost by that: every round is repeatable.
+    pub(crate) async fn stop(self, patience: Duration) {
         self.token.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        let deadline = tokio::time::Instant::now() + patience;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::warn!(message = "a maintenance actor did not stop in time; aborted", waited = ?patience);
+                t.abort();
+            }
         }
     }
 }

@@ -273,7 +273,7 @@ async fn a_worker_exits_on_sigterm_while_redis_is_gone_with_an_ack_pending() {
     let mut redis = PrivateRedis::start().await;
     let env = TestEnv::on(&redis.url(), |c| c).await;
     env.queue.push(job(&env, "t", json!({"op": "sleep", "ms": 1_000}))).await.expect("push");
-    let mut w = env.worker(&[("grace-ms", "1000")]);
+    let mut w = env.worker_logging_to(&[("grace-ms", "1000")], std::process::Stdio::piped());
     wait_ready(&mut w);
     eventually(Duration::from_secs(10), "started", || async { !env.runs().await.is_empty() }).await;
     redis.kill();
@@ -285,7 +285,13 @@ async fn a_worker_exits_on_sigterm_while_redis_is_gone_with_an_ack_pending() {
     // A server again, so the environment can clean up after itself.
     redis.restart().await;
     assert!(exited.is_some(), "still running {limit:?} after SIGTERM");
-    eprintln!("exited {exited:?} after SIGTERM");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut w.child.stderr.take().expect("stderr"), &mut log).expect("log");
+    assert!(
+        log.contains("acks not flushed at shutdown; giving them up"),
+        "the given-up ack is named:\n{log}"
+    );
+    assert!(!log.contains("lease lost"), "not mistaken for a lost lease:\n{log}");
 }
 
 /// The settings that can lose jobs are named at start: a server without AOF, and one that

@@ -94,6 +94,15 @@ impl TestEnv {
     }
 
     pub fn worker(&self, extra: &[(&str, &str)]) -> WorkerProc {
+        self.spawn_worker(extra, Stdio::inherit(), None)
+    }
+
+    /// A worker that logs (at `warn`) to `stderr`, e.g. `Stdio::piped()` to read it.
+    pub fn worker_logging_to(&self, extra: &[(&str, &str)], stderr: Stdio) -> WorkerProc {
+        self.spawn_worker(extra, stderr, Some("warn"))
+    }
+
+    fn spawn_worker(&self, extra: &[(&str, &str)], stderr: Stdio, log: Option<&str>) -> WorkerProc {
         let c = self.queue.config();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_crm-queue-testworker"));
         cmd.args([
@@ -109,7 +118,10 @@ impl TestEnv {
         for (k, v) in extra {
             cmd.arg(format!("--{k}")).arg(v);
         }
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if let Some(level) = log {
+            cmd.env("RUST_LOG", level);
+        }
+        cmd.stdout(Stdio::piped()).stderr(stderr);
         let child = cmd.spawn().expect("spawn test worker");
         WorkerProc { child }
     }
