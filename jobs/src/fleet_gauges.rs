@@ -7,6 +7,7 @@
 //! | `crm_fleet_limiter_slots_in_use` | `provider` | jobs holding the provider's concurrency slot (Redis, one `ZCARD` per provider) |
 //! | `crm_fleet_limiter_paused` | `provider`, `scope` | pauses in force: `account` (throttled), `connection` (parked), `provider` (breaker open) |
 //! | `crm_fleet_sync_conflicts_open` | `provider` | sync conflicts not yet resolved (PostgreSQL, a partial index) |
+//! | `crm_fleet_circuit_open` | `provider` | 1 while the provider's breaker is open or half-open (its state in Redis) |
 //!
 //! Invariants: labels come from closed sets (the five providers, error classes, connection
 //! statuses, three scopes), never tenant or connection ids; a label set that disappears is set
@@ -79,6 +80,17 @@ impl Sampler {
         match paused(pool, queue).await {
             Ok(v) => self.paused.set("crm_fleet_limiter_paused", v),
             Err(error) => tracing::debug!(message = "sampling pauses failed", %error),
+        }
+        // From the breaker's shared state, not each worker's last event: a worker that opened
+        // the breaker and made no request of the provider since would report 1 for ever, and
+        // the breaker's own pause lapses between half-open probes (10 s samples would flap).
+        for p in Provider::ALL {
+            let open = crate::limits::breaker::tripped(queue, p).await;
+            metrics::gauge!("crm_fleet_circuit_open", "provider" => p.as_str()).set(if open {
+                1.0
+            } else {
+                0.0
+            });
         }
         match open_conflicts(pool).await {
             Ok(counts) => {

@@ -558,7 +558,6 @@ pub mod breaker {
             }
             let _: Result<(), _> = c.del(&state_key).await;
             tracing::info!(message = "circuit breaker closed", provider = %p);
-            metrics::gauge!("crm_fleet_circuit_open", "provider" => p.as_str()).set(0.0);
             return false;
         }
         if tripped {
@@ -601,7 +600,6 @@ pub mod breaker {
             .await;
         let _: Result<(), _> = c.expire(key(q, p, "state"), 3600).await;
         let _ = q.pause(&budget::breaker(p), d).await;
-        metrics::gauge!("crm_fleet_circuit_open", "provider" => p.as_str()).set(1.0);
         tracing::warn!(message = "circuit breaker open: provider paused", provider = %p, for_ms = d.as_millis() as u64);
     }
 

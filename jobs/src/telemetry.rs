@@ -193,7 +193,7 @@ fn describe_metrics() {
         Unit::Count,
         "Throttled answers from CRMs (429 and equivalents), by provider and scope."
     );
-    describe_gauge!("crm_fleet_circuit_open", "1 while a provider's circuit breaker is open.");
+    describe_gauge!("crm_fleet_circuit_open", "1 while a provider's circuit breaker is open or half-open.");
     describe_histogram!(
         "crm_fleet_limiter_wait_seconds",
         Unit::Seconds,

@@ -341,3 +341,41 @@ async fn a_service_reads_where_a_connections_syncs_stand() {
     assert!(doc["components"]["schemas"]["ConnectionSync"].is_object(), "schema documented");
     app.shutdown().await;
 }
+
+/// `crm_fleet_circuit_open` comes from the breaker's state in Redis, sampled by the scheduler:
+/// it says 1 for the provider whose breaker is open whichever worker opened it, and 0 for the
+/// others (a worker's own last event could stay 1 for ever).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_reports_open_breakers_from_their_shared_state() {
+    let env = Env::new().await;
+    for _ in 0..crm_jobs::limits::breaker::MIN_REQUESTS {
+        crm_jobs::limits::breaker::record(&env.queue, crm_jobs::providers::Provider::Hubspot, true).await;
+    }
+    assert!(crm_jobs::limits::breaker::tripped(&env.queue, crm_jobs::providers::Provider::Hubspot).await);
+    let scheduler = env.spawn_scheduler(&[]);
+    let http = crm_jobs::testing::http_client();
+    let value = |text: &str, provider: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("crm_fleet_circuit_open{") && l.contains(&format!("provider=\"{provider}\""))
+            })
+            .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let text = http
+            .get(format!("{}/metrics", scheduler.base))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        if value(&text, "hubspot") == Some(1.0) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(value(&metrics, "hubspot"), Some(1.0), "{metrics}");
+    assert_eq!(value(&metrics, "salesforce"), Some(0.0), "{metrics}");
+}
