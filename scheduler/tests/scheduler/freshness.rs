@@ -259,22 +259,8 @@ async fn operators_find_stale_syncs_with_crmctl_and_the_scheduler_counts_them() 
             })
             .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        let text = http
-            .get(format!("{}/metrics", scheduler.base))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
-        // Every replica reports 0 until its first count as leader: wait for the count.
-        if value(&text, "contact") == Some(1.0) || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // Every replica reports 0 until its first count as leader: wait for the count.
+    let metrics = scrape_until(&http, &scheduler.base, |text| value(text, "contact") == Some(1.0)).await;
     assert_eq!(value(&metrics, "contact"), Some(1.0), "{metrics}");
     assert_eq!(value(&metrics, "deal"), Some(0.0), "{metrics}");
 }
@@ -361,21 +347,20 @@ async fn the_scheduler_reports_open_breakers_from_their_shared_state() {
             })
             .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        let text = http
-            .get(format!("{}/metrics", scheduler.base))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
-        if value(&text, "hubspot") == Some(1.0) || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let metrics = scrape_until(&http, &scheduler.base, |text| value(text, "hubspot") == Some(1.0)).await;
     assert_eq!(value(&metrics, "hubspot"), Some(1.0), "{metrics}");
     assert_eq!(value(&metrics, "salesforce"), Some(0.0), "{metrics}");
+}
+
+/// The scheduler's `/metrics` once `ready` holds of it, or the last scrape after 20 s.
+async fn scrape_until(http: &reqwest::Client, base: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text =
+            http.get(format!("{base}/metrics")).send().await.expect("scrape").text().await.expect("body");
+        if ready(&text) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
