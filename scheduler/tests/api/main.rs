@@ -94,10 +94,9 @@ impl App {
         )
     }
 
-    /// `GET /v1/jobs/{id}`'s state.
-    async fn job_state(&self, id: uuid::Uuid) -> String {
-        let job: Value = self
-            .http
+    /// `GET /v1/jobs/{id}`'s body.
+    async fn job(&self, id: impl std::fmt::Display) -> Value {
+        self.http
             .get(format!("{}/v1/jobs/{id}", self.base))
             .bearer_auth(&self.enqueue_key)
             .send()
@@ -105,8 +104,12 @@ impl App {
             .expect("get")
             .json()
             .await
-            .expect("json");
-        job["state"].as_str().unwrap_or_default().to_owned()
+            .expect("json")
+    }
+
+    /// `GET /v1/jobs/{id}`'s state.
+    async fn job_state(&self, id: uuid::Uuid) -> String {
+        self.job(id).await["state"].as_str().unwrap_or_default().to_owned()
     }
 
     async fn post_action(&self, key: Option<&str>, body: Value) -> (StatusCode, Value) {
@@ -133,16 +136,7 @@ async fn an_action_is_accepted_and_its_job_is_visible() {
     assert_eq!(body["duplicate"], false);
     let id = body["job_id"].as_str().expect("id").to_owned();
     assert_eq!(app.queue.stats().await.expect("stats").ready, 1);
-    let job: Value = app
-        .http
-        .get(format!("{}/v1/jobs/{id}", app.base))
-        .bearer_auth(&app.enqueue_key)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let job = app.job(&id).await;
     assert_eq!((job["kind"].as_str(), job["state"].as_str()), (Some("action"), Some("queued")), "{job}");
     let missing = app
         .http
