@@ -603,6 +603,24 @@ pub mod breaker {
         tracing::warn!(message = "circuit breaker open: provider paused", provider = %p, for_ms = d.as_millis() as u64);
     }
 
+    /// Closes the breaker now, as an operator's `crmctl limits resume x:provider:<p>` asks:
+    /// its pause is lifted and its state and recent counts are forgotten, so it is closed (not
+    /// half-open, where one failure re-opens it for twice as long) and opens again only on
+    /// fresh failures.
+    pub async fn close(q: &crm_queue::Queue, p: Provider) -> Result<(), crm_queue::QueueError> {
+        let mut c = q.connection();
+        let b = bucket();
+        let mut keys = vec![key(q, p, "state")];
+        for i in 0..3 {
+            keys.push(key(q, p, &format!("n:{}", b - i)));
+            keys.push(key(q, p, &format!("f:{}", b - i)));
+        }
+        let _: () = c.del(keys).await?;
+        q.pause(&budget::breaker(p), Duration::ZERO).await?;
+        tracing::info!(message = "circuit breaker closed by an operator", provider = %p);
+        Ok(())
+    }
+
     /// Whether the breaker is open or half-open.
     pub async fn tripped(q: &crm_queue::Queue, p: Provider) -> bool {
         let mut c = q.connection();

@@ -72,6 +72,20 @@ local function seen_before(i, id, key)
   seen = redis.call('GET', base .. 'd:' .. key) or id
   return true
 end
+-- A new job's hash holds only what differs from the defaults: attempts (`a`) and orphanings
+-- (`o`) start absent (every reader takes absent as 0, and HINCRBY starts from it), and the
+-- unique key and meta only when set. A tick writes 100,000 of these, and each field costs.
+local function store(jk, payload, typ, lane, maxa, now, uniq, meta, st)
+  if uniq ~= '' and meta ~= '' then
+    redis.call('HSET', jk, 'p', payload, 't', typ, 'l', lane, 'm', maxa, 'e', now, 's', st, 'u', uniq, 'meta', meta)
+  elseif uniq ~= '' then
+    redis.call('HSET', jk, 'p', payload, 't', typ, 'l', lane, 'm', maxa, 'e', now, 's', st, 'u', uniq)
+  elseif meta ~= '' then
+    redis.call('HSET', jk, 'p', payload, 't', typ, 'l', lane, 'm', maxa, 'e', now, 's', st, 'meta', meta)
+  else
+    redis.call('HSET', jk, 'p', payload, 't', typ, 'l', lane, 'm', maxa, 'e', now, 's', st)
+  end
+end
 local now = now_ms()
 local out = {}
 local ready = 0
@@ -108,13 +122,11 @@ for i = 0, n - 1 do
   else
     local lm = lmeta(lane)
     if delay > 0 then
-      redis.call('HSET', jk, 'p', payload, 't', typ, 'l', lane, 'a', 0, 'm', maxa, 'o', 0, 'e', now,
-        'u', uniq, 'meta', meta, 's', 'd')
+      store(jk, payload, typ, lane, maxa, now, uniq, meta, 'd')
       zadd(base .. 'delayed', now + delay, id)
       redis.call('HSET', lm, 'b', budgets, 'wk', wk, 'c', cls)
     else
-      redis.call('HSET', jk, 'p', payload, 't', typ, 'l', lane, 'a', 0, 'm', maxa, 'o', 0, 'e', now,
-        'u', uniq, 'meta', meta, 's', 'r')
+      store(jk, payload, typ, lane, maxa, now, uniq, meta, 'r')
       redis.call('RPUSH', lqueue(lane), id)
       zadd(base .. 'readyz', now, id)
       local m = redis.call('HMGET', lm, 'st', 'pass')

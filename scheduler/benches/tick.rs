@@ -3,12 +3,13 @@
 //! Creates a scratch database with 100,000 tenants, connections and schedules (one object
 //! each) all due at the same instant, starts a real `crm-scheduler` process on it with a
 //! scratch Redis prefix, lets it become the leader and load the schedules, and reads the
-//! figures of the tick from its log: planning, the tick-time database reads and the push of
+//! figures of the tick from its log: the tick-time database read, planning and the push of
 //! 100,000 jobs (overlapped, chunk by chunk), recording `last_tick_at`; then the process's
 //! peak RSS (`VmHWM`). Figures are printed, not asserted (targets: tick ≤ 2 s, RSS ≤ 200 MB).
 //!
 //! `cargo bench -p crm-scheduler --bench tick` (needs PostgreSQL and Redis as the tests do;
-//! `CRM_FLEET_BENCH_SCHEDULES` changes the count, `CRM_FLEET_BENCH_REDIS_URL` the Redis).
+//! `CRM_FLEET_BENCH_SCHEDULES` changes the count, `CRM_FLEET_BENCH_REDIS_URL` the Redis,
+//! `CRM_FLEET_BENCH_SCHEDULER` the scheduler binary).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -22,6 +23,27 @@ use serde_json::Value;
 fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) end with ") ".
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds (user + system) the Redis server has used so far.
+async fn redis_cpu(queue: &Queue) -> f64 {
+    let mut conn = queue.connection();
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await.unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.strip_prefix("used_cpu_user:").or_else(|| l.strip_prefix("used_cpu_sys:")))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// Calls and server microseconds of EVALSHA so far (the queue's scripts). Redis is shared with
@@ -91,7 +113,12 @@ async fn run(n: i64) {
         setup.elapsed().as_secs_f64()
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crm-scheduler"))
+    // `CRM_FLEET_BENCH_SCHEDULER` runs another build of the scheduler (an earlier commit's,
+    // say) under the same bench, for a before-and-after comparison in one session.
+    let scheduler = std::env::var("CRM_FLEET_BENCH_SCHEDULER")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_crm-scheduler").to_owned());
+    println!("scheduler binary: {scheduler}");
+    let mut child = Command::new(&scheduler)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", &db.url)
@@ -123,11 +150,13 @@ async fn run(n: i64) {
     let redis_before = evalsha_stats(&queue).await;
     let memory_before = used_memory(&queue).await;
     let mut loaded = None;
+    let mut cpu_before = (0.0, 0.0);
     let tick = loop {
         let (at, v) = rx.recv_timeout(Duration::from_secs(120)).expect("scheduler log");
         match v["message"].as_str() {
             Some("schedules loaded") => {
                 loaded = Some(at - started);
+                cpu_before = (cpu_seconds(pid), redis_cpu(&queue).await);
                 println!(
                     "leader loaded {} schedules {:.2} s after start; RSS then {} MB",
                     v["schedules"],
@@ -140,6 +169,7 @@ async fn run(n: i64) {
             _ => {}
         }
     };
+    let cpu_after = (cpu_seconds(pid), redis_cpu(&queue).await);
     let hwm = status_kb(pid, "VmHWM:").unwrap_or(0);
     let rss = status_kb(pid, "VmRSS:").unwrap_or(0);
     let ms = |k: &str| tick[k].as_u64().unwrap_or(0);
@@ -160,17 +190,21 @@ async fn run(n: i64) {
         tick["schedules"], tick["jobs"], tick["enqueued"], tick["duplicate"]
     );
     println!(
-        "tick wall time: plan {} ms + database read and push {} ms (the read overlaps the pushes; its last rows taken at {} ms) = {} ms; then last_tick_at recorded in {} ms",
-        ms("plan_ms"),
+        "tick wall time: {} ms to read, plan and push (overlapped: planning took {} ms of it, the read's last rows were taken at {} ms); then last_tick_at recorded in {} ms",
         ms("enqueue_ms"),
+        ms("plan_ms"),
         ms("read_ms"),
-        ms("plan_ms") + ms("enqueue_ms"),
         ms("record_ms"),
     );
     println!(
         "redis: {} script calls, {:.0} ms of server time during the run (shared server: approximate)",
         redis_after.0 - redis_before.0,
         (redis_after.1 - redis_before.1) as f64 / 1000.0
+    );
+    println!(
+        "cpu from load to tick end: scheduler {:.2} s, redis server {:.2} s (server-wide) — two cores are shared by these, PostgreSQL and this bench",
+        cpu_after.0 - cpu_before.0,
+        cpu_after.1 - cpu_before.1,
     );
     println!(
         "redis memory: +{:.1} MB over the tick (server-wide), of which {:.1} MB stays after the jobs run: the tick dedupe series (`wm`)",

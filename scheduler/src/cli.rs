@@ -354,10 +354,24 @@ async fn limits_command(cli: &Cli, cmd: &LimitsCmd) -> anyhow::Result<i32> {
         }
         LimitsCmd::Resume { budget } => {
             let queue = queue(cli).await?;
-            queue.pause(budget, Duration::ZERO).await?;
-            print(cli.json, &serde_json::json!({"budget": budget, "resumed": true}), || {
-                println!("{budget}: resumed")
-            });
+            // A provider's pause is its circuit breaker's: lifting the pause alone would leave
+            // the breaker open (the gauge and alert say so) or half-open (one failure re-opens
+            // it for twice as long), so the breaker is closed with it.
+            let breaker = budget
+                .strip_prefix("x:provider:")
+                .and_then(|p| p.parse::<crm_jobs::providers::Provider>().ok());
+            match breaker {
+                Some(p) => crm_jobs::limits::breaker::close(&queue, p).await?,
+                None => {
+                    queue.pause(budget, Duration::ZERO).await?;
+                }
+            }
+            let closed = breaker.is_some();
+            print(
+                cli.json,
+                &serde_json::json!({"budget": budget, "resumed": true, "breaker_closed": closed}),
+                || println!("{budget}: resumed{}", if closed { " (circuit breaker closed)" } else { "" }),
+            );
             Ok(0)
         }
     }

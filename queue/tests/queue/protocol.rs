@@ -70,6 +70,39 @@ async fn push_fetch_ack_round_trip_leaves_nothing_behind() {
     assert_eq!((stats.ready, stats.leased, stats.delayed), (0, 0, 0));
 }
 
+/// A tick writes 100,000 job hashes, so a new one holds only what differs from the defaults;
+/// every reader takes an absent count as zero and an absent unique key or meta as none.
+#[tokio::test]
+async fn a_new_job_stores_no_default_fields_and_reads_as_untried() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let plain = q.push(job("t1")).await.expect("push").id();
+    let full = q.push(job("t2").unique_key("u2").meta("traceparent", "00-x")).await.expect("push").id();
+    let conn = q.connection();
+    let fields = |id: crm_queue::JobId| {
+        let key = q.keys().job(&id.to_string());
+        let mut conn = conn.clone();
+        async move {
+            let mut f: Vec<String> =
+                redis::cmd("HKEYS").arg(key).query_async(&mut conn).await.expect("hkeys");
+            f.sort();
+            f
+        }
+    };
+    assert_eq!(fields(plain).await, ["e", "l", "m", "p", "s", "t"]);
+    assert_eq!(fields(full).await, ["e", "l", "m", "meta", "p", "s", "t", "u"]);
+    let info = q.job(plain).await.expect("job").expect("live");
+    assert_eq!((info.state.as_str(), info.attempts, info.orphans), ("ready", 0, 0));
+
+    let leased = q.fetch("w1", 2).await.expect("fetch");
+    assert_eq!(leased.len(), 2);
+    for j in &leased {
+        assert_eq!((j.attempt, j.orphans), (1, 0));
+    }
+    let with_meta = leased.iter().find(|j| j.lease.job == full).expect("the job with meta");
+    assert_eq!(with_meta.meta.get("traceparent").map(String::as_str), Some("00-x"));
+}
+
 #[tokio::test]
 async fn a_stale_lease_can_neither_ack_nor_retry() {
     let env = TestEnv::with(|c| c.with_lease_ttl(Duration::from_millis(300))).await;

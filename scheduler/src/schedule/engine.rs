@@ -6,13 +6,13 @@
 //!    state from an earlier epoch is never reused, another leader may have ticked since;
 //! 2. every `reload_interval` reads the schedules whose definition changed (the
 //!    `change_xid` feed, see [`super::store::changes`]), so a change applies within a second;
-//! 3. when timers come due, plans each due schedule ([`super::timing::Timing::plan`]: the
-//!    on-time tick plus the missed ticks its policy keeps), reads the due schedules and their
-//!    connections in **one** query (a schedule disabled or deleted, a connection disabled,
-//!    objects or overlap policy changed: all apply at the tick) and, as its rows stream in,
-//!    builds one job per (tick, object) with `scheduled_sync_job` and pushes them with
+//! 3. when timers come due, reads the due schedules and their connections in **one** query
+//!    (a schedule disabled or deleted, a connection disabled, objects or overlap policy
+//!    changed: all apply at the tick) and, as its rows stream in, plans each due schedule
+//!    ([`super::timing::Timing::plan`]: the on-time tick plus the missed ticks its policy
+//!    keeps), builds one job per (tick, object) with `scheduled_sync_job` and pushes them with
 //!    `push_bulk`, `push_batch` schedules at a time with `push_concurrency` batches in flight
-//!    (the read overlaps the pushes, and memory stays flat);
+//!    (the read and the planning overlap the pushes, and memory stays flat);
 //! 4. reads each push outcome: *enqueued*; *duplicate* — the queue returned the tick's own
 //!    deterministic id, the tick was enqueued before (a retried push, or a leader that died
 //!    before recording it); *skipped* — the queue returned another job's id, a sync of the
@@ -131,14 +131,14 @@ pub struct TickReport {
     pub reruns: u64,
     /// Missed ticks fired by the missed-tick policy (per schedule, not per object).
     pub catch_up: u64,
-    /// Planning time.
+    /// Planning time, summed over the chunks: each chunk is planned as its rows arrive, so
+    /// this overlaps the pushes and is part of `enqueue`, not added to it.
     pub plan: Duration,
     /// From the start of the tick-time read until its last rows were taken for pushing. The
     /// read overlaps the pushes and is held back by them, so this is close to `enqueue`; a
     /// large gap between them is the time the last pushes took.
     pub read: Duration,
-    /// Reading the due rows and pushing their jobs, wall time: the tick's latency after
-    /// planning.
+    /// Reading, planning and pushing the due rows' jobs, wall time: the tick's latency.
     pub enqueue: Duration,
     /// Recording `last_tick_at`.
     pub record: Duration,
@@ -288,27 +288,23 @@ impl Ticker {
         if due.is_empty() {
             return Ok(report);
         }
-        let started = Instant::now();
         let tolerance =
             chrono::Duration::from_std(self.config.late_tolerance).unwrap_or(chrono::Duration::zero());
-        let plans: HashMap<Uuid, Plan> = due
-            .iter()
-            .filter_map(|id| {
-                let e = self.entries.get(id)?;
-                Some((
-                    *id,
-                    e.timing.plan_from(e.handled, e.next, now, e.missed.keep(e.backfill_limit), tolerance),
-                ))
-            })
-            .collect();
-        report.plan = started.elapsed();
+        // Each schedule is planned when its row arrives, not all before the read: at 100,000
+        // schedules planning takes a tenth of the tick, and done per chunk it overlaps the
+        // pushes already in flight instead of delaying the first one.
+        let entries = &self.entries;
+        let plan_of = move |id: &Uuid| {
+            let e = entries.get(id)?;
+            Some(e.timing.plan_from(e.handled, e.next, now, e.missed.keep(e.backfill_limit), tolerance))
+        };
+        let plan_of = &plan_of;
 
         // One query reads the due rows; as they stream in, every `push_batch` of them is
         // planned and pushed, `push_concurrency` batches in flight: the read overlaps the
         // pushes, and memory stays flat however many schedules are due.
         let enqueue_started = Instant::now();
         let queue = &self.queue;
-        let plans = &plans;
         let mut last_row = enqueue_started;
         let mut chunks = store::due(&self.pool, &due)
             .try_chunks(self.config.push_batch.max(1))
@@ -316,7 +312,7 @@ impl Ticker {
                 last_row = Instant::now();
                 async move {
                     let rows = rows.map_err(|e| e.1)?;
-                    push_rows(queue, rows, plans).await
+                    push_rows(queue, rows, plan_of).await
                 }
             })
             .buffered(self.config.push_concurrency.max(1));
@@ -326,6 +322,7 @@ impl Ticker {
         let mut pushed: Vec<Pushed> = Vec::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
+            report.plan += chunk.plan;
             report.skipped += chunk.skipped;
             report.catch_up += chunk.catch_up;
             advance.extend(chunk.advance);
@@ -613,6 +610,8 @@ struct Pushed {
 /// What one chunk of due schedules came to.
 #[derive(Default)]
 struct Chunk {
+    /// Time spent planning this chunk's schedules.
+    plan: Duration,
     skipped: u64,
     catch_up: u64,
     /// (schedule, handled through, next tick) to record.
@@ -629,17 +628,20 @@ struct Chunk {
 async fn push_rows(
     queue: &Queue,
     rows: Vec<store::DueRow>,
-    plans: &HashMap<Uuid, Plan>,
+    plan_of: &(dyn Fn(&Uuid) -> Option<Plan> + Sync),
 ) -> Result<Chunk, TickError> {
     let mut chunk = Chunk::default();
     let mut specs: Vec<Spec> = Vec::new();
-    for row in &rows {
+    let planning = Instant::now();
+    let plans: Vec<Option<Plan>> = rows.iter().map(|row| plan_of(&row.id)).collect();
+    chunk.plan = planning.elapsed();
+    for (row, plan) in rows.iter().zip(&plans) {
         chunk.seen.push(row.id);
         if !row.enabled {
             chunk.disabled.push(row.id);
             continue;
         }
-        let Some(plan) = plans.get(&row.id) else { continue };
+        let Some(plan) = plan else { continue };
         let Some(through) = plan.handled_through else { continue };
         chunk.advance.push((row.id, through, plan.next));
         let objects = row.objects.len() as u64;

@@ -203,3 +203,34 @@ fn bad_scheduler_configuration_lists_every_problem_and_exits_64() {
         assert!(err.contains(name), "{name} not reported:\n{err}");
     }
 }
+
+/// `crmctl limits resume x:provider:<p>` closes the breaker, not only its pause: left open it
+/// would still read as open (gauge and alert) and, half-open, re-open on the first failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn resuming_a_provider_closes_its_circuit_breaker() {
+    use crm_jobs::limits::breaker;
+    use crm_jobs::providers::Provider;
+
+    let env = Env::new().await;
+    let q = &env.queue;
+    let mut opened = false;
+    for _ in 0..breaker::MIN_REQUESTS {
+        opened = breaker::record(q, Provider::Hubspot, true).await;
+    }
+    assert!(opened && breaker::tripped(q, Provider::Hubspot).await, "twenty failures open the breaker");
+    assert!(q.pauses().await.expect("pauses").contains_key("x:provider:hubspot"));
+
+    let out = json(&env.crmctl(&["limits", "resume", "x:provider:hubspot", "--json"]));
+    assert_eq!((out["resumed"].as_bool(), out["breaker_closed"].as_bool()), (Some(true), Some(true)));
+    assert!(!breaker::tripped(q, Provider::Hubspot).await, "the breaker is closed");
+    assert!(!q.pauses().await.expect("pauses").contains_key("x:provider:hubspot"), "the pause is lifted");
+    // Closed, not half-open: one failure does not re-open it; fresh failures must add up again.
+    assert!(!breaker::record(q, Provider::Hubspot, true).await);
+    assert!(!breaker::tripped(q, Provider::Hubspot).await);
+
+    // Any other budget's pause is lifted as before.
+    q.pause("x:account:hubspot:42", std::time::Duration::from_secs(60)).await.expect("pause");
+    let out = json(&env.crmctl(&["limits", "resume", "x:account:hubspot:42", "--json"]));
+    assert_eq!(out["breaker_closed"].as_bool(), Some(false));
+    assert!(!q.pauses().await.expect("pauses").contains_key("x:account:hubspot:42"));
+}
