@@ -46,7 +46,7 @@ pub async fn handle(
         handle.as_ref().and_then(|h| h.0.meta.get("traceparent").map(String::as_str)),
     );
     let own_lane = handle.as_ref().is_none_or(|h| crate::enqueue::is_connection_lane(&h.0.lane));
-    let result = run(job, attempt, id, worker, ctx).instrument(span).await;
+    let result = run(job, attempt, id, worker, handle.clone(), ctx).instrument(span).await;
     if own_lane { result } else { result.map_err(crate::enqueue::for_shared_lane) }
 }
 
@@ -55,6 +55,7 @@ async fn run(
     attempt: Attempt,
     id: TaskId,
     worker: WorkerContext,
+    handle: Option<crm_queue::JobHandle>,
     ctx: Data<JobContext>,
 ) -> Result<(), JobError> {
     match job {
@@ -65,7 +66,18 @@ async fn run(
                 attempt: attempt.current() as u32,
                 max_attempts: crate::enqueue::SYNC_MAX_ATTEMPTS,
             };
-            crate::sync::run(&ctx, &s, info, || worker.is_shutting_down()).await.map(|_| ())
+            // A sync stops before its next page when the worker stops, and when its lease was
+            // lost (the job reclaimed after a stall): the run that took it over resumes from
+            // the committed cursor, and two runs would fetch and write the same pages.
+            let lease_lost = || handle.as_ref().is_some_and(crm_queue::JobHandle::lease_lost);
+            match crate::sync::run(&ctx, &s, info, || worker.is_shutting_down() || lease_lost()).await {
+                Err(_) if lease_lost() => Err(JobError::defer(
+                    Duration::ZERO,
+                    "lease_lost",
+                    "lease lost (the job was reclaimed after a stall); stopped before the next page",
+                )),
+                other => other.map(|_| ()),
+            }
         }
         CrmJob::Action(a) => {
             crate::actions::exec::run(

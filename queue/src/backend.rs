@@ -32,6 +32,7 @@ use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 use tower::layer::util::Stack;
 use tower::limit::ConcurrencyLimitLayer;
 
@@ -50,7 +51,17 @@ const SHORT_WAIT: Duration = Duration::from_millis(150);
 /// The job a task came from; inserted into every task's extensions. Handlers may extract it
 /// with `Data`-less access through `task.ctx().data()`, and the completion layer needs it.
 #[derive(Debug, Clone)]
-pub struct JobHandle(pub Arc<LeasedJob>);
+pub struct JobHandle(pub Arc<LeasedJob>, pub(crate) CancellationToken);
+
+impl JobHandle {
+    /// Whether this run's lease was lost: the heartbeat found the job reclaimed (this worker
+    /// stalled past the lease), so another run has it or soon will, and this run's outcome will
+    /// be refused. A long handler should stop at its next safe point (a sync before its next
+    /// page) instead of working beside the run that took over.
+    pub fn lease_lost(&self) -> bool {
+        self.1.is_cancelled()
+    }
+}
 
 type Fetched = (Vec<LeasedJob>, Option<Duration>);
 
@@ -96,7 +107,7 @@ impl<Args> RedisBackend<Args> {
 
 impl<Args: DeserializeOwned + Send + 'static> RedisBackend<Args> {
     fn accept(&mut self, job: LeasedJob) {
-        self.shared.register(&job.lease);
+        let lost = self.shared.register(&job.lease);
         match serde_json::from_slice::<Args>(&job.payload) {
             Ok(args) => {
                 let wait_s = (job.started_at_ms - job.enqueued_at_ms).max(0) as f64 / 1000.0;
@@ -109,7 +120,7 @@ impl<Args: DeserializeOwned + Send + 'static> RedisBackend<Args> {
                     .attempt(job.attempt.saturating_sub(1) as usize)
                     .max_attempts(job.max_attempts as usize)
                     .lock_by(Some(self.shared.config.worker_id.clone()))
-                    .data(JobHandle(Arc::new(job)))
+                    .data(JobHandle(Arc::new(job), lost))
                     .build();
                 self.buffer.push_back(task);
             }

@@ -96,7 +96,7 @@ where
                     (Err(err.clone()), Err(Box::new(err) as BoxDynError))
                 }
             };
-            let Some(JobHandle(job)) = handle else {
+            let Some(JobHandle(job, _)) = handle else {
                 // Not from our backend (a test pushing tasks by hand): nothing to record.
                 return ret;
             };

@@ -87,11 +87,17 @@ pub(crate) struct Shared {
     pub(crate) queue: Queue,
     pub(crate) dead_letters: PgDeadLetters,
     pub(crate) config: ConsumerConfig,
-    pub(crate) inflight: Mutex<HashMap<JobId, Lease>>,
+    pub(crate) inflight: Mutex<HashMap<JobId, Held>>,
     acker: Mutex<Option<mpsc::UnboundedSender<AckRequest>>>,
     /// Cancelled when recording should stop retrying (the shutdown deadline passed).
     pub(crate) deadline: CancellationToken,
     pub(crate) closing: AtomicBool,
+}
+
+/// A running job's lease, and the signal that tells its run the lease was lost.
+pub(crate) struct Held {
+    pub(crate) lease: Lease,
+    pub(crate) lost: CancellationToken,
 }
 
 /// One worker process's consumer of a queue. Build the apalis backend with
@@ -224,7 +230,7 @@ impl Consumer {
     /// Safe to call twice.
     pub async fn shutdown(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
-        let leftover: Vec<Lease> = self.shared.inflight.lock().values().cloned().collect();
+        let leftover: Vec<Lease> = self.shared.inflight.lock().values().map(|h| h.lease.clone()).collect();
         if !leftover.is_empty() {
             tracing::warn!(message = "releasing jobs still running at shutdown", count = leftover.len());
         }
@@ -320,8 +326,21 @@ pub(crate) fn retry_forever() -> ExponentialBuilder {
 }
 
 impl Shared {
-    pub(crate) fn register(&self, lease: &Lease) {
-        self.inflight.lock().insert(lease.job, lease.clone());
+    /// Registers a run's lease for the heartbeat to renew; returns the token cancelled if the
+    /// heartbeat finds the lease lost.
+    pub(crate) fn register(&self, lease: &Lease) -> CancellationToken {
+        let lost = CancellationToken::new();
+        self.inflight.lock().insert(lease.job, Held { lease: lease.clone(), lost: lost.clone() });
+        lost
+    }
+
+    /// Tells the run holding `lease` that it lost it (the heartbeat found the job reclaimed
+    /// after a stall), so that it stops instead of working beside the run that took the job
+    /// over. Only that lease's run: the job may be held again by this process under a new one.
+    pub(crate) fn lost(&self, lease: &Lease) {
+        if let Some(held) = self.inflight.lock().get(&lease.job).filter(|h| h.lease.id == lease.id) {
+            held.lost.cancel();
+        }
     }
 
     /// Forgets `lease` once its run is over. Only that lease: when the lease was lost (the
@@ -329,7 +348,7 @@ impl Shared {
     /// and removing it would stop its heartbeat and get it reaped while it runs.
     pub(crate) fn unregister(&self, lease: &Lease) {
         let mut inflight = self.inflight.lock();
-        if inflight.get(&lease.job).is_some_and(|held| held.id == lease.id) {
+        if inflight.get(&lease.job).is_some_and(|held| held.lease.id == lease.id) {
             inflight.remove(&lease.job);
         }
     }
@@ -517,10 +536,57 @@ mod tests {
         consumer.shared.register(&first);
         consumer.shared.register(&second);
         consumer.shared.unregister(&first);
-        let held = consumer.shared.inflight.lock().get(&job).map(|l| l.id.clone());
+        let held = consumer.shared.inflight.lock().get(&job).map(|h| h.lease.id.clone());
         assert_eq!(held.as_deref(), Some("2"), "the new run's lease is still renewed");
         consumer.shared.unregister(&second);
         assert_eq!(consumer.in_flight(), 0);
+        consumer.shutdown().await;
+        queue.destroy().await.expect("destroy");
+    }
+
+    /// The heartbeat tells a run that its lease is lost (here another holder took the job),
+    /// and only that run: a later lease of the same job keeps running.
+    #[tokio::test]
+    async fn a_lost_lease_is_signalled_to_its_run_only() {
+        let prefix = format!("crmtest-{}", &JobId::new().to_string()[..12]);
+        let config = crate::QueueConfig::new("redis://127.0.0.1:6379", "q")
+            .with_prefix(prefix)
+            .with_lease_ttl(Duration::from_millis(400));
+        let queue = Queue::connect(config).await.expect("redis reachable");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://postgres@127.0.0.1:5432/test")
+            .expect("lazy pool");
+        let consumer =
+            Consumer::start(queue.clone(), PgDeadLetters::new(pool, "q"), ConsumerConfig::new("t", 2));
+        let lane = crate::Lane::new("p", "t", crate::Priority::Normal);
+        let id = queue.push(crate::NewJob::new("noop", lane, b"{}".to_vec())).await.expect("push").id();
+        let leased = queue.fetch("t", 1).await.expect("fetch").pop().expect("the job");
+        let lost = consumer.shared.register(&leased.lease);
+        // Renewed while the lease is the job's.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!lost.is_cancelled(), "a held lease is not reported lost");
+        // Another holder now (what a reclaim and a second fetch leave).
+        let mut conn = queue.connection();
+        let _: () = redis::cmd("HSET")
+            .arg(queue.keys().job(&id.to_string()))
+            .arg("k")
+            .arg("someone-else")
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        tokio::time::timeout(Duration::from_secs(2), lost.cancelled())
+            .await
+            .expect("told within a few heartbeats");
+
+        // A newer lease of the same job in this process is not told about the old one's loss.
+        let stale = Lease { job: id, id: "old".into() };
+        let fresh = Lease { job: id, id: "new".into() };
+        let fresh_lost = consumer.shared.register(&fresh);
+        consumer.shared.lost(&stale);
+        assert!(!fresh_lost.is_cancelled());
+        consumer.shared.lost(&fresh);
+        assert!(fresh_lost.is_cancelled());
+        consumer.shared.unregister(&fresh);
         consumer.shutdown().await;
         queue.destroy().await.expect("destroy");
     }

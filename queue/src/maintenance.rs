@@ -103,13 +103,16 @@ impl Maintenance {
 }
 
 async fn heartbeat(s: &Shared) {
-    let leases: Vec<Lease> = s.inflight.lock().values().cloned().collect();
+    let leases: Vec<Lease> = s.inflight.lock().values().map(|h| h.lease.clone()).collect();
     match s.queue.heartbeat(&s.config.worker_id, &leases).await {
         Ok(lost) => {
             for job in lost {
                 metrics::counter!("crm_fleet_leases_lost_total").increment(1);
-                tracing::warn!(message = "lease lost while running (reclaimed after a stall); outcome will be refused",
+                tracing::warn!(message = "lease lost while running (reclaimed after a stall); the run is told to stop and its outcome will be refused",
                     job_id = %job);
+                if let Some(lease) = leases.iter().find(|l| l.job == job) {
+                    s.lost(lease);
+                }
             }
         }
         Err(error) => {

@@ -200,13 +200,17 @@ async fn sigterm_drains_within_the_grace_period_and_releases_the_rest() {
     assert_eq!(info.attempts, 0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_killed_mid_sync_resumes_from_the_last_committed_page() {
+/// A HubSpot account of 4,000 contacts on a sandbox whose search pages each take `latency_ms`,
+/// connected for tenant `acme`, and a sync of its contacts pushed: 20 pages of 200. Returns
+/// the sandbox (keep it alive), its control URL, the account's hub id and the job's id.
+async fn slow_hubspot_sync(
+    env: &Env,
+    latency_ms: u64,
+) -> (crm_sandbox::SandboxHandle, String, u64, crm_queue::JobId) {
     use crm_jobs::auth::{AuthKind, Keyring, Store};
     use crm_jobs::providers::{ObjectKind, Provider};
     use serde_json::json;
 
-    let env = Env::new().await;
     let sandbox = crm_sandbox::Sandbox::start(
         crm_sandbox::SandboxConfig::default()
             .with_providers([crm_sandbox::config::ProviderKind::HubSpot])
@@ -228,9 +232,9 @@ async fn a_worker_killed_mid_sync_resumes_from_the_last_committed_page() {
         .await
         .expect("json");
     let hub = account["hub_id"].as_u64().expect("hub");
-    // Slow pages, so the kill lands mid-run.
+    // Slow pages, so that what the test does lands mid-run.
     http.post(format!("{control}/_sandbox/hubspot/faults"))
-        .json(&json!({ "path": "*/search", "action": { "type": "latency", "ms": 250 } }))
+        .json(&json!({ "path": "*/search", "action": { "type": "latency", "ms": latency_ms } }))
         .send()
         .await
         .expect("fault");
@@ -259,14 +263,50 @@ async fn a_worker_killed_mid_sync_resumes_from_the_last_committed_page() {
         "test",
     )
     .expect("job");
-    env.queue.push(job).await.expect("push");
+    let id = env.queue.push(job).await.expect("push").id();
+    (sandbox, control, hub, id)
+}
 
-    let pages = || async {
-        sqlx::query_scalar::<_, i32>("SELECT coalesce(max(pages), 0) FROM sync_runs")
-            .fetch_one(&env.db.pool)
-            .await
-            .expect("pages")
-    };
+/// Pages the (one) sync run has committed.
+async fn committed_pages(env: &Env) -> i32 {
+    sqlx::query_scalar::<_, i32>("SELECT coalesce(max(pages), 0) FROM sync_runs")
+        .fetch_one(&env.db.pool)
+        .await
+        .expect("pages")
+}
+
+/// Whether the (one) sync run succeeded.
+async fn sync_succeeded(env: &Env) -> bool {
+    sqlx::query_scalar::<_, String>("SELECT status FROM sync_runs LIMIT 1")
+        .fetch_one(&env.db.pool)
+        .await
+        .is_ok_and(|s| s == "succeeded")
+}
+
+/// Successful search requests the sandbox served for account `hub`.
+async fn searches(control: &str, hub: u64) -> i64 {
+    let log: serde_json::Value = http_client()
+        .get(format!("{control}/_sandbox/requests?account={hub}&limit=100000"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    log["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/search")) && r["status"] == 200)
+        .count() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_sync_resumes_from_the_last_committed_page() {
+    let env = Env::new().await;
+    let (_sandbox, control, hub, _) = slow_hubspot_sync(&env, 250).await;
+
+    let pages = || committed_pages(&env);
     let mut first = env.spawn(&[("CRM_FLEET_LEASE_TTL", "2s")]);
     eventually(Duration::from_secs(30), "three pages committed", || async { pages().await >= 3 }).await;
     first.child.kill().expect("SIGKILL");
@@ -275,13 +315,7 @@ async fn a_worker_killed_mid_sync_resumes_from_the_last_committed_page() {
     assert!(at_kill < 21, "killed mid-run, not after it");
 
     let _second = env.spawn(&[("CRM_FLEET_LEASE_TTL", "2s")]);
-    eventually(Duration::from_secs(60), "the run finished", || async {
-        sqlx::query_scalar::<_, String>("SELECT status FROM sync_runs LIMIT 1")
-            .fetch_one(&env.db.pool)
-            .await
-            .is_ok_and(|s| s == "succeeded")
-    })
-    .await;
+    eventually(Duration::from_secs(60), "the run finished", || sync_succeeded(&env)).await;
     let (runs, total_pages, created): (i64, i64, i64) =
         sqlx::query_as("SELECT count(*), sum(pages)::bigint, sum(created)::bigint FROM sync_runs")
             .fetch_one(&env.db.pool)
@@ -292,21 +326,47 @@ async fn a_worker_killed_mid_sync_resumes_from_the_last_committed_page() {
     let local: i64 =
         sqlx::query_scalar("SELECT count(*) FROM crm_contacts").fetch_one(&env.db.pool).await.expect("count");
     assert_eq!(local, 4000);
-    let log: serde_json::Value = http
-        .get(format!("{control}/_sandbox/requests?account={hub}&limit=100000"))
-        .send()
-        .await
-        .expect("log")
-        .json()
-        .await
-        .expect("json");
-    let searches = log["requests"]
-        .as_array()
-        .expect("requests")
-        .iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/search")) && r["status"] == 200)
-        .count() as i64;
+    let searches = searches(&control, hub).await;
     // 20 pages of 200; only the page in flight at the kill (never committed) may be fetched again.
     assert_eq!(total_pages, 21);
     assert!(searches <= 20 + 1, "{searches} searches for 20 pages: a committed page was fetched again");
+}
+
+/// A worker that stalled past its lease (here: the lease taken from under it) learns it from
+/// its next heartbeat, and its sync stops before the next page instead of fetching and
+/// writing the rest beside the run that takes the job over once the lease expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_whose_lease_is_lost_stops_before_its_next_page() {
+    let env = Env::new().await;
+    let (_sandbox, control, hub, id) = slow_hubspot_sync(&env, 300).await;
+    let pages = || committed_pages(&env);
+    let _worker = env.spawn(&[("CRM_FLEET_LEASE_TTL", "2s")]);
+    eventually(Duration::from_secs(30), "two pages committed", || async { pages().await >= 2 }).await;
+    // What a reclaim and another worker's fetch leave: the job's lease is someone else's.
+    let mut conn = env.queue.connection();
+    let _: () = redis::cmd("HSET")
+        .arg(env.queue.keys().job(&id.to_string()))
+        .arg("k")
+        .arg("another-worker")
+        .query_async(&mut conn)
+        .await
+        .expect("take the lease");
+    let at_theft = pages().await;
+    assert!(at_theft < 18, "the lease was taken mid-run ({at_theft} pages in)");
+
+    // The lease is no longer renewed, so it expires and the job is reaped and run again; the
+    // new run resumes from the committed cursor and finishes.
+    eventually(Duration::from_secs(60), "the run finished", || sync_succeeded(&env)).await;
+    let (runs, created): (i64, i64) = sqlx::query_as("SELECT count(*), sum(created)::bigint FROM sync_runs")
+        .fetch_one(&env.db.pool)
+        .await
+        .expect("runs");
+    assert_eq!((runs, created), (1, 4000), "one run, every record once");
+    // Had the stale run gone on, it and the new run would both have fetched the pages after
+    // the reclaim.
+    let searches = searches(&control, hub).await;
+    assert!(
+        searches <= 20 + 1,
+        "{searches} searches for 20 pages: the stale run went on after losing its lease"
+    );
 }
