@@ -521,7 +521,9 @@ mod tests {
     /// not unregister the new run's lease (the heartbeat renews only registered leases).
     #[tokio::test]
     async fn a_stale_runs_end_leaves_the_jobs_new_lease_registered() {
-        let prefix = format!("crmtest-{}", &JobId::new().to_string()[..12]);
+        // The whole id: its first characters are a timestamp (v7), shared by tests started in the
+        // same millisecond.
+        let prefix = format!("crmtest-{}", JobId::new());
         let queue =
             Queue::connect(crate::QueueConfig::new("redis://127.0.0.1:6379", "q").with_prefix(prefix))
                 .await
@@ -548,7 +550,9 @@ mod tests {
     /// and only that run: a later lease of the same job keeps running.
     #[tokio::test]
     async fn a_lost_lease_is_signalled_to_its_run_only() {
-        let prefix = format!("crmtest-{}", &JobId::new().to_string()[..12]);
+        // The whole id: its first characters are a timestamp (v7), shared by tests started in the
+        // same millisecond.
+        let prefix = format!("crmtest-{}", JobId::new());
         let config = crate::QueueConfig::new("redis://127.0.0.1:6379", "q")
             .with_prefix(prefix)
             .with_lease_ttl(Duration::from_millis(400));
