@@ -70,14 +70,14 @@ async fn run(
             // lost (the job reclaimed after a stall): the run that took it over resumes from
             // the committed cursor, and two runs would fetch and write the same pages.
             let lease_lost = || handle.as_ref().is_some_and(crm_queue::JobHandle::lease_lost);
-            match crate::sync::run(&ctx, &s, info, || worker.is_shutting_down() || lease_lost()).await {
-                Err(_) if lease_lost() => Err(JobError::defer(
-                    Duration::ZERO,
-                    "lease_lost",
-                    "lease lost (the job was reclaimed after a stall); stopped before the next page",
-                )),
-                other => other.map(|_| ()),
-            }
+            let stopping = || {
+                if lease_lost() {
+                    Some(crate::sync::Stop::LeaseLost)
+                } else {
+                    worker.is_shutting_down().then_some(crate::sync::Stop::Shutdown)
+                }
+            };
+            crate::sync::run(&ctx, &s, info, stopping).await.map(|_| ())
         }
         CrmJob::Action(a) => {
             crate::actions::exec::run(

@@ -328,9 +328,17 @@ pub(crate) fn retry_forever() -> ExponentialBuilder {
 impl Shared {
     /// Registers a run's lease for the heartbeat to renew; returns the token cancelled if the
     /// heartbeat finds the lease lost.
+    /// A run of the same job still registered under another lease lost it (this process
+    /// fetched the job again, so it was reclaimed): that run is told at once, since the
+    /// heartbeat, renewing only the new lease, would never report the old one.
     pub(crate) fn register(&self, lease: &Lease) -> CancellationToken {
         let lost = CancellationToken::new();
-        self.inflight.lock().insert(lease.job, Held { lease: lease.clone(), lost: lost.clone() });
+        let held = Held { lease: lease.clone(), lost: lost.clone() };
+        if let Some(old) = self.inflight.lock().insert(lease.job, held)
+            && old.lease.id != lease.id
+        {
+            old.lost.cancel();
+        }
         lost
     }
 
@@ -582,10 +590,14 @@ mod tests {
             .await
             .expect("told within a few heartbeats");
 
-        // A newer lease of the same job in this process is not told about the old one's loss.
+        // The same job fetched again by this process while its old run still goes: the old run
+        // is told at once (the heartbeat renews only the new lease and would never report it),
+        // and the new run is not told about the old one's loss.
         let stale = Lease { job: id, id: "old".into() };
         let fresh = Lease { job: id, id: "new".into() };
+        let stale_lost = consumer.shared.register(&stale);
         let fresh_lost = consumer.shared.register(&fresh);
+        assert!(stale_lost.is_cancelled(), "the old run learns its lease is gone");
         consumer.shared.lost(&stale);
         assert!(!fresh_lost.is_cancelled());
         consumer.shared.lost(&fresh);

@@ -58,12 +58,33 @@ pub struct AttemptInfo {
     pub max_attempts: u32,
 }
 
-/// Runs a sync job. `stopping` reports whether the worker is shutting down.
+/// Why a sync stops before its next page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The worker is shutting down: the pages in flight commit, and the job goes back to its
+    /// lane to resume from the saved cursor.
+    Shutdown,
+    /// This run's lease was lost (the job was reclaimed after a stall), so another run has it
+    /// or soon will: nothing more is written. The pages in flight are aborted (their
+    /// transactions roll back), no outcome is recorded, and the run that took over resumes
+    /// from the last committed cursor.
+    LeaseLost,
+}
+
+fn lease_lost() -> JobError {
+    JobError::defer(
+        Duration::ZERO,
+        "lease_lost",
+        "lease lost (the job was reclaimed after a stall); stopped without writing further",
+    )
+}
+
+/// Runs a sync job. `stopping` says whether it must stop before its next page, and why.
 pub async fn run(
     ctx: &JobContext,
     job: &SyncJob,
     info: AttemptInfo,
-    stopping: impl Fn() -> bool,
+    stopping: impl Fn() -> Option<Stop>,
 ) -> Result<RunSummary, JobError> {
     let target =
         crate::enqueue::target(&ctx.pool, job.connection_id).await.map_err(db)?.ok_or_else(|| {
@@ -79,7 +100,11 @@ pub async fn run(
     // Asked once per page, before any request is started: a stopping worker sends none.
     let mut stop = stopping();
     loop {
-        if stop {
+        if stop == Some(Stop::LeaseLost) {
+            // Returning drops the writer, which aborts the pages in flight.
+            return Err(lease_lost());
+        }
+        if stop == Some(Stop::Shutdown) {
             let drained = writer.drain().await;
             settle(&target, &mut summary, &mut writer, drained)?;
             return Err(JobError::defer(
@@ -95,6 +120,10 @@ pub async fn run(
         first_request = false;
         let page = match fetched {
             Ok(page) => page,
+            Err(_) if stopping() == Some(Stop::LeaseLost) => {
+                // Not this run's to decide: the run that took over records the outcome.
+                return Err(lease_lost());
+            }
             Err(e) => {
                 // The pages in flight commit (or fail) before the decision is taken; a failed
                 // write does not skip the request's side effects (a throttle's pause, say).

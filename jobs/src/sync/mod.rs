@@ -13,4 +13,4 @@ pub mod engine;
 pub mod store;
 pub mod writer;
 
-pub use engine::{RunSummary, run};
+pub use engine::{RunSummary, Stop, run};

@@ -78,7 +78,7 @@ impl SyncEnv {
     }
 
     async fn sync(&self, object: ObjectKind) -> Result<crm_jobs::sync::RunSummary, crm_queue::JobError> {
-        crm_jobs::sync::run(&self.ctx, &self.job(object, SyncMode::Incremental), info(), || false).await
+        crm_jobs::sync::run(&self.ctx, &self.job(object, SyncMode::Incremental), info(), || None).await
     }
 
     /// Live records in our table: id → email (contacts) or name.
@@ -239,7 +239,7 @@ async fn an_interrupted_sync_resumes_after_its_last_committed_page() {
     let checks = AtomicUsize::new(0);
     // Stop before the fourth page: three pages committed.
     let err = crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || {
-        checks.fetch_add(1, Ordering::SeqCst) >= 3
+        (checks.fetch_add(1, Ordering::SeqCst) >= 3).then_some(crm_jobs::sync::Stop::Shutdown)
     })
     .await
     .expect_err("stopped");
@@ -259,6 +259,31 @@ async fn an_interrupted_sync_resumes_after_its_last_committed_page() {
     assert_eq!(s.local(ObjectKind::Contact).await, s.remote(ObjectKind::Contact));
 }
 
+/// A run told its lease is lost requests nothing more: the pages in flight are aborted rather
+/// than awaited, no outcome is recorded (the run stays `running` for the run that took the
+/// job over), and that run resumes from the last committed page and finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_lost_its_lease_requests_nothing_more_and_records_no_outcome() {
+    let s = setup(2_000, 0).await;
+    let checks = AtomicUsize::new(0);
+    let err = crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || {
+        (checks.fetch_add(1, Ordering::SeqCst) >= 3).then_some(crm_jobs::sync::Stop::LeaseLost)
+    })
+    .await
+    .expect_err("stopped");
+    assert_eq!((err.kind.clone(), err.class.as_str()), (FailureKind::Defer(Duration::ZERO), "lease_lost"));
+    // (Whether the last pages in flight committed before the abort depends on timing: each
+    // page is its own transaction, so either way the cursor matches what was written.)
+    let (status, pages, ..) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!(status, "running", "no outcome recorded by the stale run");
+    assert!((1..=3).contains(&pages), "{pages} pages committed");
+    assert_eq!(s.search_requests().await, 3, "no page requested after the lease was lost");
+    s.sync(ObjectKind::Contact).await.expect("taken over");
+    let (status, _, created, ..) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!((status.as_str(), created), ("succeeded", 2_000));
+    assert_eq!(s.local(ObjectKind::Contact).await, s.remote(ObjectKind::Contact));
+}
+
 /// A throttle seen elsewhere pauses the account while this sync runs: its next page is not
 /// requested (the first was admitted with the job), and the job goes back to its lane (which
 /// sleeps on the pause) without spending an attempt, resuming after its committed page.
@@ -268,7 +293,7 @@ async fn an_account_paused_during_a_run_stops_its_next_request() {
     let pause = crm_jobs::enqueue::budget::account_pause(Provider::Hubspot, &s.hub.to_string());
     s.ctx.queue.pause(&pause, Duration::from_secs(30)).await.expect("pause");
     let err =
-        crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || false)
+        crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || None)
             .await
             .expect_err("deferred by the pause");
     assert_eq!(
@@ -434,7 +459,7 @@ async fn an_actions_update_is_pending_until_a_sync_confirms_it_and_a_later_chang
     assert_eq!(s.conflicts(&contested).await, vec![conflict.clone()]);
     assert_eq!(s.local(ObjectKind::Contact).await[&contested].as_deref(), Some("two@ours.example"), "kept");
     // A full sync reads it again: the same conflict, not a second one.
-    crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Full), info(), || false)
+    crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Full), info(), || None)
         .await
         .expect("full again");
     assert_eq!(s.conflicts(&contested).await, vec![conflict.clone()]);

@@ -187,6 +187,7 @@ impl Ticker {
         let read_pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(read_options);
         Self {
             config,

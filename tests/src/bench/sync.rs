@@ -202,7 +202,7 @@ impl Env {
         };
         let info = AttemptInfo { job_id: None, attempt: 1, max_attempts: 8 };
         let (c0, t0) = (cpu_s(), Instant::now());
-        let summary = crm_jobs::sync::run(&self.ctx, &job, info, || false)
+        let summary = crm_jobs::sync::run(&self.ctx, &job, info, || None)
             .await
             .map_err(|e| anyhow::anyhow!("sync failed: {} ({})", e.message, e.class))?;
         let seconds = t0.elapsed().as_secs_f64();
