@@ -478,7 +478,12 @@ async fn keys_and_scopes_are_enforced() {
     );
     let (code, out, err) = app.crmctl(&["api-keys", "list", "--json"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(!out.contains(app.enqueue_key.rsplit('_').next().expect("secret")), "no secret listed");
+    // `cf_<prefix>_<secret>`: the secret is URL-safe base64, which may itself hold `_`, so it is
+    // everything after the second `_` (its last `_`-separated piece could be a character or
+    // two that the listing holds by chance).
+    let secret = app.enqueue_key.splitn(3, '_').nth(2).expect("secret");
+    assert!(secret.len() >= 40, "{secret}");
+    assert!(!out.contains(secret), "no secret listed");
     let listed: Value = serde_json::from_str(&out).expect("json");
     let svc =
         listed.as_array().expect("keys").iter().find(|k| k["name"] == "svc").expect("svc listed").clone();
