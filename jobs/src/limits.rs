@@ -229,6 +229,17 @@ fn to_row(
     burst: Option<i32>,
 ) -> Option<Limit> {
     let count = u32::try_from(count).ok()?;
+    // A row whose kind does not match its budget's name (a rate under `c:`, say, inserted by
+    // hand) is not applied: the queue would not know what to make of it.
+    let prefix = match kind {
+        "concurrency" => "c:",
+        "weight" => "w:",
+        _ => "r:",
+    };
+    if !budget.starts_with(prefix) {
+        tracing::warn!(message = "limit ignored: its kind does not match its budget's name", %budget, kind);
+        return None;
+    }
     Some(match kind {
         "concurrency" => Limit::Concurrency(count),
         "weight" => Limit::Weight(count),

@@ -85,10 +85,18 @@ local function wake_blocked(b, n)
   return #lanes
 end
 
-local function spare(b)
+-- A concurrency limit, or nil when there is none or it is not a number (a limit of another
+-- kind set under a `c:` name by hand): such a budget is not enforced, rather than failing
+-- every script that meets it (fetch, ack, retry) and so stopping the whole queue.
+local function climit(b)
   local lim = lookup(b)
+  return lim and tonumber(lim)
+end
+
+local function spare(b)
+  local lim = climit(b)
   if not lim then return 32 end
-  return tonumber(lim) - redis.call('ZCARD', base .. 'slots:' .. b)
+  return lim - redis.call('ZCARD', base .. 'slots:' .. b)
 end
 
 -- Give back the concurrency slots a job holds and wake as many blocked lanes as now fit.
@@ -124,11 +132,11 @@ local function admit(budgets, now)
     end
     local kind = string.sub(b, 1, 2)
     if kind == 'c:' then
-      local lim = lookup(b)
+      local lim = climit(b)
       if lim then
         local sk = base .. 'slots:' .. b
         redis.call('ZREMRANGEBYSCORE', sk, '-inf', now)
-        if redis.call('ZCARD', sk) >= tonumber(lim) then return 'blocked', b end
+        if redis.call('ZCARD', sk) >= lim then return 'blocked', b end
       end
     elseif kind == 'r:' then
       local spec = lookup(b)

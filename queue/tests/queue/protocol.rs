@@ -447,6 +447,28 @@ async fn a_lane_label_that_would_make_its_id_ambiguous_is_refused() {
     }
 }
 
+/// A concurrency budget holding something that is not a number (set by hand) is not
+/// enforced: before, every fetch meeting it failed, and with it the whole queue.
+#[tokio::test]
+async fn a_malformed_concurrency_limit_is_ignored_rather_than_failing_every_fetch() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    let mut conn = q.connection();
+    let _: () = redis::cmd("HSET")
+        .arg(q.keys().key("limits"))
+        .arg("c:provider:hubspot")
+        .arg("10/1000/1")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let lane = Lane::new("hubspot", "t1", Priority::Normal).budget("c:provider:hubspot");
+    q.push(NewJob::new("noop", lane, b"{}".to_vec())).await.expect("push");
+    let leased = q.fetch("w1", 5).await.expect("fetch works despite the malformed limit");
+    assert_eq!(leased.len(), 1);
+    let acks = q.ack(&[leased[0].lease.clone()]).await.expect("ack releases the slot");
+    assert_eq!(acks, [true]);
+}
+
 #[tokio::test]
 async fn a_rate_budget_admits_at_its_rate() {
     let env = TestEnv::new().await;
