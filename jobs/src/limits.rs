@@ -229,18 +229,7 @@ fn to_row(
     burst: Option<i32>,
 ) -> Option<Limit> {
     let count = u32::try_from(count).ok()?;
-    // A row whose kind does not match its budget's name (a rate under `c:`, say, inserted by
-    // hand) is not applied: the queue would not know what to make of it.
-    let prefix = match kind {
-        "concurrency" => "c:",
-        "weight" => "w:",
-        _ => "r:",
-    };
-    if !budget.starts_with(prefix) {
-        tracing::warn!(message = "limit ignored: its kind does not match its budget's name", %budget, kind);
-        return None;
-    }
-    Some(match kind {
+    let limit = match kind {
         "concurrency" => Limit::Concurrency(count),
         "weight" => Limit::Weight(count),
         _ => Limit::Rate {
@@ -248,8 +237,14 @@ fn to_row(
             per: Duration::from_millis(u64::try_from(period_ms?).ok()?),
             burst: burst.and_then(|b| u32::try_from(b).ok()).unwrap_or(1),
         },
-    })
-    .filter(|_| !budget.is_empty())
+    };
+    // A row whose kind does not fit its budget's name (a rate under `c:`, say, inserted by
+    // hand) is not applied; the queue would refuse it.
+    if !limit.fits(&budget) {
+        tracing::warn!(message = "limit ignored: its kind does not fit its budget's name", %budget, kind);
+        return None;
+    }
+    Some(limit).filter(|_| !budget.is_empty())
 }
 
 /// Stores the seeds (leaving operator rows alone) — idempotent, run at start.
@@ -535,12 +530,16 @@ pub mod breaker {
         chrono::Utc::now().timestamp() / 10
     }
 
+    /// The request and failure counters of bucket `b`.
+    fn counters(q: &crm_queue::Queue, p: Provider, b: i64) -> [String; 2] {
+        [key(q, p, &format!("n:{b}")), key(q, p, &format!("f:{b}"))]
+    }
+
     /// Records one request's outcome; returns whether the breaker is (now) open or half-open.
     pub async fn record(q: &crm_queue::Queue, p: Provider, failed: bool) -> bool {
         let mut c = q.connection();
         let b = bucket();
-        let total = key(q, p, &format!("n:{b}"));
-        let fails = key(q, p, &format!("f:{b}"));
+        let [total, fails] = counters(q, p, b);
         let state_key = key(q, p, "state");
         let mut pipe = redis::pipe();
         pipe.incr(&total, 1).ignore().expire(&total, 60).ignore();
@@ -580,12 +579,9 @@ pub mod breaker {
         let mut n = 0u64;
         let mut f = 0u64;
         for i in 0..3 {
-            let (a, b2): (Option<u64>, Option<u64>) = redis::pipe()
-                .get(key(q, p, &format!("n:{}", b - i)))
-                .get(key(q, p, &format!("f:{}", b - i)))
-                .query_async(&mut c)
-                .await
-                .unwrap_or((None, None));
+            let [total, fails] = counters(q, p, b - i);
+            let (a, b2): (Option<u64>, Option<u64>) =
+                redis::pipe().get(total).get(fails).query_async(&mut c).await.unwrap_or((None, None));
             n += a.unwrap_or(0);
             f += b2.unwrap_or(0);
         }
@@ -624,8 +620,7 @@ pub mod breaker {
         let mut keys = vec![key(q, p, "state")];
         // The buckets follow each caller's clock: the next one too, for workers a little ahead.
         for i in -1..3 {
-            keys.push(key(q, p, &format!("n:{}", b - i)));
-            keys.push(key(q, p, &format!("f:{}", b - i)));
+            keys.extend(counters(q, p, b - i));
         }
         let _: () = c.del(keys).await?;
         q.pause(&budget::breaker(p), Duration::ZERO).await?;

@@ -80,6 +80,26 @@ impl Limit {
         }
     }
 
+    /// Whether this kind of limit belongs under `budget`: concurrency under `c:`, rate under
+    /// `r:`, weight under `w:` (the scripts read a budget's limit by its name's kind).
+    pub fn fits(&self, budget: &str) -> bool {
+        let prefix = match self {
+            Self::Concurrency(_) => "c:",
+            Self::Rate { .. } => "r:",
+            Self::Weight(_) => "w:",
+        };
+        budget.starts_with(prefix)
+    }
+
+    fn refuse_misfit(budget: &str, limit: &Self) -> Result<(), QueueError> {
+        if limit.fits(budget) {
+            return Ok(());
+        }
+        Err(QueueError::Config(vec![format!(
+            "limit {limit:?} does not fit budget {budget:?}: concurrency goes under c:, rate under r:, weight under w:"
+        )]))
+    }
+
     /// Parses a stored limit given its budget name.
     pub fn decode(budget: &str, raw: &str) -> Option<Self> {
         if budget.starts_with("r:") {
@@ -536,6 +556,7 @@ impl Queue {
     /// Sets a budget's limit (`c:` concurrency, `r:` rate, `w:` weight). Names may end in
     /// `:*` to set a default for every budget under that prefix.
     pub async fn set_limit(&self, budget: &str, limit: Limit) -> Result<(), QueueError> {
+        Limit::refuse_misfit(budget, &limit)?;
         let mut conn = self.inner.conn.clone();
         let _: () = redis::cmd("HSET")
             .arg(self.inner.keys.key("limits"))
@@ -549,6 +570,9 @@ impl Queue {
 
     /// Replaces every limit at once (hot reload from PostgreSQL).
     pub async fn replace_limits(&self, limits: &HashMap<String, Limit>) -> Result<(), QueueError> {
+        for (budget, limit) in limits {
+            Limit::refuse_misfit(budget, limit)?;
+        }
         let key = self.inner.keys.key("limits");
         let mut pipe = redis::pipe();
         pipe.atomic().del(&key).ignore();

@@ -328,6 +328,7 @@ pub(crate) fn retry_forever() -> ExponentialBuilder {
 impl Shared {
     /// Registers a run's lease for the heartbeat to renew; returns the token cancelled if the
     /// heartbeat finds the lease lost.
+    ///
     /// A run of the same job still registered under another lease lost it (this process
     /// fetched the job again, so it was reclaimed): that run is told at once, since the
     /// heartbeat, renewing only the new lease, would never report the old one.
@@ -525,22 +526,29 @@ mod tests {
         }
     }
 
-    /// A run whose lease was lost, finishing after this process fetched the job again, must
-    /// not unregister the new run's lease (the heartbeat renews only registered leases).
-    #[tokio::test]
-    async fn a_stale_runs_end_leaves_the_jobs_new_lease_registered() {
-        // The whole id: its first characters are a timestamp (v7), shared by tests started in the
-        // same millisecond.
+    /// A queue on a key prefix of its own (the shared Redis) with `lease_ttl`, and a consumer
+    /// of it (PostgreSQL is never reached by these tests).
+    async fn consumer_on_own_prefix(lease_ttl: Duration) -> (Queue, Consumer) {
+        // The whole id: its first characters are a timestamp (v7), shared by tests started in
+        // the same millisecond.
         let prefix = format!("crmtest-{}", JobId::new());
-        let queue =
-            Queue::connect(crate::QueueConfig::new("redis://127.0.0.1:6379", "q").with_prefix(prefix))
-                .await
-                .expect("redis reachable");
+        let config = crate::QueueConfig::new("redis://127.0.0.1:6379", "q")
+            .with_prefix(prefix)
+            .with_lease_ttl(lease_ttl);
+        let queue = Queue::connect(config).await.expect("redis reachable");
         let pool = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://postgres@127.0.0.1:5432/test")
             .expect("lazy pool");
         let consumer =
             Consumer::start(queue.clone(), PgDeadLetters::new(pool, "q"), ConsumerConfig::new("t", 2));
+        (queue, consumer)
+    }
+
+    /// A run whose lease was lost, finishing after this process fetched the job again, must
+    /// not unregister the new run's lease (the heartbeat renews only registered leases).
+    #[tokio::test]
+    async fn a_stale_runs_end_leaves_the_jobs_new_lease_registered() {
+        let (queue, consumer) = consumer_on_own_prefix(crate::config::DEFAULT_LEASE_TTL).await;
         let job = JobId::new();
         let (first, second) = (Lease { job, id: "1".into() }, Lease { job, id: "2".into() });
         consumer.shared.register(&first);
@@ -558,18 +566,7 @@ mod tests {
     /// and only that run: a later lease of the same job keeps running.
     #[tokio::test]
     async fn a_lost_lease_is_signalled_to_its_run_only() {
-        // The whole id: its first characters are a timestamp (v7), shared by tests started in the
-        // same millisecond.
-        let prefix = format!("crmtest-{}", JobId::new());
-        let config = crate::QueueConfig::new("redis://127.0.0.1:6379", "q")
-            .with_prefix(prefix)
-            .with_lease_ttl(Duration::from_millis(400));
-        let queue = Queue::connect(config).await.expect("redis reachable");
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .connect_lazy("postgres://postgres@127.0.0.1:5432/test")
-            .expect("lazy pool");
-        let consumer =
-            Consumer::start(queue.clone(), PgDeadLetters::new(pool, "q"), ConsumerConfig::new("t", 2));
+        let (queue, consumer) = consumer_on_own_prefix(Duration::from_millis(400)).await;
         let lane = crate::Lane::new("p", "t", crate::Priority::Normal);
         let id = queue.push(crate::NewJob::new("noop", lane, b"{}".to_vec())).await.expect("push").id();
         let leased = queue.fetch("t", 1).await.expect("fetch").pop().expect("the job");

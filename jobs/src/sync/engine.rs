@@ -120,8 +120,15 @@ pub async fn run(
         first_request = false;
         let page = match fetched {
             Ok(page) => page,
-            Err(_) if stopping() == Some(Stop::LeaseLost) => {
-                // Not this run's to decide: the run that took over records the outcome.
+            Err(e) if stopping() == Some(Stop::LeaseLost) => {
+                // Not this run's to decide: the run that took over records the outcome (and
+                // meets the same answer if it persists). Said here, so it is not lost.
+                let error = match &e {
+                    FetchError::Decided(j) => j.to_string(),
+                    FetchError::Call(c) => c.to_string(),
+                };
+                tracing::info!(message = "request failed after the lease was lost; not recorded",
+                    connection = %target.connection, object = %object, %error);
                 return Err(lease_lost());
             }
             Err(e) => {

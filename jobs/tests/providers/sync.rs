@@ -233,16 +233,21 @@ async fn full_then_incremental_sync_matches_the_sandbox_exactly() {
     assert_eq!((c, u, d), (0, 0, 0));
 }
 
+/// Runs an incremental contact sync told to stop (`why`) before its fourth page.
+async fn stopped_before_page_4(s: &SyncEnv, why: crm_jobs::sync::Stop) -> crm_queue::JobError {
+    let checks = AtomicUsize::new(0);
+    crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || {
+        (checks.fetch_add(1, Ordering::SeqCst) >= 3).then_some(why)
+    })
+    .await
+    .expect_err("stopped")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_sync_resumes_after_its_last_committed_page() {
     let s = setup(2_000, 0).await;
-    let checks = AtomicUsize::new(0);
     // Stop before the fourth page: three pages committed.
-    let err = crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || {
-        (checks.fetch_add(1, Ordering::SeqCst) >= 3).then_some(crm_jobs::sync::Stop::Shutdown)
-    })
-    .await
-    .expect_err("stopped");
+    let err = stopped_before_page_4(&s, crm_jobs::sync::Stop::Shutdown).await;
     assert_eq!(err.kind, FailureKind::Defer(Duration::ZERO), "a stop spends no attempt");
     let (status, pages, created, ..) = s.last_run(ObjectKind::Contact).await;
     assert_eq!((status.as_str(), pages, created), ("running", 3, 600));
@@ -265,12 +270,7 @@ async fn an_interrupted_sync_resumes_after_its_last_committed_page() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_that_lost_its_lease_requests_nothing_more_and_records_no_outcome() {
     let s = setup(2_000, 0).await;
-    let checks = AtomicUsize::new(0);
-    let err = crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || {
-        (checks.fetch_add(1, Ordering::SeqCst) >= 3).then_some(crm_jobs::sync::Stop::LeaseLost)
-    })
-    .await
-    .expect_err("stopped");
+    let err = stopped_before_page_4(&s, crm_jobs::sync::Stop::LeaseLost).await;
     assert_eq!((err.kind.clone(), err.class.as_str()), (FailureKind::Defer(Duration::ZERO), "lease_lost"));
     // (Whether the last pages in flight committed before the abort depends on timing: each
     // page is its own transaction, so either way the cursor matches what was written.)

@@ -467,6 +467,11 @@ async fn a_malformed_concurrency_limit_is_ignored_rather_than_failing_every_fetc
     assert_eq!(leased.len(), 1);
     let acks = q.ack(&[leased[0].lease.clone()]).await.expect("ack releases the slot");
     assert_eq!(acks, [true]);
+    // Through the queue's own API such a value cannot be set.
+    let rate = Limit::Rate { count: 10, per: Duration::from_secs(1), burst: 1 };
+    let refused = q.set_limit("c:provider:hubspot", rate).await.expect_err("a rate under c: is refused");
+    assert!(matches!(refused, crm_queue::QueueError::Config(_)), "{refused}");
+    assert!(q.set_limit("c:provider:hubspot", Limit::Concurrency(3)).await.is_ok());
 }
 
 #[tokio::test]

@@ -60,6 +60,22 @@ pub const DEFAULT_LATE_TOLERANCE: Duration = Duration::from_secs(1);
 /// instead kept each query short but made the tick 15–20 % slower: the reads then compete
 /// with Redis for the CPU.) It has a pool of one connection of its own with this threshold.
 pub const TICK_READ_SLOW: Duration = Duration::from_secs(60);
+/// The pool the tick's read runs on: one connection with the main pool's settings and a
+/// slow-statement threshold of [`TICK_READ_SLOW`]. Made once per process, not per leadership
+/// epoch.
+pub fn tick_read_pool(pool: &PgPool) -> PgPool {
+    let options = sqlx::ConnectOptions::log_slow_statements(
+        (*pool.connect_options()).clone(),
+        log::LevelFilter::Warn,
+        TICK_READ_SLOW,
+    );
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options)
+}
+
 /// First delay before retrying after a database or Redis error.
 pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(100);
 /// Longest delay between retries: a recovered dependency is used within this.
@@ -177,18 +193,8 @@ pub struct Ticker {
 }
 
 impl Ticker {
-    /// An empty ticker.
-    pub fn new(config: EngineConfig, pool: PgPool, queue: Queue) -> Self {
-        let read_options = sqlx::ConnectOptions::log_slow_statements(
-            (*pool.connect_options()).clone(),
-            log::LevelFilter::Warn,
-            TICK_READ_SLOW,
-        );
-        let read_pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(read_options);
+    /// An empty ticker; `read_pool` is for the tick's read ([`tick_read_pool`]).
+    pub fn new(config: EngineConfig, pool: PgPool, read_pool: PgPool, queue: Queue) -> Self {
         Self {
             config,
             pool,
@@ -573,6 +579,7 @@ async fn run(
     mut leadership: watch::Receiver<Leadership>,
     cancel: CancellationToken,
 ) {
+    let read_pool = tick_read_pool(&pool);
     loop {
         let epoch = loop {
             if let Some(epoch) = *leadership.borrow_and_update() {
@@ -583,7 +590,7 @@ async fn run(
                 changed = leadership.changed() => if changed.is_err() { return },
             }
         };
-        let mut ticker = Ticker::new(config.clone(), pool.clone(), queue.clone());
+        let mut ticker = Ticker::new(config.clone(), pool.clone(), read_pool.clone(), queue.clone());
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = lost(&mut leadership, epoch) => {

@@ -36,7 +36,7 @@ pub mod store;
 pub mod timing;
 pub mod trigger;
 
-pub use engine::{Engine, EngineConfig, TickReport, Ticker};
+pub use engine::{Engine, EngineConfig, TickReport, Ticker, tick_read_pool};
 pub use lease::{Lease, LeaseConfig};
 
 /// Settings of the lease and the engine.

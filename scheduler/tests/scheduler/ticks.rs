@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use crm_jobs::providers::ObjectKind;
-use crm_scheduler::schedule::{EngineConfig, Ticker};
+use crm_scheduler::schedule::{EngineConfig, Ticker, tick_read_pool};
 use serde_json::json;
 
 use crate::support::{Env, Seen};
@@ -51,7 +51,12 @@ async fn missed_ticks_follow_each_policy_and_a_replay_is_all_duplicates() {
 
     // A minute and 2.5 s without a leader: ticks t0+5 … t0+60 are due, all missed.
     let now = secs(t0, 62.5);
-    let mut ticker = Ticker::new(EngineConfig::default(), env.pool().clone(), env.queue.clone());
+    let mut ticker = Ticker::new(
+        EngineConfig::default(),
+        env.pool().clone(),
+        tick_read_pool(env.pool()),
+        env.queue.clone(),
+    );
     assert_eq!(ticker.load().await.expect("load"), 4);
     let report = ticker.fire_due(now).await.expect("tick");
     assert_eq!(report.schedules, 4);
@@ -97,7 +102,12 @@ async fn missed_ticks_follow_each_policy_and_a_replay_is_all_duplicates() {
     // A new leader that finds the same ticks unrecorded (its predecessor died after the push)
     // re-pushes them: every one comes back as a duplicate, nothing is enqueued twice.
     handled_from(&env, t0).await;
-    let mut successor = Ticker::new(EngineConfig::default(), env.pool().clone(), env.queue.clone());
+    let mut successor = Ticker::new(
+        EngineConfig::default(),
+        env.pool().clone(),
+        tick_read_pool(env.pool()),
+        env.queue.clone(),
+    );
     successor.load().await.expect("load");
     let replay = successor.fire_due(now).await.expect("tick");
     assert_eq!((replay.enqueued, replay.jobs), (0, 8));
@@ -115,7 +125,12 @@ async fn on_time_ticks_fire_and_disabled_things_do_not() {
     env.schedule(c, every5, &["company"], "skip", 1).await;
     let t0 = epoch();
     handled_from(&env, t0).await;
-    let mut ticker = Ticker::new(EngineConfig::default(), env.pool().clone(), env.queue.clone());
+    let mut ticker = Ticker::new(
+        EngineConfig::default(),
+        env.pool().clone(),
+        tick_read_pool(env.pool()),
+        env.queue.clone(),
+    );
     ticker.load().await.expect("load");
     // After loading: schedule b is disabled, connection c is disabled.
     sqlx::query("UPDATE schedules SET enabled = false WHERE id = $1")
@@ -248,7 +263,12 @@ async fn a_deleted_schedule_stops_ticking_and_leaves_no_tick_series() {
     let s = env.schedule(conn, "*/5 * * * * *", &["contact", "deal"], "run_once", 1).await;
     let t0 = epoch();
     handled_from(&env, t0).await;
-    let mut ticker = Ticker::new(EngineConfig::default(), env.pool().clone(), env.queue.clone());
+    let mut ticker = Ticker::new(
+        EngineConfig::default(),
+        env.pool().clone(),
+        tick_read_pool(env.pool()),
+        env.queue.clone(),
+    );
     assert_eq!(ticker.load().await.expect("load"), 1);
     let report = ticker.fire_due(secs(t0, 5.5)).await.expect("tick");
     assert_eq!(report.enqueued, 2);
