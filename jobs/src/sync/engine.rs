@@ -1,7 +1,9 @@
 //! The sync run loop. See the module docs of [`crate::sync`].
 //!
-//! 1. Load the (connection, object) state; resume its running run, or start a new one from
-//!    the stored cursor (a full sync when there is none, or when a full sync was asked).
+//! 1. Claim the (connection, object) for this attempt ([`claim`]): resume its running run, or
+//!    start a new one from the stored cursor (a full sync when there is none, or when a full
+//!    sync was asked). Page commits check the claim, so an attempt whose lease was lost cannot
+//!    write underneath the one that took the job over.
 //! 2. Before each page after the first, take a token from the account's rate budget; a short
 //!    wait is slept, a long one ends the attempt with a deferral (no worker held, no attempt).
 //! 3. Fetch the page (with a valid token; one refresh on a 401).
@@ -71,6 +73,16 @@ pub enum Stop {
     LeaseLost,
 }
 
+/// Another attempt claimed this sync (see [`claim`]): this one's lease was lost, and its
+/// heartbeat had not said so yet. Its page rolled back; the owner goes on from the cursor.
+fn superseded() -> JobError {
+    JobError::defer(
+        Duration::ZERO,
+        "superseded",
+        "another attempt of this sync took it over (this one's lease was lost); stopped without writing further",
+    )
+}
+
 fn lease_lost() -> JobError {
     JobError::defer(
         Duration::ZERO,
@@ -94,9 +106,11 @@ pub async fn run(
     let client = ctx.clients.get(target.provider);
     let rate = budget::rate(target.provider, &target.account);
     let mut summary = RunSummary::default();
-    let (mut run_id, mut cursor) = start_or_resume(ctx, &target, job, info).await?;
+    // This attempt's claim on the (connection, object): every page it commits checks it.
+    let owner = Uuid::now_v7();
+    let (mut run_id, mut cursor) = claim(ctx, &target, job, info, job.mode, owner, false).await?;
     let mut first_request = true;
-    let mut writer = Writer::new(ctx.pool.clone(), target.clone(), object);
+    let mut writer = Writer::new(ctx.pool.clone(), target.clone(), object, owner);
     // Asked once per page, before any request is started: a stopping worker sends none.
     let mut stop = stopping();
     loop {
@@ -141,7 +155,7 @@ pub async fn run(
                     }
                     return Err(w);
                 }
-                return Err(e.into_decision(ctx, &target, run_id, info).await);
+                return Err(e.into_decision(ctx, &target, run_id, owner, info).await);
             }
         };
         let done = !page.has_more;
@@ -158,7 +172,7 @@ pub async fn run(
                 return Ok(summary);
             }
             // buffer_one: another run was asked for while this one ran; start it now.
-            (run_id, cursor) = new_run(ctx, &target, job, info, SyncMode::Incremental).await?;
+            (run_id, cursor) = claim(ctx, &target, job, info, SyncMode::Incremental, owner, true).await?;
             first_request = false;
         }
     }
@@ -180,8 +194,15 @@ fn settle(
         add(&mut summary.counts, &page.counts);
         rerun |= page.done && page.rerun;
     }
-    result.map_err(|e| JobError::transient("database", format!("database: {e}")))?;
-    Ok(rerun)
+    match result {
+        Ok(()) => Ok(rerun),
+        Err(WriteError::Superseded) => {
+            tracing::info!(message = "sync taken over by another attempt; page rolled back",
+                connection = %target.connection, object = %writer.object());
+            Err(superseded())
+        }
+        Err(e) => Err(JobError::transient("database", format!("database: {e}"))),
+    }
 }
 
 /// Why a page could not be fetched: the limiter's own decision (a long wait defers the job),
@@ -197,11 +218,12 @@ impl FetchError {
         ctx: &JobContext,
         target: &Target,
         run: Uuid,
+        owner: Uuid,
         info: AttemptInfo,
     ) -> JobError {
         match self {
             FetchError::Decided(e) => e,
-            FetchError::Call(e) => outcome(ctx, target, run, info, e).await,
+            FetchError::Call(e) => outcome(ctx, target, run, owner, info, e).await,
         }
     }
 }
@@ -255,86 +277,116 @@ fn db(e: sqlx::Error) -> JobError {
     JobError::transient("database", format!("database: {e}"))
 }
 
-async fn start_or_resume(
-    ctx: &JobContext,
-    target: &Target,
-    job: &SyncJob,
-    info: AttemptInfo,
-) -> Result<(Uuid, SyncCursor), JobError> {
-    let state: Option<(serde_json::Value, Option<Uuid>, Option<String>)> = sqlx::query_as(
-        "SELECT s.cursor, s.run_id, r.status FROM sync_state s LEFT JOIN sync_runs r ON r.id = s.run_id \
-         WHERE s.connection_id = $1 AND s.object = $2",
-    )
-    .bind(target.connection)
-    .bind(job.object.as_str())
-    .fetch_optional(&ctx.pool)
-    .await
-    .map_err(db)?;
-    if let Some((cursor, Some(run), Some(status))) = &state
-        && status == "running"
-        && job.mode != SyncMode::Full
-    {
-        let cursor: SyncCursor = serde_json::from_value(cursor.clone()).unwrap_or_default();
-        tracing::info!(message = "resuming sync run", run = %run, connection = %target.connection, object = %job.object);
-        return Ok((*run, cursor));
-    }
-    new_run(ctx, target, job, info, job.mode).await
+/// A (connection, object)'s stored position and the run it names, as [`claim`] reads them.
+#[derive(sqlx::FromRow)]
+struct StoredState {
+    cursor: serde_json::Value,
+    run_id: Option<Uuid>,
+    /// The run's status.
+    status: Option<String>,
+    /// The job the run was started by.
+    job_id: Option<Uuid>,
 }
 
-async fn new_run(
+/// Claims the (connection, object) for this attempt (`owner`) and starts or resumes its run,
+/// returning the run and the cursor to fetch from.
+///
+/// One transaction, holding the `sync_state` row lock that every page commit also takes
+/// ([`super::writer`]): a page of an earlier attempt either committed before the claim (and the
+/// cursor read here is after it) or finds the claim taken and rolls back. So the cursor never
+/// goes back, and no page is committed twice.
+///
+/// The run in progress is resumed, unless a full sync is asked for by another job (a later
+/// attempt of the same full sync resumes it). With `rerun` (`buffer_one`: the run asked for
+/// while this attempt's run went on), a run in progress can only be one another attempt
+/// started after this one's last page (which closed its run): this attempt was superseded.
+async fn claim(
     ctx: &JobContext,
     target: &Target,
     job: &SyncJob,
     info: AttemptInfo,
     mode: SyncMode,
+    owner: Uuid,
+    rerun: bool,
 ) -> Result<(Uuid, SyncCursor), JobError> {
-    let stored: Option<serde_json::Value> =
-        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE connection_id = $1 AND object = $2")
-            .bind(target.connection)
-            .bind(job.object.as_str())
-            .fetch_optional(&ctx.pool)
-            .await
-            .map_err(db)?;
-    let stored: Option<SyncCursor> =
-        stored.and_then(|v| serde_json::from_value(v).ok()).filter(|c: &SyncCursor| {
-            // An empty row (created by a rerun request before any sync) carries no position.
-            c.since.is_some() || !c.at_start()
-        });
-    let (cursor, mode) = match (mode, stored) {
-        // A completed run stored the next run's cursor; a failed one its last position: both go on.
-        (SyncMode::Incremental, Some(c)) => (c, SyncMode::Incremental),
-        _ => (SyncCursor::full(), SyncMode::Full),
-    };
-    let run = Uuid::now_v7();
     let mut tx = ctx.pool.begin().await.map_err(db)?;
-    sqlx::query(
-        "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, trigger, job_id, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')",
-    )
-    .bind(run)
-    .bind(target.connection)
-    .bind(&target.tenant)
-    .bind(target.provider.as_str())
-    .bind(job.object.as_str())
-    .bind(if mode == SyncMode::Full { "full" } else { "incremental" })
-    .bind(&job.trigger)
-    .bind(info.job_id)
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    sqlx::query(
-        "INSERT INTO sync_state (connection_id, object, cursor, run_id) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (connection_id, object) DO UPDATE SET cursor = $3, run_id = $4, updated_at = now()",
+    let state: Option<StoredState> = sqlx::query_as(
+        "SELECT s.cursor, s.run_id, r.status, r.job_id FROM sync_state s LEFT JOIN sync_runs r ON r.id = s.run_id \
+         WHERE s.connection_id = $1 AND s.object = $2 FOR UPDATE OF s",
     )
     .bind(target.connection)
     .bind(job.object.as_str())
-    .bind(serde_json::to_value(&cursor).unwrap_or_default())
-    .bind(run)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db)?;
+    let running = match &state {
+        Some(StoredState { run_id: Some(run), status: Some(status), job_id, .. }) if status == "running" => {
+            Some((*run, *job_id))
+        }
+        _ => None,
+    };
+    if rerun && running.is_some() {
+        return Err(superseded());
+    }
+    let resume = running
+        .filter(|(_, run_job)| mode != SyncMode::Full || (info.job_id.is_some() && *run_job == info.job_id));
+    let claimed = if let Some((run, _)) = resume {
+        let cursor: SyncCursor =
+            state.and_then(|s| serde_json::from_value(s.cursor).ok()).unwrap_or_default();
+        sqlx::query(
+            "UPDATE sync_state SET owner = $3, updated_at = now() WHERE connection_id = $1 AND object = $2",
+        )
+        .bind(target.connection)
+        .bind(job.object.as_str())
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tracing::info!(message = "resuming sync run", run = %run, connection = %target.connection, object = %job.object);
+        (run, cursor)
+    } else {
+        let stored: Option<SyncCursor> =
+            state.and_then(|s| serde_json::from_value(s.cursor).ok()).filter(|c: &SyncCursor| {
+                // An empty row (created by a rerun request before any sync) carries no position.
+                c.since.is_some() || !c.at_start()
+            });
+        let (cursor, mode) = match (mode, stored) {
+            // A completed run stored the next run's cursor; a failed one its last position: both go on.
+            (SyncMode::Incremental, Some(c)) => (c, SyncMode::Incremental),
+            _ => (SyncCursor::full(), SyncMode::Full),
+        };
+        let run = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, trigger, job_id, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')",
+        )
+        .bind(run)
+        .bind(target.connection)
+        .bind(&target.tenant)
+        .bind(target.provider.as_str())
+        .bind(job.object.as_str())
+        .bind(if mode == SyncMode::Full { "full" } else { "incremental" })
+        .bind(&job.trigger)
+        .bind(info.job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO sync_state (connection_id, object, cursor, run_id, owner) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (connection_id, object) DO UPDATE SET cursor = $3, run_id = $4, owner = $5, updated_at = now()",
+        )
+        .bind(target.connection)
+        .bind(job.object.as_str())
+        .bind(serde_json::to_value(&cursor).unwrap_or_default())
+        .bind(run)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        (run, cursor)
+    };
     tx.commit().await.map_err(db)?;
-    Ok((run, cursor))
+    Ok(claimed)
 }
 
 /// Takes a rate token for the next request, sleeping briefly or deferring the job. A pause of
@@ -374,6 +426,7 @@ pub(crate) async fn outcome(
     ctx: &JobContext,
     target: &Target,
     run: Uuid,
+    owner: Uuid,
     info: AttemptInfo,
     error: CallError,
 ) -> JobError {
@@ -386,15 +439,17 @@ pub(crate) async fn outcome(
                 crm_queue::FailureKind::Transient | crm_queue::FailureKind::RetryAfter(_)
             ));
     if fails_run {
-        let _ = sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = now(), failed = failed + 1, error = $2 WHERE id = $1")
-            .bind(run)
-            .bind(&decision.message)
-            .execute(&ctx.pool)
-            .await;
-        let _ = sqlx::query("UPDATE sync_state SET run_id = NULL WHERE run_id = $1")
-            .bind(run)
-            .execute(&ctx.pool)
-            .await;
+        // Only while this attempt holds the claim: one that superseded it decides for itself.
+        let _ = sqlx::query(
+            "WITH released AS (UPDATE sync_state SET run_id = NULL WHERE run_id = $1 AND owner = $3 RETURNING 1) \
+             UPDATE sync_runs SET status = 'failed', finished_at = now(), failed = failed + 1, error = $2 \
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM released)",
+        )
+        .bind(run)
+        .bind(&decision.message)
+        .bind(owner)
+        .execute(&ctx.pool)
+        .await;
     }
     decision
 }

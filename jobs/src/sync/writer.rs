@@ -65,6 +65,9 @@ pub enum WriteError {
     /// The write's task ended without an answer (it panicked).
     #[error("page write task failed: {0}")]
     Task(String),
+    /// Another attempt claimed the sync (this one's lease was lost): the page rolled back.
+    #[error("another attempt of this sync took it over")]
+    Superseded,
 }
 
 /// How long a page waits for a second connection before it waits for its predecessor instead.
@@ -91,6 +94,8 @@ pub struct Writer {
     pool: PgPool,
     target: Target,
     object: ObjectKind,
+    /// The attempt's claim on the sync (`sync_state.owner`), checked by every commit.
+    owner: Uuid,
     in_flight: VecDeque<InFlight>,
     /// Pages committed and not yet taken by [`Writer::take_committed`].
     committed: Vec<Committed>,
@@ -101,12 +106,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer for one (connection, object).
-    pub fn new(pool: PgPool, target: Target, object: ObjectKind) -> Self {
+    /// A writer for one (connection, object), committing for the attempt that claimed it as
+    /// `owner`.
+    pub fn new(pool: PgPool, target: Target, object: ObjectKind, owner: Uuid) -> Self {
         Self {
             pool,
             target,
             object,
+            owner,
             in_flight: VecDeque::new(),
             committed: Vec::new(),
             seq: 0,
@@ -135,7 +142,7 @@ impl Writer {
             self.drain().await?;
         }
         self.seq += 1;
-        let lock = lock_key(run, self.seq);
+        let lock = lock_key(self.owner, self.seq);
         // Before the next page can start, this page holds its own advisory lock (so the next
         // page's wait for it is always a real one) and the records lock shared (so pages of
         // one sync hold it in page order: a mark queued between them cannot make page N wait
@@ -172,8 +179,8 @@ impl Writer {
             .back_mut()
             .and_then(|p| p.outcome.take().map(|outcome| Previous { lock: p.lock, outcome }));
         let (tell, outcome) = oneshot::channel();
-        let handle =
-            tokio::spawn(write(tx, self.target.clone(), self.object, run, page, done, previous, tell));
+        let page = Page { run, owner: self.owner, page, done };
+        let handle = tokio::spawn(write(tx, self.target.clone(), self.object, page, previous, tell));
         self.in_flight.push_back(InFlight { handle, ids, lock, outcome: Some(outcome) });
         Ok(())
     }
@@ -184,6 +191,11 @@ impl Writer {
             self.pop().await?;
         }
         Ok(())
+    }
+
+    /// The object written.
+    pub fn object(&self) -> ObjectKind {
+        self.object
     }
 
     /// The pages committed since the last call, in order (also after an error).
@@ -222,22 +234,27 @@ impl Drop for Writer {
     }
 }
 
-/// The 64-bit advisory lock key page `seq` (from 1) of `run` holds while it is written (a
-/// collision with another run's key only makes a page wait a moment longer); `pg_locks` shows
-/// it as `classid`/`objid`.
-pub fn lock_key(run: Uuid, seq: u64) -> i64 {
-    let v = run.as_u128();
+/// The 64-bit advisory lock key page `seq` (from 1) of the attempt `owner` holds while it is
+/// written (a collision with another attempt's key only makes a page wait a moment longer);
+/// `pg_locks` shows it as `classid`/`objid`.
+pub fn lock_key(owner: Uuid, seq: u64) -> i64 {
+    let v = owner.as_u128();
     ((v as u64) ^ ((v >> 64) as u64) ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A page to write, of which run, for which attempt.
+struct Page {
+    run: Uuid,
+    owner: Uuid,
+    page: SyncPage,
+    done: bool,
+}
+
 async fn write(
     mut tx: Transaction<'static, Postgres>,
     target: Target,
     object: ObjectKind,
-    run: Uuid,
-    page: SyncPage,
-    done: bool,
+    Page { run, owner, page, done }: Page,
     previous: Option<Previous>,
     tell: oneshot::Sender<bool>,
 ) -> Result<Committed, WriteError> {
@@ -256,7 +273,7 @@ async fn write(
                 return Err(WriteError::Predecessor);
             }
         }
-        let rerun = commit(&mut tx, &scope, object, &page.next, &counts, done).await?;
+        let rerun = commit(&mut tx, &scope, object, owner, &page.next, &counts, done).await?;
         tx.commit().await?;
         Ok(Committed { counts, cursor: page.next, done, rerun })
     }
@@ -267,41 +284,54 @@ async fn write(
 }
 
 /// Stores the cursor after the page and adds the page to the run's counters (closing the run
-/// on its last page). Returns whether another run was requested meanwhile.
+/// on its last page), if `owner` still holds the claim (else [`WriteError::Superseded`], and the
+/// caller's transaction rolls back). Returns whether another run was requested meanwhile.
 async fn commit(
     tx: &mut sqlx::PgConnection,
     scope: &Scope<'_>,
     object: ObjectKind,
+    owner: Uuid,
     next: &SyncCursor,
     counts: &PageCounts,
     done: bool,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, WriteError> {
     let cursor_json = serde_json::to_value(next).unwrap_or_default();
+    // The claim is checked under the row lock that a claim takes too (the `FOR UPDATE` below,
+    // or the `UPDATE`, which re-reads the row once a concurrent claim ends), so an attempt
+    // claiming meanwhile either waits for this commit, and reads its cursor, or is seen here.
     // On the last page: was another run asked for meanwhile? Read under the row lock, so a
     // request committed a moment before is seen here rather than cleared unseen below.
     let rerun = if done {
-        sqlx::query_scalar(
-            "SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = $2 FOR UPDATE",
+        let rerun: Option<bool> = sqlx::query_scalar(
+            "SELECT rerun_requested FROM sync_state WHERE connection_id = $1 AND object = $2 AND owner = $3 \
+             FOR UPDATE",
         )
         .bind(scope.connection)
         .bind(object.as_str())
-        .fetch_one(&mut *tx)
-        .await?
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        rerun.ok_or(WriteError::Superseded)?
     } else {
         false
     };
-    sqlx::query(
+    let stored = sqlx::query(
         "UPDATE sync_state SET cursor = $3, run_id = CASE WHEN $4 THEN NULL ELSE run_id END, \
            last_success_at = CASE WHEN $4 THEN now() ELSE last_success_at END, \
            rerun_requested = CASE WHEN $4 THEN false ELSE rerun_requested END, updated_at = now() \
-         WHERE connection_id = $1 AND object = $2",
+         WHERE connection_id = $1 AND object = $2 AND owner = $5",
     )
     .bind(scope.connection)
     .bind(object.as_str())
     .bind(&cursor_json)
     .bind(done)
+    .bind(owner)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if stored == 0 {
+        return Err(WriteError::Superseded);
+    }
     sqlx::query(
         "UPDATE sync_runs SET pages = pages + 1, processed = processed + $2, created = created + $3, \
            updated = updated + $4, deleted = deleted + $5, unchanged = unchanged + $6, \

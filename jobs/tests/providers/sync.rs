@@ -122,6 +122,15 @@ impl SyncEnv {
         .expect("run")
     }
 
+    async fn cursor(&self, object: ObjectKind) -> Value {
+        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE connection_id = $1 AND object = $2")
+            .bind(self.connection)
+            .bind(object.as_str())
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("cursor")
+    }
+
     /// Someone changes a contact's email at the CRM.
     async fn set_remote_email(&self, contact: &str, email: &str) {
         self.env
@@ -264,6 +273,34 @@ async fn an_interrupted_sync_resumes_after_its_last_committed_page() {
     assert_eq!(s.local(ObjectKind::Contact).await, s.remote(ObjectKind::Contact));
 }
 
+/// A full sync (asked for by an operator, say) stopped part-way resumes on its job's next
+/// attempt instead of starting over; another full-sync job starts a run of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_sync_resumes_on_its_next_attempt() {
+    let s = setup(2_000, 0).await;
+    let full = s.job(ObjectKind::Contact, SyncMode::Full);
+    let attempt = |n| AttemptInfo { job_id: Some(Uuid::from_u128(7)), attempt: n, max_attempts: 8 };
+    let checks = AtomicUsize::new(0);
+    crm_jobs::sync::run(&s.ctx, &full, attempt(1), || {
+        (checks.fetch_add(1, Ordering::SeqCst) >= 3).then_some(crm_jobs::sync::Stop::Shutdown)
+    })
+    .await
+    .expect_err("stopped");
+    assert_eq!(s.search_requests().await, 3);
+    crm_jobs::sync::run(&s.ctx, &full, attempt(2), || None).await.expect("resumed");
+    let (status, pages, created, ..) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!((status.as_str(), pages as usize, created), ("succeeded", 2_000 / 200 + 1, 2_000), "one run");
+    assert_eq!(s.search_requests().await, 10, "no committed page fetched again");
+    let other = AttemptInfo { job_id: Some(Uuid::from_u128(8)), ..attempt(1) };
+    crm_jobs::sync::run(&s.ctx, &full, other, || None).await.expect("another full sync");
+    let (status, pages, _, _, _, unchanged) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!(
+        (status.as_str(), pages as usize, unchanged),
+        ("succeeded", 2_000 / 200 + 1, 2_000),
+        "from the start"
+    );
+}
+
 /// A run told its lease is lost requests nothing more: the pages in flight are aborted rather
 /// than awaited, no outcome is recorded (the run stays `running` for the run that took the
 /// job over), and that run resumes from the last committed page and finishes.
@@ -281,6 +318,42 @@ async fn a_run_that_lost_its_lease_requests_nothing_more_and_records_no_outcome(
     s.sync(ObjectKind::Contact).await.expect("taken over");
     let (status, _, created, ..) = s.last_run(ObjectKind::Contact).await;
     assert_eq!((status.as_str(), created), ("succeeded", 2_000));
+    assert_eq!(s.local(ObjectKind::Contact).await, s.remote(ObjectKind::Contact));
+}
+
+/// An attempt whose lease was lost, and whose heartbeat has not said so yet, goes on while a
+/// later attempt of the job takes the sync over and finishes it. The stale attempt's next
+/// commit finds the sync claimed by the other: it stops, every page is committed exactly once
+/// (the run counts 11, not more), and the cursor the finished run stored is not set back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_superseded_attempt_commits_nothing_beside_the_one_that_took_over() {
+    let s = setup(2_000, 0).await;
+    let checks = AtomicUsize::new(0);
+    let finished_cursor = std::sync::Mutex::new(None);
+    let err = crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || {
+        if checks.fetch_add(1, Ordering::SeqCst) == 3 {
+            // Before the stale attempt's fourth page, another attempt takes over and finishes.
+            let cursor = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    s.sync(ObjectKind::Contact).await.expect("the attempt that took over finishes");
+                    s.cursor(ObjectKind::Contact).await
+                })
+            });
+            *finished_cursor.lock().expect("lock") = Some(cursor);
+        }
+        None
+    })
+    .await
+    .expect_err("superseded");
+    assert_eq!((err.kind.clone(), err.class.as_str()), (FailureKind::Defer(Duration::ZERO), "superseded"));
+    let (status, pages, created, ..) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!(
+        (status.as_str(), pages as usize, created),
+        ("succeeded", 2_000 / 200 + 1, 2_000),
+        "each page once"
+    );
+    let finished = finished_cursor.lock().expect("lock").take().expect("taken over");
+    assert_eq!(s.cursor(ObjectKind::Contact).await, finished, "the cursor is not set back");
     assert_eq!(s.local(ObjectKind::Contact).await, s.remote(ObjectKind::Contact));
 }
 
@@ -552,7 +625,11 @@ mod ordered_writes {
     use crm_jobs::providers::{CrmRecord, SyncCursor, SyncPage};
     use crm_jobs::sync::writer::{WriteError, Writer};
 
-    /// A run row and a sync_state row for the connection, as `sync::run` makes them.
+    /// The attempt the writers of these tests commit for.
+    const OWNER: Uuid = Uuid::from_u128(0x5eed);
+
+    /// A run row and a sync_state row for the connection, claimed by [`OWNER`], as `sync::run`
+    /// makes them.
     async fn start_run(s: &SyncEnv) -> Uuid {
         let run = Uuid::now_v7();
         sqlx::query(
@@ -565,10 +642,11 @@ mod ordered_writes {
         .await
         .expect("run");
         sqlx::query(
-            "INSERT INTO sync_state (connection_id, object, cursor, run_id) VALUES ($1, 'contact', '{}', $2)",
+            "INSERT INTO sync_state (connection_id, object, cursor, run_id, owner) VALUES ($1, 'contact', '{}', $2, $3)",
         )
         .bind(s.connection)
         .bind(run)
+        .bind(OWNER)
         .execute(&s.db.pool)
         .await
         .expect("state");
@@ -630,7 +708,33 @@ mod ordered_writes {
             connection: s.connection,
             account: s.hub.to_string(),
         };
-        Writer::new(s.db.pool.clone(), target, ObjectKind::Contact)
+        Writer::new(s.db.pool.clone(), target, ObjectKind::Contact, OWNER)
+    }
+
+    /// Another attempt claims the sync between two pages (this attempt's lease was lost and
+    /// its heartbeat has not said so yet): the next page must not commit, or it would write
+    /// beside the attempt that took over and set the cursor back behind it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_page_of_an_attempt_whose_claim_was_taken_rolls_back() {
+        let s = setup(0, 0).await;
+        let run = start_run(&s).await;
+        let mut w = writer(&s);
+        w.submit(run, page("p1", &["a"], 1), false).await.expect("page 1");
+        w.drain().await.expect("page 1 commits");
+        sqlx::query("UPDATE sync_state SET owner = $2 WHERE connection_id = $1")
+            .bind(s.connection)
+            .bind(Uuid::now_v7())
+            .execute(&s.db.pool)
+            .await
+            .expect("claimed by another attempt");
+        w.submit(run, page("p2", &["b"], 2), false).await.expect("page 2 submitted");
+        let err = w.drain().await.expect_err("page 2 does not commit");
+        assert!(matches!(err, WriteError::Superseded), "{err}");
+        let (token, pages, rows) = stored(&s).await;
+        assert_eq!((token.as_deref(), pages), (Some("p1"), 1), "cursor and counters stay after page 1");
+        assert_eq!(rows.keys().collect::<Vec<_>>(), ["a"], "page 2's row rolled back");
+        let err = w.submit(run, page("p3", &["c"], 3), true).await.expect_err("no page after it");
+        assert!(matches!(err, WriteError::Predecessor), "{err}");
     }
 
     /// Page 1 is slow to reach a record that page 2 also holds. Were page 2 to write it first
@@ -695,7 +799,7 @@ mod ordered_writes {
         slow_at(&s, "a-slow", 1.0, false).await;
         let mut holder = s.db.pool.begin().await.expect("begin");
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(crm_jobs::sync::writer::lock_key(run, 2))
+            .bind(crm_jobs::sync::writer::lock_key(OWNER, 2))
             .execute(&mut *holder)
             .await
             .expect("page 2's lock");
