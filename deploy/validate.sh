@@ -357,7 +357,8 @@ if so:
     need(so["spec"]["scaleTargetRef"]["name"] == "crm-worker", "ScaledObject targets crm-worker")
     t = so["spec"]["triggers"][0]
     need(t["type"] == "prometheus", "KEDA prometheus scaler")
-    need(re.search(r'max\(crm_fleet_queue_depth\{[^}]*state="ready"', t["metadata"]["query"]), "KEDA query: max(crm_fleet_queue_depth{state=\"ready\"...})")
+    need(re.search(r'^max\(crm_fleet_queue_runnable(\{[^}]*\})?\) or max\(crm_fleet_queue_depth\{[^}]*state="ready"', t["metadata"]["query"]),
+         "KEDA query: max(crm_fleet_queue_runnable...) or max(crm_fleet_queue_depth{state=\"ready\"...})")
     need(1 <= so["spec"]["minReplicaCount"] < so["spec"]["maxReplicaCount"], "KEDA min/max replicas")
     need(float(t["metadata"]["threshold"]) > 0, "KEDA threshold")
 need(not any(d["kind"] == "Secret" for d in docs), "no Secret rendered (created out of band)")

@@ -8,11 +8,15 @@
 //! | `crm_fleet_limiter_paused` | `provider`, `scope` | pauses in force: `account` (throttled), `connection` (parked), `provider` (breaker open) |
 //! | `crm_fleet_sync_conflicts_open` | `provider` | sync conflicts not yet resolved (PostgreSQL, a partial index) |
 //! | `crm_fleet_circuit_open` | `provider` | 1 while the provider's breaker is open or half-open (its state in Redis) |
+//! | `crm_fleet_queue_runnable` | `queue` | ready jobs a worker could take now (Redis, [`crm_queue::held`]): what KEDA scales on |
+//! | `crm_fleet_queue_held` | `queue`, `reason` | ready jobs whose lane admission set aside: `blocked` (a full concurrency budget), `sleeping` (a pause, a rate budget) |
 //!
 //! Invariants: labels come from closed sets (the five providers, error classes, connection
-//! statuses, three scopes), never tenant or connection ids; a label set that disappears is set
-//! to 0 rather than left at its last value; one sample costs a few small queries, whatever the
-//! size of the fleet (the pause hash is read whole: pauses are few by nature).
+//! statuses, three scopes, two reasons), never tenant or connection ids; a label set that
+//! disappears is set to 0 rather than left at its last value; one sample costs a few small
+//! queries, whatever the size of the fleet (the pause hash is read whole: pauses are few by
+//! nature), except the held jobs: one `LLEN` per held lane, pipelined, at most
+//! [`HELD_MAX_LANES`] lanes (a provider outage holds every lane of the provider).
 //!
 //! Every scheduler replica samples the same fleet-wide values: aggregate them with `max`.
 
@@ -31,6 +35,10 @@ use crate::providers::Provider;
 
 /// How often the scheduler samples.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(10);
+
+/// Held lanes read per sample at most; beyond them jobs count as runnable (scaling then errs
+/// towards more workers, as it did before the held jobs were counted).
+pub const HELD_MAX_LANES: u64 = 200_000;
 
 /// A labelled gauge family remembered between samples, so vanished label sets go to 0.
 #[derive(Default)]
@@ -91,6 +99,23 @@ impl Sampler {
             } else {
                 0.0
             });
+        }
+        // Ready jobs that workers could take now, and those admission holds back (the
+        // workers' `crm_fleet_queue_depth{state="ready"}` counts both): more workers do
+        // nothing for held jobs, so autoscaling counts only the runnable ones.
+        match queue.held(HELD_MAX_LANES).await {
+            Ok(held) => {
+                let q = queue.config().name.clone();
+                metrics::gauge!("crm_fleet_queue_runnable", "queue" => q.clone()).set(held.runnable() as f64);
+                for (reason, n) in [("blocked", held.blocked_jobs), ("sleeping", held.sleeping_jobs)] {
+                    metrics::gauge!("crm_fleet_queue_held", "queue" => q.clone(), "reason" => reason)
+                        .set(n as f64);
+                }
+                if !held.complete {
+                    tracing::debug!(message = "held jobs sampled in part", lanes = HELD_MAX_LANES);
+                }
+            }
+            Err(error) => tracing::debug!(message = "sampling held jobs failed", %error),
         }
         match open_conflicts(pool).await {
             Ok(counts) => {

@@ -7,8 +7,18 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-/// The embedded migrations.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// The embedded migrations, tolerating migrations newer than this binary in the database.
+///
+/// Migrations are additive (new tables, nullable columns, indexes), so the previous version
+/// runs against the new schema, and it must be able to start there: a rolling upgrade
+/// restarts old pods after new ones migrated, each pod's init container runs `crmctl
+/// migrate`, and a rollback starts only old pods. sqlx's default refuses a database holding a
+/// migration the binary does not know (`VersionMissing`), which made every such start fail.
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// Connects a pool, retrying for up to `patience` so a process started before its database
 /// waits for it instead of crash-looping.
@@ -33,7 +43,8 @@ pub async fn connect(url: &str, max_connections: u32, patience: Duration) -> Res
     }
 }
 
-/// Applies pending migrations; returns how many were applied.
+/// Applies pending migrations; returns how many were applied. Migrations newer than this
+/// binary, applied by a later version, are left alone (see [`migrator`]).
 pub async fn migrate(pool: &PgPool) -> Result<usize, sqlx::migrate::MigrateError> {
     let applied: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = '_sqlx_migrations'",
@@ -49,6 +60,11 @@ pub async fn migrate(pool: &PgPool) -> Result<usize, sqlx::migrate::MigrateError
     } else {
         0
     };
-    MIGRATOR.run(pool).await?;
-    Ok(MIGRATOR.iter().count().saturating_sub(before as usize))
+    let migrator = migrator();
+    migrator.run(pool).await?;
+    let known: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .map_err(sqlx::migrate::MigrateError::from)?;
+    Ok(known.saturating_sub(before).max(0) as usize)
 }

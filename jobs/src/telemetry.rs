@@ -173,6 +173,16 @@ fn describe_metrics() {
     describe_gauge!("crm_fleet_queue_depth", Unit::Count, "Jobs in the queue, by state.");
     describe_gauge!("crm_fleet_queue_oldest_age_seconds", Unit::Seconds, "Age of the oldest ready job.");
     describe_gauge!(
+        "crm_fleet_queue_runnable",
+        Unit::Count,
+        "Ready jobs a worker could take now (not held by a full concurrency budget, a pause or a rate budget)."
+    );
+    describe_gauge!(
+        "crm_fleet_queue_held",
+        Unit::Count,
+        "Ready jobs whose lane admission set aside, by reason (blocked, sleeping)."
+    );
+    describe_gauge!(
         "crm_fleet_dead_letters",
         Unit::Count,
         "Dead letters not yet replayed, by provider and error class."

@@ -31,6 +31,7 @@ pub mod conn;
 pub mod consumer;
 pub mod dead_letter;
 pub mod error;
+pub mod held;
 pub mod job;
 pub mod keys;
 mod maintenance;
@@ -45,6 +46,7 @@ pub use conn::{RedisConn, RedisTarget};
 pub use consumer::{ACK_FLUSH, Completion, Consumer, ConsumerConfig, worker_id};
 pub use dead_letter::PgDeadLetters;
 pub use error::{FailureKind, JobError, QueueError};
+pub use held::Held;
 pub use job::{
     AttemptRecord, DeadReason, Dedupe, DyingJob, JobId, JobMeta, Lane, Lease, LeasedJob, NewJob, Priority,
     PushOutcome,

@@ -106,13 +106,18 @@ pub async fn run(
     let client = ctx.clients.get(target.provider);
     let rate = budget::rate(target.provider, &target.account);
     let mut summary = RunSummary::default();
+    // Asked once per page, before any request is started: a stopping worker sends none. The
+    // first time before the claim, too: an attempt that already knows its lease lost does not
+    // claim, which would stop the attempt that took the job over.
+    let mut stop = stopping();
+    if stop == Some(Stop::LeaseLost) {
+        return Err(lease_lost());
+    }
     // This attempt's claim on the (connection, object): every page it commits checks it.
     let owner = Uuid::now_v7();
     let (mut run_id, mut cursor) = claim(ctx, &target, job, info, job.mode, owner, false).await?;
     let mut first_request = true;
     let mut writer = Writer::new(ctx.pool.clone(), target.clone(), object, owner);
-    // Asked once per page, before any request is started: a stopping worker sends none.
-    let mut stop = stopping();
     loop {
         if stop == Some(Stop::LeaseLost) {
             // Returning drops the writer, which aborts the pages in flight.
@@ -172,6 +177,9 @@ pub async fn run(
                 return Ok(summary);
             }
             // buffer_one: another run was asked for while this one ran; start it now.
+            if stop == Some(Stop::LeaseLost) {
+                return Err(lease_lost());
+            }
             (run_id, cursor) = claim(ctx, &target, job, info, SyncMode::Incremental, owner, true).await?;
             first_request = false;
         }
@@ -356,6 +364,18 @@ async fn claim(
             _ => (SyncCursor::full(), SyncMode::Full),
         };
         let run = Uuid::now_v7();
+        if let Some((replaced, _)) = running {
+            // A full sync asked for by another job: the run in progress ends here, unfinished.
+            sqlx::query(
+                "UPDATE sync_runs SET status = 'failed', finished_at = now(), error = $2 \
+                 WHERE id = $1 AND status = 'running'",
+            )
+            .bind(replaced)
+            .bind(format!("replaced by full sync run {run}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
         sqlx::query(
             "INSERT INTO sync_runs (id, connection_id, tenant_id, provider, object, mode, trigger, job_id, status) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')",

@@ -244,8 +244,17 @@ async fn full_then_incremental_sync_matches_the_sandbox_exactly() {
 
 /// Runs an incremental contact sync told to stop (`why`) before its fourth page.
 async fn stopped_before_page_4(s: &SyncEnv, why: crm_jobs::sync::Stop) -> crm_queue::JobError {
+    stopped_before_page_4_of(s, SyncMode::Incremental, info(), why).await
+}
+
+async fn stopped_before_page_4_of(
+    s: &SyncEnv,
+    mode: SyncMode,
+    info: AttemptInfo,
+    why: crm_jobs::sync::Stop,
+) -> crm_queue::JobError {
     let checks = AtomicUsize::new(0);
-    crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, SyncMode::Incremental), info(), || {
+    crm_jobs::sync::run(&s.ctx, &s.job(ObjectKind::Contact, mode), info, || {
         (checks.fetch_add(1, Ordering::SeqCst) >= 3).then_some(why)
     })
     .await
@@ -274,31 +283,38 @@ async fn an_interrupted_sync_resumes_after_its_last_committed_page() {
 }
 
 /// A full sync (asked for by an operator, say) stopped part-way resumes on its job's next
-/// attempt instead of starting over; another full-sync job starts a run of its own.
+/// attempt instead of starting over. A full sync of another job starts a run of its own from
+/// the start, and the run it replaces is closed as failed rather than left `running`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_sync_resumes_on_its_next_attempt() {
     let s = setup(2_000, 0).await;
     let full = s.job(ObjectKind::Contact, SyncMode::Full);
-    let attempt = |n| AttemptInfo { job_id: Some(Uuid::from_u128(7)), attempt: n, max_attempts: 8 };
-    let checks = AtomicUsize::new(0);
-    crm_jobs::sync::run(&s.ctx, &full, attempt(1), || {
-        (checks.fetch_add(1, Ordering::SeqCst) >= 3).then_some(crm_jobs::sync::Stop::Shutdown)
-    })
-    .await
-    .expect_err("stopped");
+    let attempt =
+        |job: u128, n| AttemptInfo { job_id: Some(Uuid::from_u128(job)), attempt: n, max_attempts: 8 };
+    let stop = crm_jobs::sync::Stop::Shutdown;
+    stopped_before_page_4_of(&s, SyncMode::Full, attempt(7, 1), stop).await;
     assert_eq!(s.search_requests().await, 3);
-    crm_jobs::sync::run(&s.ctx, &full, attempt(2), || None).await.expect("resumed");
+    crm_jobs::sync::run(&s.ctx, &full, attempt(7, 2), || None).await.expect("resumed");
     let (status, pages, created, ..) = s.last_run(ObjectKind::Contact).await;
     assert_eq!((status.as_str(), pages as usize, created), ("succeeded", 2_000 / 200 + 1, 2_000), "one run");
     assert_eq!(s.search_requests().await, 10, "no committed page fetched again");
-    let other = AttemptInfo { job_id: Some(Uuid::from_u128(8)), ..attempt(1) };
-    crm_jobs::sync::run(&s.ctx, &full, other, || None).await.expect("another full sync");
+
+    stopped_before_page_4_of(&s, SyncMode::Full, attempt(9, 1), stop).await;
+    let (replaced, ..) = s.last_run(ObjectKind::Contact).await;
+    assert_eq!(replaced, "running");
+    crm_jobs::sync::run(&s.ctx, &full, attempt(8, 1), || None).await.expect("another full sync");
     let (status, pages, _, _, _, unchanged) = s.last_run(ObjectKind::Contact).await;
     assert_eq!(
         (status.as_str(), pages as usize, unchanged),
         ("succeeded", 2_000 / 200 + 1, 2_000),
         "from the start"
     );
+    assert_eq!(s.search_requests().await, 10 + 3 + 10);
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM sync_runs ORDER BY started_at")
+        .fetch_all(&s.db.pool)
+        .await
+        .expect("runs");
+    assert_eq!(statuses, ["succeeded", "failed", "succeeded"], "the replaced run is closed");
 }
 
 /// A run told its lease is lost requests nothing more: the pages in flight are aborted rather

@@ -345,6 +345,54 @@ async fn a_full_concurrency_budget_blocks_its_lane_until_a_slot_frees() {
     assert_eq!(q.slots_in_use("c:provider:hubspot").await.expect("slots"), 2);
 }
 
+/// Ready jobs held by admission are told apart from those a worker could take: a lane blocked
+/// on a full concurrency budget and lanes asleep on a pause count as held, with all their jobs
+/// (also those pushed after the lane was set aside); the others are runnable. What KEDA scales
+/// on: adding workers for held jobs only adds polling.
+#[tokio::test]
+async fn held_jobs_are_those_of_blocked_and_sleeping_lanes() {
+    let env = TestEnv::new().await;
+    let q = &env.queue;
+    q.set_limit("c:provider:hubspot", Limit::Concurrency(1)).await.expect("limit");
+    let full = Lane::new("hubspot", "t1", Priority::Normal).budget("c:provider:hubspot");
+    let paused = |t: &str| Lane::new("close", t, Priority::Normal).budget("x:provider:close");
+    let free = Lane::new("pipedrive", "t4", Priority::Normal);
+    let jobs =
+        |lane: &Lane, n: usize| (0..n).map(|_| NewJob::new("noop", lane.clone(), b"{}".to_vec())).collect();
+    q.push_bulk(jobs(&full, 4)).await.expect("push");
+    q.push_bulk(jobs(&paused("t2"), 2)).await.expect("push");
+    q.push_bulk(jobs(&paused("t3"), 3)).await.expect("push");
+    q.push_bulk(jobs(&free, 5)).await.expect("push");
+    let before = q.held(1_000).await.expect("held");
+    assert_eq!((before.ready, before.runnable(), before.complete), (14, 14, true), "nothing set aside yet");
+
+    q.pause("x:provider:close", Duration::from_secs(60)).await.expect("pause");
+    let taken = q.fetch("w", 20).await.expect("fetch");
+    assert_eq!(taken.len(), 6, "one hubspot job (one slot) and the five free ones");
+    q.push_bulk(jobs(&paused("t2"), 1)).await.expect("pushed into a sleeping lane");
+    let held = q.held(1_000).await.expect("held");
+    assert_eq!(
+        held,
+        crm_queue::Held {
+            ready: 9,
+            blocked_lanes: 1,
+            blocked_jobs: 3,
+            sleeping_lanes: 2,
+            sleeping_jobs: 6,
+            complete: true
+        }
+    );
+    assert_eq!(held.runnable(), 0);
+
+    let partial = q.held(1).await.expect("held");
+    assert!(!partial.complete, "stopped at the lane limit");
+    assert!(partial.runnable() > 0, "uncounted lanes count as runnable: {partial:?}");
+
+    q.pause("x:provider:close", Duration::ZERO).await.expect("lift");
+    let lifted = q.held(1_000).await.expect("held");
+    assert_eq!((lifted.sleeping_jobs, lifted.runnable()), (0, 6), "the lifted pause woke its lanes");
+}
+
 #[tokio::test]
 async fn a_paused_budget_sleeps_its_lanes_until_the_pause_ends() {
     let env = TestEnv::new().await;

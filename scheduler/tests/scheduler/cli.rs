@@ -234,3 +234,22 @@ async fn resuming_a_provider_closes_its_circuit_breaker() {
     assert_eq!(out["breaker_closed"].as_bool(), Some(false));
     assert!(!q.pauses().await.expect("pauses").contains_key("x:account:hubspot:42"));
 }
+
+/// A database a later version migrated (a rolling upgrade restarts old pods after new ones
+/// ran their init container's `crmctl migrate`; a rollback starts only old ones): this
+/// version's `crmctl migrate` must leave the newer migration alone and succeed, not refuse
+/// to start the process.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_leaves_a_later_versions_migrations_alone() {
+    let env = Env::new().await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99991231000000, 'from a later version', true, '\\x00'::bytea, 1)",
+    )
+    .execute(&env.db.pool)
+    .await
+    .expect("a later version's migration");
+    let out = env.crmctl(&["migrate", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["applied"], 0, "nothing of this version was missing");
+}

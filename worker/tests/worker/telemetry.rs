@@ -339,6 +339,11 @@ async fn prometheus_scrapes_the_fleet_and_reports_the_completion_rate() {
             .await
             .expect("json");
         assert_eq!(v["status"], "success", "{expr}: {v}");
+        // The scaler's query has a value while the fleet runs: the scheduler's runnable jobs
+        // (else KEDA would read nothing, and fall back).
+        if expr.contains("crm_fleet_queue_runnable") {
+            assert!(v["data"]["result"][0]["value"][1].as_str().is_some(), "{expr}: {v}");
+        }
     }
     eprintln!("sent {sent} actions in {:?}; Prometheus says {rates:?} completions/s", started.elapsed());
     assert!(
@@ -349,8 +354,9 @@ async fn prometheus_scrapes_the_fleet_and_reports_the_completion_rate() {
 
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/crm-fleet.json");
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/alerts.yml");
+const SCALER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k8s/base/worker-scaledobject.yaml");
 
-/// Every PromQL expression of the Grafana dashboard and the alert rules.
+/// Every PromQL expression of the Grafana dashboard, the alert rules and the KEDA scaler.
 fn deploy_expressions() -> Vec<String> {
     let dash: Value =
         serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("dashboard")).expect("json");
@@ -362,7 +368,26 @@ fn deploy_expressions() -> Vec<String> {
         .filter_map(|t| t["expr"].as_str().map(str::to_owned))
         .collect();
     let alerts = std::fs::read_to_string(ALERTS).expect("alerts");
-    out.extend(alerts.lines().filter_map(|l| l.trim().strip_prefix("expr: ")).map(str::to_owned));
+    let lines: Vec<&str> = alerts.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(expr) = line.trim().strip_prefix("expr: ") else { continue };
+        if expr != ">-" {
+            out.push(expr.to_owned());
+            continue;
+        }
+        // A folded block (a long expression over several lines): the lines indented deeper
+        // than `expr:`, joined by spaces.
+        let body: Vec<&str> = lines[i + 1..]
+            .iter()
+            .take_while(|b| !b.trim().is_empty() && indent(b) > indent(line))
+            .map(|b| b.trim())
+            .collect();
+        assert!(!body.is_empty(), "an empty folded expression after line {}", i + 1);
+        out.push(body.join(" "));
+    }
+    let scaler = std::fs::read_to_string(SCALER).expect("scaler");
+    out.extend(scaler.lines().filter_map(|l| l.trim().strip_prefix("query: ")).map(str::to_owned));
     out
 }
 
