@@ -15,8 +15,9 @@
 //! statuses, three scopes, two reasons), never tenant or connection ids; a label set that
 //! disappears is set to 0 rather than left at its last value; one sample costs a few small
 //! queries, whatever the size of the fleet (the pause hash is read whole: pauses are few by
-//! nature), except the held jobs: one `LLEN` per held lane, pipelined, at most
-//! [`HELD_MAX_LANES`] lanes (a provider outage holds every lane of the provider).
+//! nature), except the held jobs: one `LLEN` per held lane, pipelined, at most about
+//! [`HELD_MAX_LANES`] lanes (a provider outage holds every lane of the provider). A sample
+//! that fails sets the runnable jobs to the whole ready depth, never leaves the last value.
 //!
 //! Every scheduler replica samples the same fleet-wide values: aggregate them with `max`.
 
@@ -103,19 +104,33 @@ impl Sampler {
         // Ready jobs that workers could take now, and those admission holds back (the
         // workers' `crm_fleet_queue_depth{state="ready"}` counts both): more workers do
         // nothing for held jobs, so autoscaling counts only the runnable ones.
+        let q = queue.config().name.clone();
         match queue.held(HELD_MAX_LANES).await {
             Ok(held) => {
-                let q = queue.config().name.clone();
                 metrics::gauge!("crm_fleet_queue_runnable", "queue" => q.clone()).set(held.runnable() as f64);
                 for (reason, n) in [("blocked", held.blocked_jobs), ("sleeping", held.sleeping_jobs)] {
                     metrics::gauge!("crm_fleet_queue_held", "queue" => q.clone(), "reason" => reason)
                         .set(n as f64);
                 }
                 if !held.complete {
-                    tracing::debug!(message = "held jobs sampled in part", lanes = HELD_MAX_LANES);
+                    tracing::warn!(
+                        message = "more held lanes than one sample reads; the rest count as runnable",
+                        lanes = HELD_MAX_LANES
+                    );
                 }
             }
-            Err(error) => tracing::debug!(message = "sampling held jobs failed", %error),
+            Err(error) => {
+                // Not left at its last value (KEDA would scale on it): every ready job counts
+                // as runnable, as the workers' depth does, until a sample succeeds.
+                tracing::warn!(message = "sampling held jobs failed; counting every ready job as runnable", %error);
+                if let Ok(stats) = queue.stats().await {
+                    metrics::gauge!("crm_fleet_queue_runnable", "queue" => q.clone()).set(stats.ready as f64);
+                    for reason in ["blocked", "sleeping"] {
+                        metrics::gauge!("crm_fleet_queue_held", "queue" => q.clone(), "reason" => reason)
+                            .set(0.0);
+                    }
+                }
+            }
         }
         match open_conflicts(pool).await {
             Ok(counts) => {

@@ -1,6 +1,12 @@
 -- Lease up to k jobs for a worker, serving lanes in weighted round-robin (stride scheduling)
 -- and admitting a job only if every budget its lane names has room.
--- ARGV: base, worker, lease ttl ms, k, sync aging ms, max lanes examined.
+-- ARGV: base, worker, lease ttl ms, k, sync aging ms, max lanes examined, request token
+-- (optional).
+-- A fetch is idempotent per request token: the leases it made are remembered under
+-- `fr:<token>` for a lease's time, and the same token again (the client retrying a fetch whose
+-- reply was lost: a dropped connection, a timeout) answers those leases again, still held, and
+-- leases nothing new. Without it the jobs leased by a lost reply waited for their lease to
+-- expire and were reaped as orphans, a third time as poison.
 -- Returns {jobs, next wake}: jobs is a list of {id, lease, payload, type, attempt, max attempts,
 -- enqueued at, lane, meta, orphans, lease expiry}; next wake is the earliest time (ms) a sleeping
 -- lane becomes admissible (-1 when none sleeps), so an idle worker can wait exactly that long.
@@ -9,7 +15,37 @@ local ttl = tonumber(ARGV[3])
 local k = tonumber(ARGV[4])
 local aging = tonumber(ARGV[5])
 local max_scan = tonumber(ARGV[6])
+local token = ARGV[7]
 local now = now_ms()
+
+-- When the caller may next find work without a push: the earliest sleeping lane or delayed job.
+local function next_wake()
+  local wake = redis.call('ZRANGE', base .. 'sleeping', 0, 0, 'WITHSCORES')
+  local at = -1
+  if #wake > 0 then at = tonumber(wake[2]) end
+  local d = redis.call('ZRANGE', base .. 'delayed', 0, 0, 'WITHSCORES')
+  if #d > 0 and (at < 0 or tonumber(d[2]) < at) then at = tonumber(d[2]) end
+  return at
+end
+
+local rk = nil
+if token and token ~= '' then
+  rk = base .. 'fr:' .. token
+  local made = redis.call('GET', rk)
+  if made then
+    local again = {}
+    for id, lease in string.gmatch(made, '(%S+) (%S+)') do
+      local f = redis.call('HMGET', jkey(id), 'k', 's', 'p', 't', 'a', 'm', 'e', 'l', 'meta', 'o', 'x')
+      -- Only leases still held: one that lapsed meanwhile was reaped, and its job is not ours.
+      if f[1] == lease and f[2] == 'l' then
+        again[#again + 1] = {id, lease, f[3], f[4], tonumber(f[5] or '0'), f[6], f[7], f[8], f[9] or '', f[10] or '0',
+          tonumber(f[11])}
+      end
+    end
+    return {again, next_wake(), now}
+  end
+end
+
 promote_due(now, 200)
 local out = {}
 local scans = 0
@@ -77,9 +113,9 @@ while #out < k and scans < max_scan do
     end
   end
 end
-local wake = redis.call('ZRANGE', base .. 'sleeping', 0, 0, 'WITHSCORES')
-local next_wake = -1
-if #wake > 0 then next_wake = tonumber(wake[2]) end
-local d = redis.call('ZRANGE', base .. 'delayed', 0, 0, 'WITHSCORES')
-if #d > 0 and (next_wake < 0 or tonumber(d[2]) < next_wake) then next_wake = tonumber(d[2]) end
-return {out, next_wake, now}
+if rk and #out > 0 then
+  local made = {}
+  for i, row in ipairs(out) do made[i] = row[1] .. ' ' .. row[2] end
+  redis.call('SET', rk, table.concat(made, ' '), 'PX', ttl)
+end
+return {out, next_wake(), now}

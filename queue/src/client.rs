@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use redis::Value;
 use redis::aio::ConnectionLike;
+use uuid::Uuid;
 
 use crate::config::QueueConfig;
 use crate::conn::{RedisConn, RedisTarget};
@@ -40,6 +41,10 @@ struct Inner {
     keys: Keys,
     scripts: Scripts,
     config: QueueConfig,
+    /// Per worker, the request token of its last fetch if that fetch failed: the next fetch
+    /// sends it again, so a fetch whose reply was lost (it may have leased jobs) answers those
+    /// leases instead of leaving them to lapse (see `fetch.lua`).
+    unanswered_fetch: parking_lot::Mutex<HashMap<String, String>>,
 }
 
 /// What an in-job token request got.
@@ -179,7 +184,16 @@ impl Queue {
     /// Builds a queue over an existing connection.
     pub fn with_connection(config: QueueConfig, target: RedisTarget, conn: RedisConn) -> Self {
         let keys = Keys::new(&config.prefix, &config.name);
-        Self { inner: Arc::new(Inner { conn, target, keys, scripts: Scripts::new(), config }) }
+        Self {
+            inner: Arc::new(Inner {
+                conn,
+                target,
+                keys,
+                scripts: Scripts::new(),
+                config,
+                unanswered_fetch: parking_lot::Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// The configuration.
@@ -286,6 +300,12 @@ impl Queue {
     ) -> Result<(Vec<LeasedJob>, Option<Duration>), QueueError> {
         let c = &self.inner.config;
         let max_scan = max * 4 + 64;
+        // A fetch that failed may have run all the same (its reply lost with a dropped
+        // connection, or late): its token goes with the next fetch of this worker, which then
+        // gets those leases back. (Jobs only start from fetches, so the worker's room has not
+        // shrunk meanwhile.)
+        let token =
+            self.inner.unanswered_fetch.lock().remove(worker).unwrap_or_else(|| Uuid::new_v4().to_string());
         let reply = self
             .run(
                 &self.inner.scripts.fetch,
@@ -295,9 +315,13 @@ impl Queue {
                     max.to_string().into_bytes(),
                     c.sync_aging.as_millis().to_string().into_bytes(),
                     max_scan.to_string().into_bytes(),
+                    token.clone().into_bytes(),
                 ],
             )
-            .await?;
+            .await
+            .inspect_err(|_| {
+                self.inner.unanswered_fetch.lock().insert(worker.to_owned(), token);
+            })?;
         let lease_ms = c.lease_ttl.as_millis() as i64;
         let parts = reply::array(reply)?;
         let mut parts = parts.into_iter();

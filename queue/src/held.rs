@@ -13,10 +13,13 @@
 //! turn out blocked at its next fetch: *runnable* is an upper bound, reached as workers
 //! examine the lanes.
 //!
-//! Not atomic: lanes are read in chunks (one pipelined round trip of `LLEN`s per
-//! [`LANE_CHUNK`] lanes), so under churn the figures are a sample, good for a gauge and not
-//! for a decision. The cost is one `LLEN` per held lane; [`Queue::held`] stops after
-//! `max_lanes` and says so ([`Held::complete`]), counting the rest as runnable.
+//! Not atomic: lanes are scanned in chunks (`SSCAN`, `ZSCAN`; one pipelined round trip of
+//! `LLEN`s per chunk of about [`LANE_CHUNK`] lanes), so under churn the figures are a sample,
+//! good for a gauge and not for a decision. Two short-lived cases count as held though a
+//! worker could take them: a sleeping lane whose time has come and a blocked lane whose budget
+//! has room again, until a worker's promoter or a released slot wakes it. The cost is one
+//! `LLEN` per held lane; [`Queue::held`] stops after about `max_lanes` and says so
+//! ([`Held::complete`]), counting the rest as runnable.
 
 use std::collections::HashSet;
 
@@ -55,66 +58,82 @@ impl Held {
 }
 
 impl Queue {
-    /// Counts the ready jobs held by admission (see [`crate::held`]), reading at most
-    /// `max_lanes` held lanes.
+    /// Counts the ready jobs held by admission (see [`crate::held`]), blocked lanes first,
+    /// stopping once about `max_lanes` held lanes are read.
     pub async fn held(&self, max_lanes: u64) -> Result<Held, QueueError> {
         let mut conn = self.connection();
         let keys = self.keys();
         let mut held = Held { complete: true, ..Held::default() };
-        let mut budget_cursor: u64 = 0;
+        let mut budgets_cursor: u64 = 0;
         'budgets: loop {
-            let (next, budgets): (u64, Vec<String>) = redis::cmd("SSCAN")
+            let (next_budgets, budgets): (u64, Vec<String>) = redis::cmd("SSCAN")
                 .arg(keys.key("blockedb"))
-                .arg(budget_cursor)
+                .arg(budgets_cursor)
                 .query_async(&mut conn)
                 .await?;
             for budget in budgets {
                 let set = keys.key(&format!("blocked:{budget}"));
-                let mut seen: HashSet<String> = HashSet::new();
-                let mut cursor: u64 = 0;
-                loop {
-                    let (next, lanes): (u64, Vec<String>) = redis::cmd("SSCAN")
-                        .arg(&set)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(LANE_CHUNK)
-                        .query_async(&mut conn)
-                        .await?;
-                    let fresh: Vec<String> = lanes.into_iter().filter(|l| seen.insert(l.clone())).collect();
-                    held.blocked_lanes += fresh.len() as u64;
-                    held.blocked_jobs += lengths(&mut conn, keys, &fresh).await?;
-                    if held.blocked_lanes + held.sleeping_lanes >= max_lanes {
-                        held.complete = false;
-                        break 'budgets;
-                    }
-                    if next == 0 {
-                        break;
-                    }
-                    cursor = next;
+                let (lanes, jobs) = scan_lanes(&mut conn, keys, "SSCAN", &set, &mut held, max_lanes).await?;
+                held.blocked_lanes += lanes;
+                held.blocked_jobs += jobs;
+                if !held.complete {
+                    break 'budgets;
                 }
             }
-            if next == 0 {
+            if next_budgets == 0 {
                 break;
             }
-            budget_cursor = next;
+            budgets_cursor = next_budgets;
         }
-        let mut start = 0;
-        while held.complete {
-            let stop = start + LANE_CHUNK as isize - 1;
-            let lanes: Vec<String> = conn.zrange(keys.key("sleeping"), start, stop).await?;
-            held.sleeping_lanes += lanes.len() as u64;
-            held.sleeping_jobs += lengths(&mut conn, keys, &lanes).await?;
-            if lanes.len() < LANE_CHUNK {
-                break;
-            }
-            if held.blocked_lanes + held.sleeping_lanes >= max_lanes {
-                held.complete = false;
-            }
-            start += LANE_CHUNK as isize;
+        if held.complete {
+            let sleeping = keys.key("sleeping");
+            let (lanes, jobs) = scan_lanes(&mut conn, keys, "ZSCAN", &sleeping, &mut held, max_lanes).await?;
+            held.sleeping_lanes += lanes;
+            held.sleeping_jobs += jobs;
         }
         held.ready = conn.zcard(keys.key("readyz")).await?;
         Ok(held)
     }
+}
+
+/// The lanes of one set of lanes (`SSCAN` of a set, `ZSCAN` of a sorted set) and their jobs.
+/// Each lane once, though the set changes meanwhile; stops, clearing `held.complete`, before
+/// a chunk that would pass `max_lanes` lanes read in all.
+async fn scan_lanes(
+    conn: &mut RedisConn,
+    keys: &Keys,
+    scan: &str,
+    set: &str,
+    held: &mut Held,
+    max_lanes: u64,
+) -> Result<(u64, u64), QueueError> {
+    let (mut lanes, mut jobs) = (0, 0);
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut cursor: u64 = 0;
+    loop {
+        if held.blocked_lanes + held.sleeping_lanes + lanes >= max_lanes {
+            held.complete = false;
+            break;
+        }
+        let (next, members): (u64, Vec<String>) = redis::cmd(scan)
+            .arg(set)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(LANE_CHUNK)
+            .query_async(&mut *conn)
+            .await?;
+        // A sorted set's scan answers member, score, member, score, …
+        let step = if scan == "ZSCAN" { 2 } else { 1 };
+        let fresh: Vec<String> =
+            members.into_iter().step_by(step).filter(|lane| seen.insert(lane.clone())).collect();
+        lanes += fresh.len() as u64;
+        jobs += lengths(conn, keys, &fresh).await?;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    Ok((lanes, jobs))
 }
 
 /// The number of jobs in `lanes`, in one round trip.

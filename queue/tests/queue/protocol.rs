@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crm_queue::{AttemptRecord, DeadReason, InJobToken, Lane, Limit, NewJob, Priority, PushOutcome};
 
-use crate::support::{TestEnv, eventually};
+use crate::support::{LossyProxy, TestEnv, eventually};
 
 fn lane(tenant: &str) -> Lane {
     Lane::new("hubspot", tenant, Priority::Normal)
@@ -343,6 +343,33 @@ async fn a_full_concurrency_budget_blocks_its_lane_until_a_slot_frees() {
     let next = q.fetch("w", 10).await.expect("fetch");
     assert_eq!(next.len(), 1, "one slot freed, one job admitted");
     assert_eq!(q.slots_in_use("c:provider:hubspot").await.expect("slots"), 2);
+}
+
+/// A fetch whose reply is lost (the connection dropped after Redis ran it) has leased jobs all
+/// the same. The worker's next fetch gets those leases back, their attempt unchanged, instead
+/// of leaving them to lapse and be reaped as orphans (a third time, as poison).
+/// (Multi-threaded: the environment's cleanup at drop blocks this thread and goes through the
+/// proxy, whose tasks must go on running.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_whose_reply_was_lost_is_answered_by_the_next_one() {
+    let proxy = LossyProxy::start().await;
+    let env = TestEnv::on(&proxy.url, |c| c).await;
+    let q = &env.queue;
+    assert!(q.fetch("w", 10).await.expect("warm-up: the script is loaded").is_empty());
+    q.push_bulk((0..3).map(|i| job(&format!("t{i}"))).collect()).await.expect("push");
+    proxy.lose_next_reply();
+    q.fetch("w", 10).await.expect_err("the reply was lost");
+    eventually(Duration::from_secs(5), "the queue reachable again", || async { q.stats().await.is_ok() })
+        .await;
+    assert_eq!(q.stats().await.expect("stats").leased, 3, "Redis ran the fetch whose reply was lost");
+    let again = q.fetch("w", 10).await.expect("fetch");
+    assert_eq!(again.len(), 3, "the lost fetch's leases, answered again");
+    assert!(again.iter().all(|j| j.attempt == 1), "no attempt spent twice");
+    assert!(q.fetch("w", 10).await.expect("fetch").is_empty(), "answered once, nothing new leased");
+    let leases: Vec<_> = again.iter().map(|j| j.lease.clone()).collect();
+    assert_eq!(q.ack(&leases).await.expect("ack"), vec![true; 3], "live leases");
+    let stats = q.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.leased), (0, 0));
 }
 
 /// Ready jobs held by admission are told apart from those a worker could take: a lane blocked

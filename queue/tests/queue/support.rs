@@ -251,3 +251,60 @@ impl Drop for PrivateRedis {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy to the test Redis that can lose a reply, as a dropped connection does: told
+/// to ([`LossyProxy::lose_next_reply`]), it closes the client's connection instead of passing on
+/// the next bytes Redis sends, so Redis has run the request and the client never hears of it.
+pub struct LossyProxy {
+    pub url: String,
+    lose: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyProxy {
+    pub async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let lose = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = lose.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:6379").await else { return };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from_server.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if flag.swap(false, Ordering::SeqCst) || to_client.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    // Both halves of the client's socket go: it sees the connection closed.
+                    up.abort();
+                });
+            }
+        });
+        Self { url: format!("redis://{addr}"), lose, task }
+    }
+
+    pub fn lose_next_reply(&self) {
+        self.lose.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
