@@ -17,7 +17,8 @@
 //! queries, whatever the size of the fleet (the pause hash is read whole: pauses are few by
 //! nature), except the held jobs: one `LLEN` per held lane, pipelined, at most about
 //! [`HELD_MAX_LANES`] lanes (a provider outage holds every lane of the provider). A sample
-//! that fails sets the runnable jobs to the whole ready depth, never leaves the last value.
+//! that fails sets the runnable jobs to the whole ready depth (with Redis unreachable, when
+//! that cannot be read either and no worker runs anything, they keep their last value).
 //!
 //! Every scheduler replica samples the same fleet-wide values: aggregate them with `max`.
 
@@ -69,6 +70,8 @@ struct Sampler {
     dead_letters: Family,
     connections: Family,
     paused: Family,
+    /// Whether the last held-jobs sample stopped at its lane limit.
+    held_partial: bool,
 }
 
 impl Sampler {
@@ -112,12 +115,14 @@ impl Sampler {
                     metrics::gauge!("crm_fleet_queue_held", "queue" => q.clone(), "reason" => reason)
                         .set(n as f64);
                 }
-                if !held.complete {
+                // Said once when it starts, not every 10 s for as long as an outage lasts.
+                if !held.complete && !self.held_partial {
                     tracing::warn!(
                         message = "more held lanes than one sample reads; the rest count as runnable",
                         lanes = HELD_MAX_LANES
                     );
                 }
+                self.held_partial = !held.complete;
             }
             Err(error) => {
                 // Not left at its last value (KEDA would scale on it): every ready job counts

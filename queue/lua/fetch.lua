@@ -4,8 +4,9 @@
 -- (optional).
 -- A fetch is idempotent per request token: the leases it made are remembered under
 -- `fr:<token>` for a lease's time, and the same token again (the client retrying a fetch whose
--- reply was lost: a dropped connection, a timeout) answers those leases again, still held, and
--- leases nothing new. Without it the jobs leased by a lost reply waited for their lease to
+-- reply was lost: a dropped connection, a timeout) answers those leases again, still held and
+-- now renewed as a heartbeat renews them (the retry may come late in the lease), and leases
+-- nothing new. Without it the jobs leased by a lost reply waited for their lease to
 -- expire and were reaped as orphans, a third time as poison.
 -- Returns {jobs, next wake}: jobs is a list of {id, lease, payload, type, attempt, max attempts,
 -- enqueued at, lane, meta, orphans, lease expiry}; next wake is the earliest time (ms) a sleeping
@@ -28,20 +29,29 @@ local function next_wake()
   return at
 end
 
-local rk = nil
+local made_key = nil
 if token and token ~= '' then
-  rk = base .. 'fr:' .. token
-  local made = redis.call('GET', rk)
+  made_key = base .. 'fr:' .. token
+  local made = redis.call('GET', made_key)
   if made then
     local again = {}
+    local exp = now + ttl
     for id, lease in string.gmatch(made, '(%S+) (%S+)') do
-      local f = redis.call('HMGET', jkey(id), 'k', 's', 'p', 't', 'a', 'm', 'e', 'l', 'meta', 'o', 'x')
-      -- Only leases still held: one that lapsed meanwhile was reaped, and its job is not ours.
-      if f[1] == lease and f[2] == 'l' then
-        again[#again + 1] = {id, lease, f[3], f[4], tonumber(f[5] or '0'), f[6], f[7], f[8], f[9] or '', f[10] or '0',
-          tonumber(f[11])}
+      local jk = jkey(id)
+      local f = redis.call('HMGET', jk, 'k', 's', 'p', 't', 'a', 'm', 'e', 'l', 'meta', 'o', 'x', 'hb')
+      -- Only leases still held and not lapsed: one reaped meanwhile (or about to be, its slots
+      -- perhaps already given to others) is not ours any more.
+      if f[1] == lease and f[2] == 'l' and tonumber(f[11] or '0') > now then
+        redis.call('ZADD', base .. 'leased', 'XX', exp, id)
+        redis.call('HSET', jk, 'x', exp)
+        for _, b in ipairs(split(f[12])) do
+          redis.call('ZADD', base .. 'slots:' .. b, 'XX', exp, id)
+        end
+        again[#again + 1] = {id, lease, f[3], f[4], tonumber(f[5] or '0'), f[6], f[7], f[8], f[9] or '', f[10] or '0', exp}
       end
     end
+    -- Kept for the renewed leases' time: this answer may be lost too.
+    redis.call('PEXPIRE', made_key, ttl)
     return {again, next_wake(), now}
   end
 end
@@ -113,9 +123,9 @@ while #out < k and scans < max_scan do
     end
   end
 end
-if rk and #out > 0 then
+if made_key and #out > 0 then
   local made = {}
   for i, row in ipairs(out) do made[i] = row[1] .. ' ' .. row[2] end
-  redis.call('SET', rk, table.concat(made, ' '), 'PX', ttl)
+  redis.call('SET', made_key, table.concat(made, ' '), 'PX', ttl)
 end
 return {out, next_wake(), now}

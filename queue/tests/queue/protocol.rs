@@ -362,8 +362,24 @@ async fn a_fetch_whose_reply_was_lost_is_answered_by_the_next_one() {
     eventually(Duration::from_secs(5), "the queue reachable again", || async { q.stats().await.is_ok() })
         .await;
     assert_eq!(q.stats().await.expect("stats").leased, 3, "Redis ran the fetch whose reply was lost");
+    let leased_until = || async {
+        let mut conn = q.connection();
+        let until: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(q.keys().key("leased"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .expect("leased");
+        until.into_iter().map(|(_, at)| at).max().expect("leased jobs")
+    };
+    let before = leased_until().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let again = q.fetch("w", 10).await.expect("fetch");
     assert_eq!(again.len(), 3, "the lost fetch's leases, answered again");
+    assert!(leased_until().await > before, "renewed: the retry may come late in the lease");
+    assert!(again.iter().all(|j| j.lease_expiry_ms > before), "{again:?}");
     assert!(again.iter().all(|j| j.attempt == 1), "no attempt spent twice");
     assert!(q.fetch("w", 10).await.expect("fetch").is_empty(), "answered once, nothing new leased");
     let leases: Vec<_> = again.iter().map(|j| j.lease.clone()).collect();
