@@ -72,6 +72,8 @@ struct Sampler {
     paused: Family,
     /// Whether the last held-jobs sample stopped at its lane limit.
     held_partial: bool,
+    /// Whether the last held-jobs sample failed.
+    held_failing: bool,
 }
 
 impl Sampler {
@@ -119,15 +121,22 @@ impl Sampler {
                 if !held.complete && !self.held_partial {
                     tracing::warn!(
                         message = "more held lanes than one sample reads; the rest count as runnable",
+                        queue = %q,
                         lanes = HELD_MAX_LANES
                     );
                 }
                 self.held_partial = !held.complete;
+                self.held_failing = false;
             }
             Err(error) => {
                 // Not left at its last value (KEDA would scale on it): every ready job counts
                 // as runnable, as the workers' depth does, until a sample succeeds.
-                tracing::warn!(message = "sampling held jobs failed; counting every ready job as runnable", %error);
+                // Once per episode, like the other sampling failures (Redis down is said elsewhere).
+                if !self.held_failing {
+                    tracing::warn!(message = "sampling held jobs failed; counting every ready job as runnable",
+                        queue = %q, %error);
+                }
+                self.held_failing = true;
                 if let Ok(stats) = queue.stats().await {
                     metrics::gauge!("crm_fleet_queue_runnable", "queue" => q.clone()).set(stats.ready as f64);
                     for reason in ["blocked", "sleeping"] {

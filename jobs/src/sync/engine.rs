@@ -339,8 +339,16 @@ async fn claim(
     let resume = running
         .filter(|(_, run_job)| mode != SyncMode::Full || (info.job_id.is_some() && *run_job == info.job_id));
     let claimed = if let Some((run, _)) = resume {
-        let cursor: SyncCursor =
-            state.and_then(|s| serde_json::from_value(s.cursor).ok()).unwrap_or_default();
+        let cursor: SyncCursor = match state.map(|s| serde_json::from_value(s.cursor)) {
+            Some(Ok(cursor)) => cursor,
+            // Not ours to guess where the run stood: it goes on from the start, and says so.
+            Some(Err(error)) => {
+                tracing::warn!(message = "stored sync cursor unreadable; the run resumes from the start",
+                    run = %run, connection = %target.connection, object = %job.object, %error);
+                SyncCursor::default()
+            }
+            None => SyncCursor::default(),
+        };
         sqlx::query(
             "UPDATE sync_state SET owner = $3, updated_at = now() WHERE connection_id = $1 AND object = $2",
         )
@@ -460,7 +468,7 @@ pub(crate) async fn outcome(
             ));
     if fails_run {
         // Only while this attempt holds the claim: one that superseded it decides for itself.
-        let _ = sqlx::query(
+        let failed = sqlx::query(
             "WITH released AS (UPDATE sync_state SET run_id = NULL WHERE run_id = $1 AND owner = $3 RETURNING 1) \
              UPDATE sync_runs SET status = 'failed', finished_at = now(), failed = failed + 1, error = $2 \
              WHERE id = $1 AND EXISTS (SELECT 1 FROM released)",
@@ -470,6 +478,11 @@ pub(crate) async fn outcome(
         .bind(owner)
         .execute(&ctx.pool)
         .await;
+        if let Err(error) = failed {
+            // The run stays `running`; the job's own outcome (dead letter) still records it.
+            tracing::warn!(message = "cannot mark the sync run failed", run = %run,
+                connection = %target.connection, %error);
+        }
     }
     decision
 }
