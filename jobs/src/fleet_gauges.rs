@@ -112,11 +112,7 @@ impl Sampler {
         let q = queue.config().name.clone();
         match queue.held(HELD_MAX_LANES).await {
             Ok(held) => {
-                metrics::gauge!("crm_fleet_queue_runnable", "queue" => q.clone()).set(held.runnable() as f64);
-                for (reason, n) in [("blocked", held.blocked_jobs), ("sleeping", held.sleeping_jobs)] {
-                    metrics::gauge!("crm_fleet_queue_held", "queue" => q.clone(), "reason" => reason)
-                        .set(n as f64);
-                }
+                set_held(&q, held.runnable(), held.blocked_jobs, held.sleeping_jobs);
                 // Said once when it starts, not every 10 s for as long as an outage lasts.
                 if !held.complete && !self.held_partial {
                     tracing::warn!(
@@ -138,11 +134,7 @@ impl Sampler {
                 }
                 self.held_failing = true;
                 if let Ok(stats) = queue.stats().await {
-                    metrics::gauge!("crm_fleet_queue_runnable", "queue" => q.clone()).set(stats.ready as f64);
-                    for reason in ["blocked", "sleeping"] {
-                        metrics::gauge!("crm_fleet_queue_held", "queue" => q.clone(), "reason" => reason)
-                            .set(0.0);
-                    }
+                    set_held(&q, stats.ready, 0, 0);
                 }
             }
         }
@@ -159,6 +151,14 @@ impl Sampler {
 }
 
 type Samples = Vec<(Vec<(&'static str, String)>, f64)>;
+
+/// Sets the runnable and held jobs of queue `q`.
+fn set_held(q: &str, runnable: u64, blocked: u64, sleeping: u64) {
+    metrics::gauge!("crm_fleet_queue_runnable", "queue" => q.to_owned()).set(runnable as f64);
+    for (reason, n) in [("blocked", blocked), ("sleeping", sleeping)] {
+        metrics::gauge!("crm_fleet_queue_held", "queue" => q.to_owned(), "reason" => reason).set(n as f64);
+    }
+}
 
 async fn dead_letters(pool: &PgPool) -> Result<Samples, sqlx::Error> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(

@@ -46,25 +46,22 @@ pub async fn connect(url: &str, max_connections: u32, patience: Duration) -> Res
 /// Applies pending migrations; returns how many were applied. Migrations newer than this
 /// binary, applied by a later version, are left alone (see [`migrator`]).
 pub async fn migrate(pool: &PgPool) -> Result<usize, sqlx::migrate::MigrateError> {
-    let applied: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = '_sqlx_migrations'",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(sqlx::migrate::MigrateError::from)?;
-    let before: i64 = if applied > 0 {
-        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-            .map_err(sqlx::migrate::MigrateError::from)?
-    } else {
-        0
-    };
-    let migrator = migrator();
-    migrator.run(pool).await?;
-    let known: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+    let before = applied(pool).await?;
+    migrator().run(pool).await?;
+    Ok(applied(pool).await?.saturating_sub(before).max(0) as usize)
+}
+
+/// Migrations applied successfully so far (0 before the first: no `_sqlx_migrations` yet).
+async fn applied(pool: &PgPool) -> Result<i64, sqlx::migrate::MigrateError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
         .fetch_one(pool)
         .await
         .map_err(sqlx::migrate::MigrateError::from)?;
-    Ok(known.saturating_sub(before).max(0) as usize)
+    if !exists {
+        return Ok(0);
+    }
+    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .map_err(sqlx::migrate::MigrateError::from)
 }
