@@ -92,6 +92,9 @@ pub(crate) struct Shared {
     /// Cancelled when recording should stop retrying (the shutdown deadline passed).
     pub(crate) deadline: CancellationToken,
     pub(crate) closing: AtomicBool,
+    /// Set while the reaper's dead-letter writes run (in a task of their own, so that a slow
+    /// PostgreSQL never holds up reclaiming expired leases).
+    pub(crate) burying: AtomicBool,
 }
 
 /// A running job's lease, and the signal that tells its run the lease was lost.
@@ -192,6 +195,7 @@ impl Consumer {
             acker: Mutex::new(Some(tx)),
             deadline: CancellationToken::new(),
             closing: AtomicBool::new(false),
+            burying: AtomicBool::new(false),
         });
         let acker_task = tokio::spawn(run_acker(shared.clone(), rx));
         let maintenance = Maintenance::start(shared.clone());
@@ -483,8 +487,9 @@ impl Shared {
             .increment(1);
     }
 
-    /// Writes dead letters to PostgreSQL, then removes them from Redis. A failure leaves them
-    /// in the `dying` outbox for the sweeper.
+    /// Writes dead letters to PostgreSQL, then removes them from Redis. A failure leaves that
+    /// one and the rest in the `dying` outbox for the sweeper: with PostgreSQL unreachable,
+    /// each write would wait out the pool's acquire timeout in turn.
     pub(crate) async fn bury(&self, jobs: Vec<DyingJob>) {
         let mut done = Vec::with_capacity(jobs.len());
         for job in &jobs {
@@ -495,7 +500,9 @@ impl Shared {
                     done.push(job.id);
                 }
                 Err(error) => {
-                    tracing::error!(message = "dead-letter write failed; kept in the dying outbox for the sweeper", job_id = %job.id, %error);
+                    tracing::error!(message = "dead-letter write failed; kept in the dying outbox for the sweeper",
+                        job_id = %job.id, left = jobs.len() - done.len(), %error);
+                    break;
                 }
             }
         }

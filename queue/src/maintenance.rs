@@ -6,13 +6,15 @@
 //! 1. **heartbeat** renews this worker's leases (and the concurrency slots they hold) every
 //!    `heartbeat_interval`, and registers the worker as alive;
 //! 2. **reaper** reclaims jobs whose lease expired (any live worker does it, so a dead
-//!    worker's jobs come back within `lease_ttl + reap_interval`), and buries poison pills;
+//!    worker's jobs come back within `lease_ttl + reap_interval`), and buries poison pills in
+//!    a task of its own (a slow or unreachable PostgreSQL never holds up reclaiming);
 //! 3. **promoter** moves due delayed jobs to their lanes in bounded chunks, wakes lanes whose
 //!    pause or rate window ended, and re-offers spare capacity to blocked lanes;
 //! 4. **sweeper** finishes dead-letterings whose writer died between Redis and PostgreSQL;
 //! 5. **gauges** samples queue depth and age into Prometheus gauges.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -122,7 +124,7 @@ async fn heartbeat(s: &Shared) {
     }
 }
 
-async fn reap(s: &Shared) {
+async fn reap(s: &Arc<Shared>) {
     loop {
         match s.queue.reap(&s.config.worker_id, REAP_BATCH).await {
             Ok(report) => {
@@ -134,7 +136,17 @@ async fn reap(s: &Shared) {
                 if !report.dying.is_empty() {
                     metrics::counter!("crm_fleet_jobs_orphaned_total").increment(report.dying.len() as u64);
                     match s.queue.records(&report.dying).await {
-                        Ok(records) => s.bury(records).await,
+                        // Written in a task of its own: reaping goes on whatever PostgreSQL does.
+                        // One such task at a time; while one runs, the records wait in the
+                        // `dying` outbox for it or for the sweeper.
+                        Ok(records) if !s.burying.swap(true, Ordering::AcqRel) => {
+                            let s = s.clone();
+                            tokio::spawn(async move {
+                                s.bury(records).await;
+                                s.burying.store(false, Ordering::Release);
+                            });
+                        }
+                        Ok(_) => {}
                         Err(error) => {
                             tracing::warn!(message = "reading poisoned jobs failed; the sweeper will retry", %error)
                         }

@@ -133,6 +133,92 @@ async fn a_stale_lease_can_neither_ack_nor_retry() {
     assert_eq!(q.ack(std::slice::from_ref(&second.lease)).await.expect("ack"), vec![true]);
 }
 
+/// A lease that lapsed while its worker stalled is not reaped at once, and meanwhile admission
+/// may trim its concurrency slot and give it to another job. A late heartbeat must then report
+/// the lease lost rather than renew it: renewing would let the job run outside its budget (two
+/// holders of a budget of one).
+#[tokio::test]
+async fn a_late_heartbeat_does_not_renew_a_lease_whose_slot_was_given_away() {
+    let env = TestEnv::with(|c| c.with_lease_ttl(Duration::from_millis(300))).await;
+    let q = &env.queue;
+    q.set_limit("c:x", Limit::Concurrency(1)).await.expect("limit");
+    let limited = lane("t").budget("c:x");
+    q.push_bulk((0..2).map(|_| NewJob::new("noop", limited.clone(), b"{}".to_vec())).collect())
+        .await
+        .expect("push");
+    let first = q.fetch("w1", 1).await.expect("fetch").pop().expect("a job");
+    // A lapsed lease whose slot is intact is still renewed (a stall that cost nothing).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(q.heartbeat("w1", std::slice::from_ref(&first.lease)).await.expect("hb").is_empty());
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A worker's promoter looks at the blocked lane, trims the lapsed slot and wakes the lane.
+    q.promote(100).await.expect("promote");
+    let second = q.fetch("w2", 1).await.expect("fetch").pop().expect("the slot was trimmed and reused");
+    assert_ne!(second.lease.job, first.lease.job);
+    assert_eq!(
+        q.heartbeat("w1", std::slice::from_ref(&first.lease)).await.expect("hb"),
+        vec![first.lease.job],
+        "the slot is another job's now"
+    );
+    assert_eq!(q.slots_in_use("c:x").await.expect("slots"), 1);
+    // The reaper takes the lapsed job back; it waits for the slot like any other.
+    let reaped = q.reap("w2", 10).await.expect("reap");
+    assert_eq!(reaped.requeued, 1);
+    assert!(q.fetch("w3", 1).await.expect("fetch").is_empty(), "the budget is full");
+}
+
+/// The reaper dead-letters a poison pill (a job orphaned `poison_limit` times) by writing it to
+/// PostgreSQL. With PostgreSQL unreachable (here: a port that accepts and never answers) that
+/// write waits out the pool's acquire timeout; meanwhile leases that lapse must still be
+/// reclaimed on time, or a stalled PostgreSQL would also stall recovery from crashed workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_dead_letter_write_does_not_hold_up_reaping() {
+    let env = TestEnv::with(|c| c.with_lease_ttl(Duration::from_millis(300)).with_poison_limit(2)).await;
+    let q = &env.queue;
+    let poison = q.push(job("a")).await.expect("push").id();
+    q.fetch("ghost", 1).await.expect("fetch").pop().expect("leased");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(q.reap("manual", 10).await.expect("reap").requeued, 1, "orphaned once");
+    q.fetch("ghost", 1).await.expect("fetch").pop().expect("leased again");
+
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = blackhole.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((sock, _)) = blackhole.accept().await {
+            sockets.push(sock);
+        }
+    });
+    let stalled = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(20))
+        .connect_lazy(&format!("postgres://crm@{addr}/crm"))
+        .expect("lazy pool");
+    let consumer = crm_queue::Consumer::start(
+        q.clone(),
+        crm_queue::PgDeadLetters::new(stalled, "q"),
+        crm_queue::ConsumerConfig::new("reaper", 1),
+    );
+    eventually(Duration::from_secs(5), "the poison pill is being dead-lettered", || async {
+        q.job(poison).await.expect("job").is_some_and(|j| j.state == "dying")
+    })
+    .await;
+    // The write of that dead letter now hangs. Another worker's lease lapses:
+    let other = q.push(job("b")).await.expect("push").id();
+    q.fetch("ghost", 1).await.expect("fetch").pop().expect("leased");
+    eventually(Duration::from_secs(4), "the lapsed lease is reclaimed meanwhile", || async {
+        q.job(other).await.expect("job").is_some_and(|j| j.state == "ready" && j.orphans == 1)
+    })
+    .await;
+    assert_eq!(
+        q.job(poison).await.expect("job").map(|j| j.state),
+        Some("dying".to_owned()),
+        "kept in the outbox"
+    );
+    consumer.shutdown().await;
+    held.abort();
+}
+
 #[tokio::test]
 async fn concurrent_pushers_of_one_unique_key_make_one_job() {
     let env = TestEnv::new().await;
