@@ -93,6 +93,15 @@ pub async fn on_error(ctx: &JobContext, target: &Target, error: &CallError) -> J
         CallError::Auth(AuthError::NotFound(id)) => {
             JobError::permanent("not_found", format!("connection {id} is gone"))
         }
+        CallError::Auth(e @ AuthError::Key(crate::auth::KeyError::UnknownKey(_))) => {
+            // Sealed with a key this process lacks: during a key rotation's roll, a replica not
+            // yet rolled meets tokens a rolled one wrote. Another attempt (likely on a rolled
+            // replica, or after the roll) can read them; dead-lettering cannot.
+            JobError::transient(
+                "token_key",
+                format!("{e}; this process lacks the key (a rotation not yet rolled out everywhere?)"),
+            )
+        }
         CallError::Auth(e @ (AuthError::Config(_) | AuthError::Key(_))) => {
             JobError::permanent("config", e.to_string())
         }

@@ -265,10 +265,19 @@ fn verify(store: &Store, state: &str) -> Option<Uuid> {
         return None;
     }
     let id = Uuid::from_slice(&raw[..16]).ok()?;
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&mac_key(store)).ok()?;
-    mac.update(id.as_bytes());
-    mac.verify_truncated_left(&raw[16..]).ok()?;
-    Some(id)
+    // Any configured key: an authorisation started on a replica not yet rolled onto a new
+    // token key (or before the roll) may come back to one that is.
+    store
+        .keys()
+        .derive_all("oauth-state")
+        .iter()
+        .any(|key| {
+            <Hmac<Sha256> as Mac>::new_from_slice(key).is_ok_and(|mut mac| {
+                mac.update(id.as_bytes());
+                mac.verify_truncated_left(&raw[16..]).is_ok()
+            })
+        })
+        .then_some(id)
 }
 
 #[derive(Deserialize)]

@@ -238,23 +238,33 @@ impl Store {
         let base = api_base(app, &grant.fields)
             .ok_or_else(|| AuthError::Config(format!("{provider}: the token response named no API host")))?;
         let mut tx = self.pool.begin().await?;
-        let existing: Option<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM connections WHERE tenant_id = $1 AND provider = $2 AND account_id = $3 FOR UPDATE",
+        let existing: Option<(Uuid, Option<Vec<u8>>, String)> = sqlx::query_as(
+            "SELECT id, refresh_token, key_id FROM connections \
+             WHERE tenant_id = $1 AND provider = $2 AND account_id = $3 FOR UPDATE",
         )
         .bind(tenant_id)
         .bind(provider.as_str())
         .bind(&account)
         .fetch_optional(&mut *tx)
         .await?;
-        let id = existing.unwrap_or_else(Uuid::new_v4);
+        let id = existing.as_ref().map_or_else(Uuid::new_v4, |e| e.0);
         let access = self.keys.seal(grant.access_token.expose_secret().as_bytes(), &aad(id, "access"));
+        // A re-authorisation that brought no refresh token keeps the stored one, sealed again
+        // with the current key (the row's one key id must fit both tokens).
+        let kept = match (&grant.refresh_token, &existing) {
+            (Some(_), _) | (None, None) | (None, Some((_, None, _))) => None,
+            (None, Some((_, Some(sealed), key_id))) => {
+                Some(self.keys.open(key_id, sealed, &aad(id, "refresh"))?)
+            }
+        };
         let refresh = grant
             .refresh_token
             .as_ref()
+            .or(kept.as_ref())
             .map(|r| self.keys.seal(r.expose_secret().as_bytes(), &aad(id, "refresh")));
         if existing.is_some() {
             sqlx::query(
-                "UPDATE connections SET access_token = $2, refresh_token = COALESCE($3, refresh_token), key_id = $4, \
+                "UPDATE connections SET access_token = $2, refresh_token = $3, key_id = $4, \
                    expires_at = $5, api_base = $6, token_url = $7, scopes = $8, token_version = token_version + 1, \
                    status = 'active', status_reason = NULL, refreshed_at = now(), updated_at = now() WHERE id = $1",
             )

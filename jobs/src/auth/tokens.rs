@@ -217,13 +217,15 @@ impl TokenManager {
             Ok(grant) => {
                 let keys = &self.store.keys;
                 let access = keys.seal(grant.access_token.expose_secret().as_bytes(), &aad(id, "access"));
-                let refresh = grant
-                    .refresh_token
-                    .as_ref()
-                    .map(|r| keys.seal(r.expose_secret().as_bytes(), &aad(id, "refresh")));
+                // The refresh token kept when the provider sent no new one (Zoho never does;
+                // HubSpot and Salesforce unless rotating) is sealed again with the current key:
+                // the row has one key id for both, and after a key rotation the old sealing
+                // under the new id could never be opened again.
+                let kept = grant.refresh_token.as_ref().unwrap_or(&refresh_token);
+                let refresh = keys.seal(kept.expose_secret().as_bytes(), &aad(id, "refresh"));
                 let base = oauth::api_base(&app, &grant.fields).unwrap_or_else(|| row.api_base.clone());
                 let row = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
-                    "UPDATE connections SET access_token = $2, refresh_token = COALESCE($3, refresh_token), key_id = $4, \
+                    "UPDATE connections SET access_token = $2, refresh_token = $3, key_id = $4, \
                        expires_at = $5, api_base = $6, token_version = token_version + 1, refreshed_at = now(), \
                        updated_at = now() WHERE id = $1 RETURNING {ROW_COLUMNS}"
                 )))

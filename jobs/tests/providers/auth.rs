@@ -264,6 +264,120 @@ async fn rotating_refresh_tokens_stay_healthy_through_fifty_refresh_cycles() {
     assert_eq!(status, "active");
 }
 
+/// A token key rotation as `docs/operations.md` runs it. With the new key current and the old
+/// one previous, tokens sealed with the old key are still read, and each refresh seals what it
+/// keeps with the new key: HubSpot (without rotation, as here) and Zoho send no new refresh
+/// token, and the one kept, sealed with the old key under the row's new key id, could never be
+/// opened again. A re-authorisation that brings no refresh token keeps it readable too;
+/// `rotate_keys` finds nothing left to re-seal, and the old key can go. A process still
+/// without the new key meets `UnknownKey` (retried by jobs, not dead-lettered).
+#[tokio::test]
+async fn a_token_key_rotation_keeps_connections_refreshing() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    let new_key = Keyring::generate_base64();
+    let rolled = Store::new(
+        s.db.pool.clone(),
+        Arc::new(Keyring::from_base64(&new_key, std::slice::from_ref(&s.key)).expect("keys")),
+    );
+    let tokens = manager(&rolled);
+    s.get_contact(&tokens).await.expect("old sealing read with the previous key");
+    for round in 0..2 {
+        s.expire().await;
+        s.get_contact(&tokens).await.unwrap_or_else(|e| panic!("refresh {round} under the new key: {e:?}"));
+    }
+    assert_eq!(s.refreshes().await, (2, 0));
+
+    // Re-authorised with an access token only (already expired: the next call refreshes).
+    let grant = Grant {
+        access_token: SecretString::from("stale-access".to_owned()),
+        refresh_token: None,
+        expires_at: Some(Utc::now() - chrono::Duration::seconds(60)),
+        scopes: String::new(),
+        fields: ProviderTokenFields { hub_id: Some(json!(20000001)), ..ProviderTokenFields::default() },
+    };
+    assert_eq!(rolled.save_grant("t1", &s.app, &grant, None).await.expect("re-authorised").id, s.connection);
+    s.get_contact(&manager(&rolled)).await.expect("refresh with the kept refresh token");
+    assert_eq!(s.refreshes().await, (3, 0));
+
+    // Only the app's secret still needs re-sealing; then the old key can go.
+    assert_eq!(rolled.rotate_keys().await.expect("rotate"), 1);
+    let alone = Store::new(s.db.pool.clone(), Arc::new(Keyring::from_base64(&new_key, &[]).expect("key")));
+    s.expire().await;
+    s.get_contact(&manager(&alone)).await.expect("works with the new key alone");
+
+    let err = s.get_contact(&manager(&s.store)).await.expect_err("the old key alone cannot read");
+    assert!(
+        matches!(err, CallError::Auth(AuthError::Key(crm_jobs::auth::KeyError::UnknownKey(_)))),
+        "{err:?}"
+    );
+}
+
+/// The same rotation for Salesforce, whose refresh answers carry no refresh token (unless the
+/// org rotates them), so every refresh keeps the stored one: it must be sealed again with the
+/// key the row now names. Before, the second refresh after a rotation failed for good.
+#[tokio::test]
+async fn a_token_key_rotation_keeps_a_salesforce_connection_refreshing() {
+    let env = Env::start(&[ProviderKind::Salesforce], 3).await;
+    let accounts = env.control.get("salesforce/accounts").await;
+    let org = &accounts["accounts"][0];
+    let org_id = org["id"].as_str().expect("org id").to_owned();
+    let creds = &org["credentials"];
+    let oauth = &creds["oauth"];
+    let urls = env.sandbox.urls().salesforce().expect("urls");
+    let db = TestDb::new().await;
+    let old_key = Keyring::generate_base64();
+    let store = Store::new(db.pool.clone(), Arc::new(Keyring::from_base64(&old_key, &[]).expect("key")));
+    let app = OAuthApp {
+        provider: Provider::Salesforce,
+        client_id: creds["client_id"].as_str().expect("client id").to_owned(),
+        client_secret: SecretString::from(creds["client_secret"].as_str().expect("secret").to_owned()),
+        authorize_url: urls.authorize_url.clone(),
+        token_url: urls.token_url.clone(),
+        revoke_url: None,
+        redirect_uri: "http://127.0.0.1:9/cb".into(),
+        scopes: "api refresh_token".into(),
+        api_base: None,
+    };
+    store.save_app(&app).await.expect("app");
+    store.ensure_tenant("t1", "Tenant One").await.expect("tenant");
+    let grant = Grant {
+        access_token: SecretString::from(oauth["access_token"].as_str().expect("access").to_owned()),
+        refresh_token: Some(SecretString::from(oauth["refresh_token"].as_str().expect("refresh").to_owned())),
+        expires_at: None,
+        scopes: String::new(),
+        fields: ProviderTokenFields {
+            instance_url: oauth["instance_url"].as_str().map(str::to_owned),
+            id: oauth["id"].as_str().map(str::to_owned),
+            ..ProviderTokenFields::default()
+        },
+    };
+    let connection = store.save_grant("t1", &app, &grant, None).await.expect("grant").id;
+    let new_key = Keyring::generate_base64();
+    let rolled = Store::new(
+        db.pool.clone(),
+        Arc::new(Keyring::from_base64(&new_key, std::slice::from_ref(&old_key)).expect("keys")),
+    );
+    let tokens = manager(&rolled);
+    let client = env.clients.get(Provider::Salesforce);
+    // Any answer but a refused credential means the token worked (the record is not there).
+    let works = || async {
+        match crm_jobs::auth::call(&tokens, connection, |auth| async move {
+            client.get(&auth, ObjectKind::Contact, "003000000000001AAA").await
+        })
+        .await
+        {
+            Ok(_) | Err(CallError::Provider(crm_jobs::providers::ProviderError::NotFound { .. })) => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
+    for round in 0..3 {
+        env.control.post(&format!("salesforce/accounts/{org_id}/expire-tokens"), json!({})).await;
+        works().await.unwrap_or_else(|e| panic!("refresh {round} after the rotation: {e:?}"));
+    }
+    let refreshes = env.control.get(&format!("salesforce/accounts/{org_id}/counters")).await;
+    assert_eq!(refreshes["token_refreshes"], 3, "{refreshes}");
+}
+
 #[tokio::test]
 async fn a_401_refreshes_once_even_when_the_expiry_looked_fine() {
     let s = setup("http://127.0.0.1:9/cb").await;
