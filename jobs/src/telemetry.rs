@@ -189,6 +189,11 @@ fn describe_metrics() {
     );
     describe_counter!("crm_fleet_dead_letters_purged_total", Unit::Count, "Dead letters purged.");
     describe_counter!(
+        "crm_fleet_actions_repushed_total",
+        Unit::Count,
+        "Actions found without a job and pushed again by the re-push sweep."
+    );
+    describe_counter!(
         "crm_fleet_provider_requests_total",
         Unit::Count,
         "HTTP requests to CRMs, by provider, operation and status class."

@@ -1,12 +1,12 @@
 //! The scheduler process as a library: the control-plane HTTP API of [`crate::api`] (which
 //! mounts the scheduling routes of [`crate::schedule::api`]), the lease + tick engine of
 //! [`crate::schedule`], the limits syncer (PostgreSQL → Redis), the fleet-wide gauges
-//! ([`crm_jobs::fleet_gauges`]) and dead-letter retention ([`crm_jobs::dlq_retention`]),
-//! started and stopped together.
+//! ([`crm_jobs::fleet_gauges`]), the action re-push sweep ([`crm_jobs::actions::repush`]) and
+//! dead-letter retention ([`crm_jobs::dlq_retention`]), started and stopped together.
 //!
 //! Shutdown: stop ticking → give the lease up (a standby takes over within its retry
-//! interval) → finish in-flight HTTP requests → stop the limits syncer, the fleet gauges and
-//! retention (each after its step in progress) → return.
+//! interval) → finish in-flight HTTP requests → stop the limits syncer, the fleet gauges, the
+//! re-push sweep and retention (each after its step in progress) → return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -144,6 +144,12 @@ impl Scheduler {
                 crm_jobs::dlq_retention::DEFAULT_EVERY,
             )
         });
+        let mut repush = crm_jobs::actions::repush::Repush::start(
+            self.state.pool.clone(),
+            self.state.queue.clone(),
+            crm_jobs::actions::repush::DEFAULT_STALE,
+            crm_jobs::actions::repush::DEFAULT_EVERY,
+        );
         let (app, _) = crate::api::router(self.state);
         let stopping = scheduling.clone();
         let served = axum::serve(self.listener, app)
@@ -157,6 +163,7 @@ impl Scheduler {
         scheduling.stop().await;
         limits.stop().await;
         gauges.stop().await;
+        repush.stop().await;
         if let Some(r) = retention.as_mut() {
             r.stop().await;
         }

@@ -13,7 +13,14 @@
 //! 4. An update of a contact's email or names is recorded as a local pending change
 //!    ([`crate::sync::store::mark_pending`]) before the success, for the next sync to confirm.
 //!
-//! Residual risk, per provider, is documented in `docs/actions.md`.
+//! An attempt that finds an earlier one's intent with nothing recorded after it waits until
+//! that request must have ended ([`IN_FLIGHT_BOUND`]) before reconciling: the earlier worker
+//! may be stalled rather than gone. A failure the provider refused clears the intent (nothing
+//! was created), so a throttled create is not reconciled hours later. A run reads the action
+//! `FOR SHARE`, waiting out a replay that is setting it back to `queued`, and never turns a
+//! recorded success into a failure.
+//!
+//! Residual risk, per provider, is documented in `docs/ARCHITECTURE.md` (actions).
 
 use std::time::Duration;
 
@@ -82,7 +89,7 @@ async fn perform(
 
 /// Runs action `id` (attempt `attempt` of `max`).
 pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(), JobError> {
-    let row = store::get(&ctx.pool, id)
+    let row = store::get_for_run(&ctx.pool, id)
         .await
         .map_err(db)?
         .ok_or_else(|| JobError::permanent("not_found", format!("action {id} does not exist")))?;
@@ -122,6 +129,21 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         Err(e) => return Err(JobError::transient("queue", e.to_string())),
     }
 
+    if action.creates() && row.intent_at.is_some() && row.external_id.is_none() {
+        // An earlier attempt that recorded its intent and nothing after may still be sending
+        // (its worker stalled or cut off from the queue, so its lease went to this one): a
+        // lookup now could miss the object it is about to create, and this attempt would
+        // create a second. Wait until that request must have ended, spending no attempt.
+        if let Some(left) = store::in_flight_for(&ctx.pool, id, IN_FLIGHT_BOUND).await.map_err(db)? {
+            tracing::info!(message = "an earlier attempt of this action may still be in flight; waiting before reconciling",
+                action = %id, wait_ms = left.as_millis() as u64);
+            return Err(JobError::defer(
+                left,
+                "in_flight",
+                "an earlier attempt's request may still be in flight; reconciling once it must have ended",
+            ));
+        }
+    }
     if action.creates()
         && row.intent_at.is_some()
         && row.external_id.is_none()
@@ -141,7 +163,10 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         return Ok(());
     }
 
-    store::intent(&ctx.pool, id).await.map_err(db)?;
+    if !store::intent(&ctx.pool, id).await.map_err(db)? {
+        tracing::info!(message = "action ended meanwhile (another run of it); nothing sent", action = %id);
+        return Ok(());
+    }
     let to_send = with_marker(&action, &marker);
     let result = crate::auth::call(&ctx.tokens, target.connection, |auth| {
         let to_send = to_send.clone();
@@ -201,6 +226,7 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
                     id,
                     JobError::permanent("conflict", "the provider reports a duplicate it does not name"),
                     true,
+                    false,
                 )
                 .await),
             }
@@ -210,8 +236,31 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
             let last = matches!(decision.kind, FailureKind::Permanent)
                 || (attempt >= max
                     && matches!(decision.kind, FailureKind::Transient | FailureKind::RetryAfter(_)));
-            Err(failed(ctx, id, decision, last).await)
+            Err(failed(ctx, id, decision, last, refused(&e)).await)
         }
+    }
+}
+
+/// The longest an attempt's request can be in flight after its intent is recorded: a token
+/// refresh and the request itself, each bounded by the provider client's timeout, and a margin.
+pub const IN_FLIGHT_BOUND: Duration =
+    Duration::from_secs(2 * crate::providers::http::DEFAULT_TIMEOUT.as_secs() + 5);
+
+/// The request of this attempt created nothing: it was never sent (no credential) or the
+/// provider refused it (throttled, unauthorised, invalid). A 5xx, a timeout or an unreadable
+/// answer may have created the object, so those keep the intent.
+fn refused(e: &CallError) -> bool {
+    match e {
+        CallError::Auth(_) => true,
+        CallError::Provider(p) => matches!(
+            p,
+            ProviderError::Throttled { .. }
+                | ProviderError::Unauthorized { .. }
+                | ProviderError::InvalidGrant { .. }
+                | ProviderError::Forbidden { .. }
+                | ProviderError::Rejected { .. }
+                | ProviderError::NotFound { .. }
+        ),
     }
 }
 
@@ -248,8 +297,8 @@ async fn mark_pending(ctx: &JobContext, target: &Target, action: &Action) -> Res
     Ok(())
 }
 
-async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool) -> JobError {
-    if let Err(e) = store::fail(&ctx.pool, id, &decision.class, &decision.message, last).await {
+async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool, refused: bool) -> JobError {
+    if let Err(e) = store::fail(&ctx.pool, id, &decision.class, &decision.message, last, refused).await {
         tracing::warn!(message = "could not record an action failure", action = %id, %e);
     }
     decision

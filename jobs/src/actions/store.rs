@@ -2,6 +2,8 @@
 //! key with the same request returns the existing action; the same key with a different request
 //! is a conflict the API answers with 422.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -136,15 +138,51 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ActionRow>, sqlx::Err
     .await
 }
 
-/// Records the intent of an attempt, before the provider call (committed on its own).
-pub(crate) async fn intent(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE actions SET intent_at = now(), attempts = attempts + 1, state = 'running', updated_at = now() WHERE id = $1",
+/// One action as a run reads it: `FOR SHARE`, so a run waits for a transaction that is
+/// changing the row, such as a dead-letter replay that set it back to `queued` and pushed its
+/// job before committing. (A plain read would see the last committed `failed` and end the
+/// replayed job without running it.)
+pub(crate) async fn get_for_run(pool: &PgPool, id: Uuid) -> Result<Option<ActionRow>, sqlx::Error> {
+    sqlx::query_as::<_, ActionRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM actions WHERE id = $1 FOR SHARE"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// How much longer an earlier attempt's request may still be in flight: its intent was
+/// recorded less than `bound` ago and nothing since (no failure recorded), so its worker may be
+/// stalled or cut off from the queue rather than gone. `None` when no such attempt can be.
+/// Measured on the database's clock, which stamped the intent.
+pub(crate) async fn in_flight_for(
+    pool: &PgPool,
+    id: Uuid,
+    bound: Duration,
+) -> Result<Option<Duration>, sqlx::Error> {
+    let left: Option<f64> = sqlx::query_scalar(
+        "SELECT $2::float8 - EXTRACT(EPOCH FROM now() - intent_at)::float8 FROM actions \
+         WHERE id = $1 AND intent_at IS NOT NULL AND updated_at = intent_at",
+    )
+    .bind(id)
+    .bind(bound.as_secs_f64())
+    .fetch_optional(pool)
+    .await?;
+    Ok(left.filter(|s| *s > 0.0).map(Duration::from_secs_f64))
+}
+
+/// Records the intent of an attempt, before the provider call (committed on its own). False
+/// when the action has ended meanwhile (another run of it succeeded, or it failed for good):
+/// nothing is to be sent.
+pub(crate) async fn intent(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE actions SET intent_at = now(), attempts = attempts + 1, state = 'running', updated_at = now() \
+         WHERE id = $1 AND state NOT IN ('succeeded', 'failed')",
     )
     .bind(id)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Records success.
@@ -168,24 +206,32 @@ pub(crate) async fn succeed(
     Ok(())
 }
 
-/// Records a failed attempt; `last` marks the action failed for good.
+/// Records a failed attempt; `last` marks the action failed for good. `refused`: the provider
+/// refused this attempt's request (or it was never sent), and this attempt had established
+/// that no earlier one created anything, so the intent is cleared and the next attempt sends
+/// without reconciling first. A success recorded meanwhile (by another run of the action) is
+/// never overwritten.
 pub(crate) async fn fail(
     pool: &PgPool,
     id: Uuid,
     class: &str,
     message: &str,
     last: bool,
+    refused: bool,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE actions SET last_error = $2, last_error_class = $3, \
            state = CASE WHEN $4 THEN 'failed' ELSE state END, \
-           completed_at = CASE WHEN $4 THEN now() ELSE completed_at END, updated_at = now() WHERE id = $1",
+           intent_at = CASE WHEN $5 THEN NULL ELSE intent_at END, \
+           completed_at = CASE WHEN $4 THEN now() ELSE completed_at END, updated_at = now() \
+         WHERE id = $1 AND state <> 'succeeded'",
     )
     .bind(id)
     // PostgreSQL text holds no NUL; a provider's message (parsed from JSON) may.
     .bind(message.replace('\0', "\u{FFFD}"))
     .bind(class)
     .bind(last)
+    .bind(refused)
     .execute(pool)
     .await?;
     Ok(())

@@ -199,6 +199,163 @@ async fn an_outcome_unknown_create_is_reconciled_not_repeated() {
     assert_eq!(a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await["count"], 1);
 }
 
+/// A dead-letter replay sets its action back to `queued` and pushes the replay job before it
+/// commits; a worker can fetch that job at once. The run waits for the replay's transaction
+/// (it reads the row `FOR SHARE`) and then runs the action, instead of reading the committed
+/// `failed`, ending the job without running it and leaving the action `queued` for ever.
+#[tokio::test]
+async fn a_run_waits_for_a_replay_that_is_setting_its_action_back_to_queued() {
+    let a = setup().await;
+    let id = a.new_action("k-replayed", "create_task", json!({"subject": "Replayed"})).await;
+    sqlx::query("UPDATE actions SET state = 'failed' WHERE id = $1")
+        .bind(id)
+        .execute(&a.db.pool)
+        .await
+        .expect("failed");
+    // The replay's transaction, as `dlq::replay_one` holds it while it pushes.
+    let mut replay = a.db.pool.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM actions WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *replay)
+        .await
+        .expect("lock");
+    sqlx::query("UPDATE actions SET state = 'queued', updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *replay)
+        .await
+        .expect("queued");
+    let run = {
+        let ctx = a.ctx.clone();
+        tokio::spawn(async move { crm_jobs::actions::exec::run(&ctx, id, 1, 10).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!run.is_finished(), "the run must wait for the replay to commit");
+    replay.commit().await.expect("commit");
+    run.await.expect("join").expect("runs");
+    assert_eq!(a.row(id).await.state, "succeeded");
+    assert_eq!(a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await["count"], 1);
+}
+
+/// An attempt whose worker stalled (or lost the queue) after recording its intent may still be
+/// sending when its lease goes to another worker. That one must not reconcile yet (the lookup
+/// could miss the object about to be created, and it would create a second one): it defers
+/// until the first request must have ended, spending no attempt. The first then finishes the
+/// action alone.
+#[tokio::test]
+async fn an_attempt_waits_while_an_earlier_ones_request_may_be_in_flight() {
+    let a = setup().await;
+    let id = a.new_action("k-slow", "create_task", json!({"subject": "Slow CRM"})).await;
+    a.env.control.fault("hubspot", json!({"times": 1, "method": "POST", "path": "/crm/v3/objects/tasks", "action": {"type": "latency", "ms": 2000}})).await;
+    let first = {
+        let ctx = a.ctx.clone();
+        tokio::spawn(async move { crm_jobs::actions::exec::run(&ctx, id, 1, 10).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.row(id).await.intent_at.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the first attempt recorded no intent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = a.run(id, 2).await.expect_err("deferred while the first request is in flight");
+    assert_eq!(err.class, "in_flight", "{err:?}");
+    match err.kind {
+        FailureKind::Defer(wait) => assert!(
+            wait > Duration::from_secs(55) && wait <= crm_jobs::actions::exec::IN_FLIGHT_BOUND,
+            "waits for the rest of the bound: {wait:?}"
+        ),
+        other => panic!("expected a defer, got {other:?}"),
+    }
+    first.await.expect("join").expect("the first attempt lands");
+    assert_eq!(a.row(id).await.state, "succeeded");
+    assert_eq!(a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await["count"], 1);
+    // Its outcome recorded, a later run has nothing to wait for.
+    a.run(id, 3).await.expect("already done");
+}
+
+/// A create the provider refused (here throttled) created nothing: its intent is cleared, so
+/// the next attempt sends at once instead of reconciling first (a reconciliation hours later,
+/// after a daily limit, can be inconclusive and dead-letter an action that was never sent).
+#[tokio::test]
+async fn a_refused_create_is_sent_again_without_reconciling() {
+    let a = setup().await;
+    let id = a.new_action("k-throttled", "create_task", json!({"subject": "Throttled once"})).await;
+    a.env.control.fault("hubspot", json!({"times": 1, "method": "POST", "path": "/crm/v3/objects/tasks", "action": {"type": "throttle"}})).await;
+    let err = a.run(id, 1).await.expect_err("throttled");
+    assert!(matches!(err.kind, FailureKind::Defer(_)), "{err:?}");
+    let row = a.row(id).await;
+    assert!(row.intent_at.is_none(), "a refused request leaves no intent");
+    let pause = crm_jobs::enqueue::budget::account_pause(Provider::Hubspot, HUB);
+    a.ctx.queue.pause(&pause, Duration::ZERO).await.expect("lift");
+    let requests = || async {
+        a.env.control.get(&format!("hubspot/accounts/{HUB}/counters")).await["requests"].as_u64().unwrap_or(0)
+    };
+    let before = requests().await;
+    a.run(id, 2).await.expect("sent");
+    assert_eq!(requests().await - before, 1, "one create, no lookup before it");
+    assert_eq!(a.row(id).await.state, "succeeded");
+    assert_eq!(a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await["count"], 1);
+}
+
+/// The API commits an action's row and then pushes its job; a Redis error (or the client going
+/// away) in between leaves the row with no job. The sweep pushes such an action again, once,
+/// and leaves alone an action whose job is queued, one that ended, one whose job was
+/// dead-lettered (the dead-letter queue's to replay) and one changed too recently.
+#[tokio::test]
+async fn an_action_left_without_a_job_is_pushed_again_by_the_sweep() {
+    use crm_jobs::actions::repush;
+    use crm_queue::JobId;
+    let a = setup().await;
+    let subject = |s: &str| json!({ "subject": s });
+    let lost = a.new_action("k-lost-job", "create_task", subject("Lost push")).await;
+    let queued = a.new_action("k-queued", "create_task", subject("Queued")).await;
+    let target =
+        crm_jobs::enqueue::target(&a.db.pool, a.connection).await.expect("target").expect("connection");
+    a.ctx.queue.push(crm_jobs::enqueue::action_job(&target, queued, 10).expect("job")).await.expect("push");
+    let done = a.new_action("k-done", "create_task", subject("Done")).await;
+    sqlx::query("UPDATE actions SET state = 'succeeded' WHERE id = $1")
+        .bind(done)
+        .execute(&a.db.pool)
+        .await
+        .expect("done");
+    // Dead-lettered (the trigger marks it failed), then replayed: queued again, under the replay's job id.
+    let replayed = a.new_action("k-replayed", "create_task", subject("Replayed")).await;
+    sqlx::query(
+        "INSERT INTO dead_letters (job_id, queue, job_type, lane, provider, tenant, priority, payload, payload_json, \
+           reason, error_class, last_error, attempts, max_attempts, orphans, enqueued_at, dead_at, replayed_at) \
+         VALUES ($1, 'crm', 'action', 'l', 'hubspot', 'acme', 'high', '\\x00', $2, 'permanent', 'rejected', 'no', \
+           1, 10, 0, now(), now(), now())",
+    )
+    .bind(replayed)
+    .bind(json!({ "type": "action", "action_id": replayed }))
+    .execute(&a.db.pool)
+    .await
+    .expect("dead letter");
+    sqlx::query("UPDATE actions SET state = 'queued' WHERE id = $1")
+        .bind(replayed)
+        .execute(&a.db.pool)
+        .await
+        .expect("replayed");
+    let fresh = a.new_action("k-fresh", "create_task", subject("Fresh")).await;
+    sqlx::query("UPDATE actions SET updated_at = now() - interval '10 minutes' WHERE id = ANY($1)")
+        .bind(vec![lost, queued, done, replayed])
+        .execute(&a.db.pool)
+        .await
+        .expect("age");
+
+    assert_eq!(repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE).await.expect("sweep"), 1);
+    let in_queue = |id: Uuid| {
+        let q = a.ctx.queue.clone();
+        async move { q.job(JobId(id)).await.expect("job").is_some() }
+    };
+    assert!(in_queue(lost).await, "the action without a job has one now");
+    assert!(in_queue(queued).await);
+    for (id, what) in [(done, "ended"), (replayed, "dead-lettered"), (fresh, "recent")] {
+        assert!(!in_queue(id).await, "the {what} action was not pushed");
+    }
+    assert_eq!(repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE).await.expect("again"), 0);
+    a.run(lost, 1).await.expect("runs");
+    assert_eq!(a.row(lost).await.state, "succeeded");
+}
+
 /// A job admitted before the account was paused (a throttle another worker saw) does not send:
 /// it defers for the pause, records no intent and spends no attempt; once the pause is lifted
 /// it runs.
