@@ -1,6 +1,8 @@
 //! One provider call with a valid credential: get the credential, call, and on a 401 refresh
 //! once (fenced by the token version the call used) and call again. Salesforce gives no expiry,
-//! so this is its refresh trigger; for the others it covers tokens revoked or expired early.
+//! so this is its refresh trigger; for the others it covers tokens revoked or expired early. A
+//! fresh token refused too is reported to the manager, which then stops refreshing it on 401s
+//! for a while (see [`super::tokens`]).
 
 use std::future::Future;
 
@@ -28,9 +30,19 @@ where
 {
     let granted = tokens.auth(connection).await?;
     match f(granted.auth.clone()).await {
-        Err(ProviderError::Unauthorized { .. }) => {
+        Err(e @ ProviderError::Unauthorized { .. }) => {
             let fresh = tokens.after_unauthorized(connection, granted.version).await?;
-            Ok(f(fresh.auth).await?)
+            if fresh.version == granted.version {
+                // Not refreshed: a refresh of this token did not help a moment ago.
+                return Err(e.into());
+            }
+            match f(fresh.auth).await {
+                Err(e @ ProviderError::Unauthorized { .. }) => {
+                    tokens.refresh_did_not_help(connection, fresh.version).await;
+                    Err(e.into())
+                }
+                other => Ok(other?),
+            }
         }
         other => Ok(other?),
     }

@@ -249,26 +249,37 @@ fn classify<RE: std::error::Error + 'static>(
             if status.is_none_or(|s| s == 429 || s >= 500) || lower.contains("too many requests") {
                 return GrantError::Transient(format!("HTTP {status:?}"));
             }
-            // A 4xx (or Zoho's 200 with an "error" key) about the grant itself.
-            let code = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.get("error")
-                        .or_else(|| v.get("status"))
-                        .or_else(|| v.get("errorCode"))
-                        .and_then(|c| c.as_str().map(str::to_owned))
-                })
-                .unwrap_or_else(|| format!("http_{}", status.unwrap_or(0)));
-            app_refused(&code, "").unwrap_or(GrantError::Rejected { code })
+            // A 4xx (or Zoho's 200 with an "error" key) about the grant itself names its code.
+            // One that names none (a proxy's or firewall's HTML page, a 404 from a mistyped
+            // token URL) says nothing about the user's grant: marking the connection
+            // `needs_reauth` would park it, and every other of the provider as it comes up
+            // for refresh, for an infrastructure or configuration fault.
+            let code = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| {
+                v.get("error")
+                    .or_else(|| v.get("status"))
+                    .or_else(|| v.get("errorCode"))
+                    .and_then(|c| c.as_str().map(str::to_owned))
+            });
+            match code {
+                Some(code) => app_refused(&code, "").unwrap_or(GrantError::Rejected { code }),
+                None => GrantError::Transient(not_oauth(status)),
+            }
         }
         RequestTokenError::Request(e) => GrantError::Transient(e.to_string()),
+        // An empty error body, or a success that is not JSON: no OAuth error either.
         RequestTokenError::Other(msg) => match status {
-            Some(s) if (400..500).contains(&s) && s != 429 => {
-                GrantError::Rejected { code: format!("http_{s}") }
-            }
+            Some(s) if (400..500).contains(&s) => GrantError::Transient(not_oauth(status)),
             _ => GrantError::Transient(msg),
         },
     }
+}
+
+fn not_oauth(status: Option<u16>) -> String {
+    let s = status.map_or_else(|| "?".to_owned(), |s| s.to_string());
+    format!(
+        "the token endpoint answered HTTP {s} without an OAuth error code (a proxy or firewall page, \
+         or a wrong token URL?); not taken as a revoked grant"
+    )
 }
 
 /// Where to send a user to authorise, with a PKCE verifier to keep for the callback.

@@ -13,6 +13,13 @@
 //!    counts `crm_fleet_token_refreshes_total{outcome="invalid_grant"}`; the job layer then parks
 //!    the connection's lane instead of burning retries.
 //!
+//! 5. A cached credential is read again from its row at least every [`DEFAULT_REVALIDATE`], so
+//!    a connection disabled or re-authorised elsewhere is seen by every process within it.
+//! 6. A refresh after a 401 that the fresh token meets again (a 401 refreshing cannot fix: a
+//!    wrong host, a permission the provider reports as 401) is not repeated by this process
+//!    for that token for [`FUTILE_REFRESH_PAUSE`]: each job attempt would otherwise refresh
+//!    once more, spending the provider's token quota (Zoho: 10 per 10 minutes).
+//!
 //! Known limit: if a process dies after the provider answered a rotating refresh but before
 //! the commit, the new refresh token is lost and the connection needs re-authorisation.
 
@@ -33,6 +40,12 @@ use crate::providers::{Auth, Credential, Provider};
 /// Refresh this long before expiry (the default).
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
+/// A cached credential is read again from PostgreSQL after this long.
+pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(60);
+
+/// After a refreshed token was refused too, no further refresh of it for this long.
+pub const FUTILE_REFRESH_PAUSE: Duration = Duration::from_secs(600);
+
 /// A credential for one call, with the version it came from (for the 401 fence).
 #[derive(Clone)]
 pub struct Granted {
@@ -52,6 +65,10 @@ pub struct Granted {
 struct Cached {
     granted: Granted,
     expires_at: Option<chrono::DateTime<Utc>>,
+    /// When the row was read.
+    read_at: std::time::Instant,
+    /// Until when a 401 on this version does not refresh again (a refresh did not help).
+    futile_until: Option<std::time::Instant>,
 }
 
 /// One connection's cached credential behind its single-flight lock.
@@ -63,6 +80,7 @@ pub struct TokenManager {
     store: Store,
     http: reqwest::Client,
     margin: Duration,
+    revalidate: Duration,
     slots: Arc<Mutex<HashMap<Uuid, Slot>>>,
 }
 
@@ -88,7 +106,14 @@ impl TokenManager {
 
     /// A manager with a given proactive-refresh margin.
     pub fn with_margin(store: Store, http: reqwest::Client, margin: Duration) -> Self {
-        Self { store, http, margin, slots: Arc::default() }
+        Self { store, http, margin, revalidate: DEFAULT_REVALIDATE, slots: Arc::default() }
+    }
+
+    /// The same manager, reading cached credentials again after `every` (default
+    /// [`DEFAULT_REVALIDATE`]).
+    pub fn revalidate_every(mut self, every: Duration) -> Self {
+        self.revalidate = every;
+        self
     }
 
     /// The store.
@@ -123,6 +148,8 @@ impl TokenManager {
                 refreshable: conn.auth_kind == AuthKind::Oauth && row.refresh_token.is_some(),
             },
             expires_at: row.expires_at,
+            read_at: std::time::Instant::now(),
+            futile_until: None,
         })
     }
 
@@ -133,6 +160,7 @@ impl TokenManager {
         let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref()
             && !self.near_expiry(c.expires_at)
+            && c.read_at.elapsed() < self.revalidate
         {
             return Ok(c.granted.clone());
         }
@@ -149,7 +177,13 @@ impl TokenManager {
         } else {
             row
         };
-        let cached = self.granted(&row)?;
+        let mut cached = self.granted(&row)?;
+        // A refresh found futile stays so for the same token.
+        if let Some(c) = guard.as_ref()
+            && c.granted.version == cached.granted.version
+        {
+            cached.futile_until = c.futile_until;
+        }
         *guard = Some(cached.clone());
         Ok(cached.granted)
     }
@@ -161,7 +195,7 @@ impl TokenManager {
         let slot = self.slot(connection);
         let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref()
-            && c.granted.version != seen
+            && (c.granted.version != seen || c.futile_until.is_some_and(|u| u > std::time::Instant::now()))
         {
             return Ok(c.granted.clone());
         }
@@ -169,6 +203,20 @@ impl TokenManager {
         let cached = self.granted(&row)?;
         *guard = Some(cached.clone());
         Ok(cached.granted)
+    }
+
+    /// A token of version `version`, fresh from a refresh after a 401, was refused too: a 401
+    /// on it does not refresh again for [`FUTILE_REFRESH_PAUSE`].
+    pub async fn refresh_did_not_help(&self, connection: Uuid, version: i64) {
+        let slot = self.slot(connection);
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_mut()
+            && c.granted.version == version
+        {
+            c.futile_until = Some(std::time::Instant::now() + FUTILE_REFRESH_PAUSE);
+            tracing::warn!(message = "a freshly refreshed token was refused too; not refreshing it again for a while",
+                %connection, pause_s = FUTILE_REFRESH_PAUSE.as_secs());
+        }
     }
 
     /// Forgets the cached credential of a connection (after re-authorisation elsewhere).

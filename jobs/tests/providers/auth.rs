@@ -85,6 +85,15 @@ impl Setup {
             .expect("expire");
     }
 
+    /// The connection's status.
+    async fn status(&self) -> String {
+        sqlx::query_scalar("SELECT status FROM connections WHERE id = $1")
+            .bind(self.connection)
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("row")
+    }
+
     async fn refreshes(&self) -> (u64, u64) {
         let c = self.env.control.get(&format!("hubspot/accounts/{HUB}/counters")).await;
         (c["token_refreshes"].as_u64().unwrap_or(0), c["token_refresh_failures"].as_u64().unwrap_or(0))
@@ -256,11 +265,7 @@ async fn rotating_refresh_tokens_stay_healthy_through_fifty_refresh_cycles() {
         );
     }
     assert_eq!(s.refreshes().await, (50, 0), "one refresh per cycle, none with a used token");
-    let status: String = sqlx::query_scalar("SELECT status FROM connections WHERE id = $1")
-        .bind(s.connection)
-        .fetch_one(&s.db.pool)
-        .await
-        .expect("row");
+    let status = s.status().await;
     assert_eq!(status, "active");
 }
 
@@ -406,14 +411,83 @@ async fn a_refused_client_secret_is_a_configuration_error_not_a_revoked_grant() 
         matches!(&err, CallError::Auth(AuthError::AppRefused(m)) if m.contains("BAD_CLIENT_SECRET") && m.contains("apps set")),
         "{err:?}"
     );
-    let status: String = sqlx::query_scalar("SELECT status FROM connections WHERE id = $1")
-        .bind(s.connection)
-        .fetch_one(&s.db.pool)
-        .await
-        .expect("row");
+    let status = s.status().await;
     assert_eq!(status, "active", "the user's grant is not what was refused");
     s.store.save_app(&s.app).await.expect("fixed");
     s.get_contact(&tokens).await.expect("works once the secret is fixed");
+}
+
+/// A token endpoint answer that names no OAuth error (a firewall's block page, a proxy's 404,
+/// an empty 4xx) says nothing about the user's grant: the refresh fails as transient and the
+/// connection stays active, where it was marked `needs_reauth` (parking every job of it until
+/// someone re-authorised) and every connection of the provider after it.
+#[tokio::test]
+async fn a_token_endpoint_answer_without_an_oauth_error_is_not_a_revoked_grant() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    let tokens = manager(&s.store);
+    s.env
+        .control
+        .fault(
+            "hubspot",
+            json!({"times": 1, "method": "POST", "path": "/oauth/v3/token",
+                   "action": {"type": "status", "status": 403, "body": {"message": "blocked by policy"}}}),
+        )
+        .await;
+    s.expire().await;
+    let err = s.get_contact(&tokens).await.expect_err("blocked");
+    assert!(
+        matches!(&err, CallError::Auth(AuthError::Transient(m)) if m.contains("without an OAuth error code")),
+        "{err:?}"
+    );
+    let status = s.status().await;
+    assert_eq!(status, "active");
+    s.get_contact(&tokens).await.expect("the next refresh goes through");
+}
+
+/// A 401 that a refresh does not cure (the fresh token is refused too: a wrong host, a
+/// permission the provider reports as 401) refreshes once, not once per job attempt: each
+/// refresh spends the provider's token quota (Zoho allows 10 per 10 minutes).
+#[tokio::test]
+async fn a_refresh_that_does_not_cure_a_401_is_not_repeated_on_every_attempt() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    let tokens = manager(&s.store);
+    s.get_contact(&tokens).await.expect("first call");
+    s.env
+        .control
+        .fault(
+            "hubspot",
+            json!({"method": "GET", "path": "/crm/v3/objects/contacts/*", "action": {"type": "status", "status": 401}}),
+        )
+        .await;
+    for attempt in 0..4 {
+        let err = s.get_contact(&tokens).await.expect_err("refused");
+        assert!(
+            matches!(err, CallError::Provider(crm_jobs::providers::ProviderError::Unauthorized { .. })),
+            "attempt {attempt}: {err:?}"
+        );
+    }
+    assert_eq!(s.refreshes().await, (1, 0), "one refresh, not one per attempt");
+}
+
+/// A connection disabled (or re-authorised) elsewhere is seen by a process that has its
+/// credential cached within the revalidation interval: its calls stop (the job layer parks
+/// the connection's jobs), where a cached token went on being used until it neared expiry,
+/// for ever for tokens without one.
+#[tokio::test]
+async fn a_disabled_connection_is_not_used_from_the_cache() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    let tokens = manager(&s.store).revalidate_every(Duration::from_millis(100));
+    s.get_contact(&tokens).await.expect("cached");
+    sqlx::query(
+        "UPDATE connections SET status = 'disabled', status_reason = 'disabled by an operator' WHERE id = $1",
+    )
+    .bind(s.connection)
+    .execute(&s.db.pool)
+    .await
+    .expect("disable");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let err = s.get_contact(&tokens).await.expect_err("disabled");
+    assert!(matches!(err, CallError::Auth(AuthError::NeedsReauth { .. })), "{err:?}");
 }
 
 #[tokio::test]
