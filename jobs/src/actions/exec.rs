@@ -98,10 +98,21 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
     }
     if row.state == "failed" {
         // Ended for good (its last attempt, or its job dead-lettered); only a replay, which sets
-        // it back to queued first, runs it again. A job that still comes (a request resent in
-        // the instant its job died) does nothing.
-        tracing::info!(message = "action already failed; this job does nothing", action = %id);
-        return Ok(());
+        // it back to queued first, runs it again. A job that still comes does nothing if a dead
+        // letter waits to be replayed (a request resent in the instant its job died). If none
+        // does, the worker that recorded the failure stopped before dead-lettering its job (this
+        // is that job, reaped): dead-letter it now, or the action could never be replayed.
+        if store::awaits_replay(&ctx.pool, id).await.map_err(db)? {
+            tracing::info!(message = "action already failed; this job does nothing", action = %id);
+            return Ok(());
+        }
+        return Err(JobError::permanent(
+            row.last_error_class.clone().unwrap_or_else(|| "failed".to_owned()),
+            format!(
+                "the action had failed ({}) but its job was not dead-lettered; dead-lettering it now",
+                row.last_error.as_deref().unwrap_or("no error recorded")
+            ),
+        ));
     }
     let target =
         crate::enqueue::target(&ctx.pool, row.connection_id).await.map_err(db)?.ok_or_else(|| {

@@ -151,6 +151,18 @@ pub(crate) async fn get_for_run(pool: &PgPool, id: Uuid) -> Result<Option<Action
     .await
 }
 
+/// Whether a dead letter of one of the action's jobs (its own, or a replay's, which carry the
+/// action id in their payload) waits unreplayed.
+pub(crate) async fn awaits_replay(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE job_type = 'action' \
+           AND payload_json ->> 'action_id' = $1 AND replayed_at IS NULL)",
+    )
+    .bind(id.to_string())
+    .fetch_one(pool)
+    .await
+}
+
 /// How much longer an earlier attempt's request may still be in flight: its intent was
 /// recorded less than `bound` ago and nothing since (no failure recorded), so its worker may be
 /// stalled or cut off from the queue rather than gone. `None` when no such attempt can be.

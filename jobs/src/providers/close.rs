@@ -40,16 +40,20 @@
 //! reconciled with [`CrmClient::find_by_marker`] before trying again:
 //!
 //! * **Tasks, calls, notes**: a trailing `[crm-fleet:<marker>]` token in the task `text`, the
-//!   call `note` and the note `note`. Reconciliation lists the newest 100 objects of that kind in
-//!   the organization (tasks by `-date_created`, activities newest first) and looks for the token.
-//!   Residual risk: if more than 100 objects of that kind were created in the organization between
-//!   the lost attempt and the reconciliation, the first attempt is not found and a retry makes a
-//!   duplicate; the token stays visible in the CRM.
+//!   call `note` and the note `note`. Reconciliation pages through the objects of that kind in
+//!   the organization, newest created first (tasks by `-date_created`, activities in their
+//!   default order), looking for the token, until a page shows an object created before the
+//!   action (its age, measured back from the newest object's `date_created`: Close's own clock,
+//!   never compared with ours, with a 10-minute margin) or the list ends: then the answer is
+//!   "not created". Past [`MARKER_SCAN_PAGES_WITHIN`] pages it answers "outcome unknown" and the
+//!   action is dead-lettered for an operator, never created again blindly. The token stays
+//!   visible in the CRM.
 //! * **Contacts**: the marker goes into the `crm_fleet_action_id` contact custom field (a hidden
 //!   text field crm-fleet's onboarding creates), found by name through
 //!   `GET /custom_field/contact/` once per credential and cached; reconciliation is an exact
 //!   `term` search on that field. If the organization has no such field the contact is created
-//!   without a marker and reconciliation answers `None` (the executor should then search by email).
+//!   without a marker, and reconciliation answers "outcome unknown" (it cannot tell), so an
+//!   outcome-unknown contact create is dead-lettered rather than possibly created twice.
 //!
 //! Errors: 400 → `Rejected` (the first `field-errors` entry names the field), 401 → `Unauthorized`,
 //! 402 (plan limit) and 403 → `Forbidden`, 404 → `NotFound`, 429 → `Throttled` (wait from the
@@ -88,8 +92,13 @@ const OVERLAP: u64 = 20;
 const EVENT_LIMIT: u64 = 50;
 /// Ids kept for the high-water group; past this a restart may deliver some of them twice.
 const MAX_KNOWN_IDS: usize = 500;
-/// Objects scanned by marker reconciliation of tasks, calls and notes.
+/// Objects a page of marker reconciliation of tasks, calls and notes reads.
 const MARKER_SCAN: u64 = 100;
+/// Pages an age-bounded reconciliation reads at most before answering "outcome unknown".
+const MARKER_SCAN_PAGES_WITHIN: u64 = 50;
+/// Added to an action's age when bounding a reconciliation scan: covers drift between the
+/// clocks' rates and the time between our record of the action and Close's of the object.
+const MARKER_AGE_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
 
 const CONTACT_FIELDS: &[&str] =
     &["id", "lead_id", "name", "title", "emails", "phones", "date_created", "date_updated"];
@@ -909,7 +918,12 @@ impl CrmClient for CloseClient {
             }
             ActionObject::Contact => {
                 let Some(field) = self.marker_field(auth).await? else {
-                    return Ok(Reply::new(None, None));
+                    return Err(ProviderError::OutcomeUnknown {
+                        message:
+                            "the organization has no crm_fleet_action_id contact field, so a contact an \
+                                  earlier attempt may have created cannot be found by its marker"
+                                .into(),
+                    });
                 };
                 let body = json!({
                     "query": {"type": "and", "queries": [
@@ -927,6 +941,57 @@ impl CrmClient for CloseClient {
                 Ok(Reply::new(id.map(|id| ExternalRef { id, created: false }), q))
             }
         }
+    }
+
+    async fn find_by_marker_within(
+        &self,
+        auth: &Auth,
+        kind: ActionObject,
+        marker: &str,
+        age: std::time::Duration,
+    ) -> ProviderResult<Option<ExternalRef>> {
+        let (list, field, what) = match kind {
+            ActionObject::Task => {
+                ("/task/?_order_by=-date_created&_fields=id,text,date_created", "text", "tasks")
+            }
+            ActionObject::Call => ("/activity/call/?_fields=id,note,date_created", "note", "calls"),
+            ActionObject::Note => ("/activity/note/?_fields=id,note,date_created", "note", "notes"),
+            ActionObject::Contact => return self.find_by_marker(auth, kind, marker).await,
+        };
+        let token = marker_token(marker);
+        let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let mut top: Option<DateTime<Utc>> = None;
+        for page in 0..MARKER_SCAN_PAGES_WITHIN {
+            let path = format!("{list}&_limit={MARKER_SCAN}&_skip={}", page * MARKER_SCAN);
+            let (v, q) = self.call("find_by_marker", auth, Method::GET, &path, None, true).await?;
+            let items = v.get("data").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            if let Some(id) = items
+                .iter()
+                .find(|o| o.get(field).and_then(Value::as_str).is_some_and(|t| t.contains(&token)))
+                .and_then(|o| text(o, "id"))
+            {
+                return Ok(Reply::new(Some(ExternalRef { id, created: false }), q));
+            }
+            let created: Vec<DateTime<Utc>> =
+                items.iter().filter_map(|o| o.get("date_created").and_then(parse_time)).collect();
+            top = top.or_else(|| created.iter().max().copied());
+            let oldest_needed = top.map(|t| {
+                t.checked_sub_signed(age)
+                    .and_then(|t| t.checked_sub_signed(MARKER_AGE_MARGIN))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC)
+            });
+            let passed = oldest_needed.is_some_and(|o| created.iter().any(|c| *c < o));
+            let ended = (items.len() as u64) < MARKER_SCAN || v.get("has_more") == Some(&Value::Bool(false));
+            if passed || ended {
+                return Ok(Reply::new(None, q));
+            }
+        }
+        Err(ProviderError::OutcomeUnknown {
+            message: format!(
+                "reconciliation read the {} most recently created {what} without passing the action's age; not creating again",
+                MARKER_SCAN_PAGES_WITHIN * MARKER_SCAN
+            ),
+        })
     }
 }
 

@@ -236,6 +236,35 @@ async fn a_run_waits_for_a_replay_that_is_setting_its_action_back_to_queued() {
     assert_eq!(a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await["count"], 1);
 }
 
+/// An action recorded `failed` whose job was never dead-lettered (its worker stopped in between,
+/// and the job came back reaped) is dead-lettered now, so that it can be replayed; one whose
+/// dead letter waits does nothing more.
+#[tokio::test]
+async fn a_failed_action_whose_job_was_not_dead_lettered_is_dead_lettered_now() {
+    let a = setup().await;
+    let id = a.new_action("k-failed-alone", "create_task", json!({"subject": "Failed alone"})).await;
+    sqlx::query("UPDATE actions SET state = 'failed', last_error_class = 'rejected', last_error = 'bad' WHERE id = $1")
+        .bind(id)
+        .execute(&a.db.pool)
+        .await
+        .expect("failed");
+    let err = a.run(id, 2).await.expect_err("dead-lettered");
+    assert_eq!((err.kind.clone(), err.class.as_str()), (FailureKind::Permanent, "rejected"), "{err:?}");
+    sqlx::query(
+        "INSERT INTO dead_letters (job_id, queue, job_type, lane, provider, tenant, priority, payload, payload_json, \
+           reason, error_class, last_error, attempts, max_attempts, orphans, enqueued_at, dead_at) \
+         VALUES ($1, 'crm', 'action', 'l', 'hubspot', 'acme', 'high', '\\x00', $2, 'permanent', 'rejected', 'bad', \
+           2, 10, 0, now(), now())",
+    )
+    .bind(id)
+    .bind(json!({ "type": "action", "action_id": id }))
+    .execute(&a.db.pool)
+    .await
+    .expect("dead letter");
+    a.run(id, 3).await.expect("its dead letter waits: nothing to do");
+    assert_eq!(a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await["count"], 0);
+}
+
 /// An attempt whose worker stalled (or lost the queue) after recording its intent may still be
 /// sending when its lease goes to another worker. That one must not reconcile yet (the lookup
 /// could miss the object about to be created, and it would create a second one): it defers

@@ -518,6 +518,53 @@ async fn a_retried_create_after_a_lost_answer_is_reconciled_not_duplicated() {
     }
 }
 
+/// Close has no unique field for tasks, so reconciliation scans the newest tasks for the
+/// marker. A busy organization creates more than one page of them between a lost attempt and
+/// its retry: the scan bounded by the action's age reads on past the first page and finds it,
+/// where reading only the newest 100 answered "not created" and the retry made a duplicate.
+#[tokio::test]
+async fn reconciliation_reads_past_the_newest_page_of_a_busy_organization() {
+    let s = setup(3).await;
+    let lead = s.a_lead();
+    let task = |subject: String, marker: String| CreateTask {
+        subject,
+        body: None,
+        due_at: None,
+        contact_id: None,
+        deal_id: None,
+        company_id: Some(lead.clone()),
+        priority: None,
+        owner_id: None,
+        marker,
+    };
+    s.fault(json!({"method": "POST", "path": "/api/v1/task/", "action": {"type": "drop_after_commit"}, "times": 1}))
+        .await;
+    let marker = "act-busy-org".to_owned();
+    let lost = s.client().create_task(&s.key, &task("Lost".into(), marker.clone())).await;
+    assert!(matches!(lost, Err(ProviderError::OutcomeUnknown { .. })), "{lost:?}");
+    // The others come later: the lost one is not among the newest 100.
+    s.env.control.advance("1m").await;
+    for i in 0..150 {
+        s.client()
+            .create_task(&s.key, &task(format!("Busy #{i}"), format!("act-busy-{i}")))
+            .await
+            .expect("task");
+    }
+    let hour = Duration::from_secs(3600);
+    let found = s
+        .client()
+        .find_by_marker_within(&s.key, ActionObject::Task, &marker, hour)
+        .await
+        .expect("reconcile")
+        .value
+        .expect("found past the first page");
+    let created = s.env.control.get(&format!("close/accounts/{}/created?contains={marker}", s.org)).await;
+    assert_eq!(created["objects"][0]["id"], json!(found.id));
+    // A marker never created: the scan reaches the end of the list and answers "not created".
+    let none = s.client().find_by_marker_within(&s.key, ActionObject::Task, "act-never", hour).await;
+    assert!(none.expect("conclusive").value.is_none());
+}
+
 /// What a row expects.
 enum Expect {
     Throttled(Option<u64>),
