@@ -487,9 +487,10 @@ impl Shared {
             .increment(1);
     }
 
-    /// Writes dead letters to PostgreSQL, then removes them from Redis. A failure leaves that
-    /// one and the rest in the `dying` outbox for the sweeper: with PostgreSQL unreachable,
-    /// each write would wait out the pool's acquire timeout in turn.
+    /// Writes dead letters to PostgreSQL, then removes them from Redis. A failed write leaves
+    /// its record in the `dying` outbox for the sweeper. When PostgreSQL cannot be reached at
+    /// all, the rest are left there too: each write would wait out the pool's acquire timeout
+    /// in turn. (A write refused for its own record goes on to the next.)
     pub(crate) async fn bury(&self, jobs: Vec<DyingJob>) {
         let mut done = Vec::with_capacity(jobs.len());
         for job in &jobs {
@@ -500,9 +501,17 @@ impl Shared {
                     done.push(job.id);
                 }
                 Err(error) => {
+                    let unreachable = matches!(
+                        &error,
+                        QueueError::Postgres(
+                            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+                        )
+                    );
                     tracing::error!(message = "dead-letter write failed; kept in the dying outbox for the sweeper",
-                        job_id = %job.id, left = jobs.len() - done.len(), %error);
-                    break;
+                        job_id = %job.id, postgres_unreachable = unreachable, %error);
+                    if unreachable {
+                        break;
+                    }
                 }
             }
         }

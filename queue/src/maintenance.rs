@@ -140,11 +140,8 @@ async fn reap(s: &Arc<Shared>) {
                         // One such task at a time; while one runs, the records wait in the
                         // `dying` outbox for it or for the sweeper.
                         Ok(records) if !s.burying.swap(true, Ordering::AcqRel) => {
-                            let s = s.clone();
-                            tokio::spawn(async move {
-                                s.bury(records).await;
-                                s.burying.store(false, Ordering::Release);
-                            });
+                            let guard = Burying(s.clone());
+                            tokio::spawn(async move { guard.0.bury(records).await });
                         }
                         Ok(_) => {}
                         Err(error) => {
@@ -162,6 +159,15 @@ async fn reap(s: &Arc<Shared>) {
                 return;
             }
         }
+    }
+}
+
+/// Clears `burying` when the reaper's dead-letter task ends, however it ends.
+struct Burying(Arc<Shared>);
+
+impl Drop for Burying {
+    fn drop(&mut self) {
+        self.0.burying.store(false, Ordering::Release);
     }
 }
 

@@ -202,7 +202,18 @@ struct Gate {
     shutdown: watch::Receiver<bool>,
 }
 
+/// Serves a request in a task of its own: like a real CRM, the imitation finishes a request it
+/// received even when the client goes away meanwhile (a timeout, a cancelled caller). Run in
+/// the connection's task, it would be dropped with the connection, and a write (a token
+/// refresh that rotates, a create) held by a latency fault would never happen.
 async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
+    match tokio::spawn(serve(g, req, next)).await {
+        Ok(resp) => resp,
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn serve(g: Gate, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let now = g.state.clock.now_ms();
     let method = req.method().as_str().to_owned();

@@ -158,7 +158,10 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
     if action.creates()
         && row.intent_at.is_some()
         && row.external_id.is_none()
-        && let Some(found) = reconcile(ctx, &target, &action, &marker, row.created_at).await?
+        // Back to the last intent: an earlier one was followed by a conclusive reconciliation
+        // (it recorded the next intent only after finding nothing), and the lookups that
+        // scan are bounded by age (a replay days later must not scan back to the creation).
+        && let Some(found) = reconcile(ctx, &target, &action, &marker, row.intent_at.unwrap_or(row.created_at)).await?
     {
         tracing::info!(message = "outcome-unknown action reconciled: adopting the object created earlier",
             action = %id, external_id = %found.id);
@@ -179,9 +182,22 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         return Ok(());
     }
     let to_send = with_marker(&action, &marker);
+    // No request of this attempt starts after its send deadline (a token refresh, a wait for
+    // the connection's row lock or a stall may come first): with the client's timeout, that
+    // bounds how long after the intent a request can be in flight (`IN_FLIGHT_BOUND`).
+    let deadline = std::time::Instant::now() + SEND_DEADLINE;
     let result = crate::auth::call(&ctx.tokens, target.connection, |auth| {
         let to_send = to_send.clone();
-        async move { perform(client, &auth, &to_send).await }
+        async move {
+            if std::time::Instant::now() >= deadline {
+                return Err(ProviderError::Transient {
+                    status: None,
+                    retry_after: None,
+                    message: "the attempt's send deadline passed before its request could start".into(),
+                });
+            }
+            perform(client, &auth, &to_send).await
+        }
     })
     .await;
     match result {
@@ -247,15 +263,22 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
             let last = matches!(decision.kind, FailureKind::Permanent)
                 || (attempt >= max
                     && matches!(decision.kind, FailureKind::Transient | FailureKind::RetryAfter(_)));
-            Err(failed(ctx, id, decision, last, refused(&e)).await)
+            // The intent goes only if this run found none: one it found was reconciled above,
+            // and a lookup that may lag (a search index) must get another chance.
+            Err(failed(ctx, id, decision, last, refused(&e) && row.intent_at.is_none()).await)
         }
     }
 }
 
-/// The longest an attempt's request can be in flight after its intent is recorded: a token
-/// refresh and the request itself, each bounded by the provider client's timeout, and a margin.
+/// No request of an attempt starts later than this after its intent was recorded.
+pub const SEND_DEADLINE: Duration = Duration::from_secs(25);
+
+/// The longest an attempt's request can be in flight after its intent is recorded: its last
+/// request starts before [`SEND_DEADLINE`] and takes at most the provider client's timeout
+/// (twice: Close's first contact create per credential reads its custom fields first), and a
+/// margin.
 pub const IN_FLIGHT_BOUND: Duration =
-    Duration::from_secs(2 * crate::providers::http::DEFAULT_TIMEOUT.as_secs() + 5);
+    Duration::from_secs(SEND_DEADLINE.as_secs() + 2 * crate::providers::http::DEFAULT_TIMEOUT.as_secs() + 5);
 
 /// The request of this attempt created nothing: it was never sent (no credential) or the
 /// provider refused it (throttled, unauthorised, invalid). A 5xx, a timeout or an unreadable
@@ -315,24 +338,24 @@ async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool, refu
     decision
 }
 
-/// Looks for the object an earlier attempt may have created. None can be older than the
-/// action (`created_at`, our database's clock, which also gives "now"); the provider is told
-/// that age, a duration, never a time to compare with its own clock.
+/// Looks for the object an earlier attempt may have created. None can be older than `since`
+/// (the action's creation or its last intent, on our database's clock, which also gives "now");
+/// the provider is told that age, a duration, never a time to compare with its own clock.
 async fn reconcile(
     ctx: &JobContext,
     target: &Target,
     action: &Action,
     marker: &str,
-    created_at: chrono::DateTime<chrono::Utc>,
+    since: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<ExternalRef>, JobError> {
     let Some(kind) = object_of(action) else { return Ok(None) };
     let client = ctx.clients.get(target.provider);
-    // The age on the clock that stamped `created_at` (a worker's clock may be off).
+    // The age on the clock that stamped `since` (a worker's clock may be off).
     let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&ctx.pool)
         .await
         .map_err(|e| JobError::transient("database", e.to_string()))?;
-    let age = (now - created_at).to_std().unwrap_or_default();
+    let age = (now - since).to_std().unwrap_or_default();
     let found = crate::auth::call(&ctx.tokens, target.connection, |auth| async move {
         client.find_by_marker_within(&auth, kind, marker, age).await
     })

@@ -29,7 +29,7 @@ pub const DEFAULT_STALE: Duration = Duration::from_secs(300);
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
 
 /// At most this many actions a sweep.
-const BATCH: i64 = 500;
+pub const BATCH: i64 = 500;
 
 /// Why a sweep failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,7 @@ pub enum RepushError {
 #[derive(sqlx::FromRow)]
 struct Open {
     id: Uuid,
+    updated_at: chrono::DateTime<chrono::Utc>,
     connection_id: Uuid,
     tenant_id: String,
     provider: String,
@@ -52,22 +53,39 @@ struct Open {
     traceparent: Option<String>,
 }
 
-/// One sweep: pushes the job of every open action unchanged for `stale` that has none and no
-/// dead letter. Returns how many jobs were pushed (the others were in the queue already).
-pub async fn sweep(pool: &PgPool, queue: &Queue, stale: Duration) -> Result<u64, RepushError> {
+/// Where a sweep goes on from: the last action it looked at, in (`updated_at`, id) order.
+pub type Cursor = Option<(chrono::DateTime<chrono::Utc>, Uuid)>;
+
+/// One sweep of up to `limit` open actions after `after`: pushes the job of each one unchanged for
+/// `stale` that has none and no dead letter. Returns how many jobs were pushed (the others were
+/// in the queue already) and where the next sweep goes on (`None`: from the start again, this
+/// one reached the end). Paging on, rather than reading the oldest 500 each time, keeps a
+/// backlog of open actions (a parked connection's) from hiding the ones after it.
+pub async fn sweep(
+    pool: &PgPool,
+    queue: &Queue,
+    stale: Duration,
+    after: Cursor,
+    limit: i64,
+) -> Result<(u64, Cursor), RepushError> {
     let open: Vec<Open> = sqlx::query_as(
-        "SELECT a.id, a.connection_id, c.tenant_id, c.provider, c.account_id, a.traceparent \
+        "SELECT a.id, a.updated_at, a.connection_id, c.tenant_id, c.provider, c.account_id, a.traceparent \
          FROM actions a JOIN connections c ON c.id = a.connection_id \
          WHERE a.state IN ('queued', 'running') AND a.updated_at < now() - make_interval(secs => $1) \
+           AND ($3::timestamptz IS NULL OR (a.updated_at, a.id) > ($3, $4)) \
            AND NOT EXISTS (SELECT 1 FROM dead_letters d \
                            WHERE d.job_type = 'action' AND d.payload_json ->> 'action_id' = a.id::text) \
-         ORDER BY a.updated_at LIMIT $2",
+         ORDER BY a.updated_at, a.id LIMIT $2",
     )
     .bind(stale.as_secs_f64())
-    .bind(BATCH)
+    .bind(limit)
+    .bind(after.map(|a| a.0))
+    .bind(after.map_or(Uuid::nil(), |a| a.1))
     .fetch_all(pool)
     .await?;
+    let next = if open.len() as i64 == limit { open.last().map(|a| (a.updated_at, a.id)) } else { None };
     let mut jobs = Vec::with_capacity(open.len());
+    let mut pushing = Vec::with_capacity(open.len());
     for a in &open {
         let Ok(provider) = a.provider.parse() else {
             tracing::warn!(message = "open action of an unknown provider; not re-pushed", action = %a.id, provider = %a.provider);
@@ -84,9 +102,10 @@ pub async fn sweep(pool: &PgPool, queue: &Queue, stale: Duration) -> Result<u64,
             job = job.meta("traceparent", tp.clone());
         }
         jobs.push(job);
+        pushing.push(a);
     }
     let mut pushed = 0;
-    for (outcome, a) in queue.push_bulk(jobs).await?.iter().zip(&open) {
+    for (outcome, a) in queue.push_bulk(jobs).await?.iter().zip(pushing) {
         if let PushOutcome::Enqueued(_) = outcome {
             pushed += 1;
             tracing::warn!(message = "action had no job; pushed it again", action = %a.id,
@@ -96,7 +115,7 @@ pub async fn sweep(pool: &PgPool, queue: &Queue, stale: Duration) -> Result<u64,
     if pushed > 0 {
         metrics::counter!("crm_fleet_actions_repushed_total").increment(pushed);
     }
-    Ok(pushed)
+    Ok((pushed, next))
 }
 
 /// The running sweep.
@@ -105,11 +124,16 @@ pub struct Repush(Periodic);
 impl Repush {
     /// Sweeps now and then every `every`, until [`Repush::stop`].
     pub fn start(pool: PgPool, queue: Queue, stale: Duration, every: Duration) -> Self {
+        let cursor = std::sync::Arc::new(parking_lot::Mutex::new(None));
         Self(Periodic::start(every, move || {
-            let (pool, queue) = (pool.clone(), queue.clone());
+            let (pool, queue, cursor) = (pool.clone(), queue.clone(), cursor.clone());
             async move {
-                if let Err(error) = sweep(&pool, &queue, stale).await {
-                    tracing::warn!(message = "action re-push sweep failed; retrying next period", %error);
+                let after = *cursor.lock();
+                match sweep(&pool, &queue, stale, after, BATCH).await {
+                    Ok((_, next)) => *cursor.lock() = next,
+                    Err(error) => {
+                        tracing::warn!(message = "action re-push sweep failed; retrying next period", %error)
+                    }
                 }
             }
         }))

@@ -251,10 +251,19 @@ impl Store {
         let access = self.keys.seal(grant.access_token.expose_secret().as_bytes(), &aad(id, "access"));
         // A re-authorisation that brought no refresh token keeps the stored one, sealed again
         // with the current key (the row's one key id must fit both tokens).
+        // One that cannot be read (sealed with a key no longer configured) is dropped rather
+        // than failing the re-authorisation that repairs the connection.
         let kept = match (&grant.refresh_token, &existing) {
             (Some(_), _) | (None, None) | (None, Some((_, None, _))) => None,
             (None, Some((_, Some(sealed), key_id))) => {
-                Some(self.keys.open(key_id, sealed, &aad(id, "refresh"))?)
+                match self.keys.open(key_id, sealed, &aad(id, "refresh")) {
+                    Ok(token) => Some(token),
+                    Err(error) => {
+                        tracing::warn!(message = "stored refresh token unreadable; re-authorised without one",
+                        connection = %id, %error);
+                        None
+                    }
+                }
             }
         };
         let refresh = grant

@@ -20,8 +20,10 @@
 //!    for that token for [`FUTILE_REFRESH_PAUSE`]: each job attempt would otherwise refresh
 //!    once more, spending the provider's token quota (Zoho: 10 per 10 minutes).
 //!
-//! Known limit: if a process dies after the provider answered a rotating refresh but before
-//! the commit, the new refresh token is lost and the connection needs re-authorisation.
+//! Known limit: if a process dies, or the answer is lost on the way, after the provider
+//! rotated the refresh token but before the commit, the new refresh token is lost and the
+//! connection needs re-authorisation. (A caller cancelled meanwhile does not lose it: the
+//! refresh runs in a task of its own.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -173,7 +175,7 @@ impl TokenManager {
             });
         }
         let row = if row.auth_kind == "oauth" && self.near_expiry(row.expires_at) {
-            self.refresh_locked(connection, row.token_version, false).await?
+            self.refresh_detached(connection, row.token_version, false).await?
         } else {
             row
         };
@@ -199,7 +201,7 @@ impl TokenManager {
         {
             return Ok(c.granted.clone());
         }
-        let row = self.refresh_locked(connection, seen, true).await?;
+        let row = self.refresh_detached(connection, seen, true).await?;
         let cached = self.granted(&row)?;
         *guard = Some(cached.clone());
         Ok(cached.granted)
@@ -222,6 +224,18 @@ impl TokenManager {
     /// Forgets the cached credential of a connection (after re-authorisation elsewhere).
     pub fn invalidate(&self, connection: Uuid) {
         self.slots.lock().remove(&connection);
+    }
+
+    /// [`Self::refresh_locked`] in a task of its own. A caller cancelled mid-refresh (a job's
+    /// future dropped when the shutdown grace ends) must not drop the refresh between the
+    /// provider's answer and the commit: a rotating provider has then revoked the refresh token
+    /// we hold, and the new one would be lost with the connection. The task runs to its end;
+    /// the single-flight lock is the caller's and goes with it, the row lock fences the rest.
+    async fn refresh_detached(&self, id: Uuid, seen: i64, force: bool) -> Result<Row, AuthError> {
+        let me = self.clone();
+        tokio::spawn(async move { me.refresh_locked(id, seen, force).await })
+            .await
+            .map_err(|e| AuthError::Transient(format!("token refresh task ended abnormally: {e}")))?
     }
 
     /// The fenced refresh: under the row lock, refresh only if the version is still `seen`

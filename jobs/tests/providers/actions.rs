@@ -274,7 +274,7 @@ async fn a_failed_action_whose_job_was_not_dead_lettered_is_dead_lettered_now() 
 async fn an_attempt_waits_while_an_earlier_ones_request_may_be_in_flight() {
     let a = setup().await;
     let id = a.new_action("k-slow", "create_task", json!({"subject": "Slow CRM"})).await;
-    a.env.control.fault("hubspot", json!({"times": 1, "method": "POST", "path": "/crm/v3/objects/tasks", "action": {"type": "latency", "ms": 2000}})).await;
+    a.env.control.fault("hubspot", json!({"times": 1, "method": "POST", "path": "/crm/v3/objects/tasks", "action": {"type": "latency", "ms": 8000}})).await;
     let first = {
         let ctx = a.ctx.clone();
         tokio::spawn(async move { crm_jobs::actions::exec::run(&ctx, id, 1, 10).await })
@@ -288,7 +288,8 @@ async fn an_attempt_waits_while_an_earlier_ones_request_may_be_in_flight() {
     assert_eq!(err.class, "in_flight", "{err:?}");
     match err.kind {
         FailureKind::Defer(wait) => assert!(
-            wait > Duration::from_secs(55) && wait <= crm_jobs::actions::exec::IN_FLIGHT_BOUND,
+            wait > crm_jobs::actions::exec::IN_FLIGHT_BOUND - Duration::from_secs(15)
+                && wait <= crm_jobs::actions::exec::IN_FLIGHT_BOUND,
             "waits for the rest of the bound: {wait:?}"
         ),
         other => panic!("expected a defer, got {other:?}"),
@@ -370,7 +371,10 @@ async fn an_action_left_without_a_job_is_pushed_again_by_the_sweep() {
         .await
         .expect("age");
 
-    assert_eq!(repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE).await.expect("sweep"), 1);
+    assert_eq!(
+        repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE, None, 500).await.expect("sweep"),
+        (1, None)
+    );
     let in_queue = |id: Uuid| {
         let q = a.ctx.queue.clone();
         async move { q.job(JobId(id)).await.expect("job").is_some() }
@@ -380,9 +384,35 @@ async fn an_action_left_without_a_job_is_pushed_again_by_the_sweep() {
     for (id, what) in [(done, "ended"), (replayed, "dead-lettered"), (fresh, "recent")] {
         assert!(!in_queue(id).await, "the {what} action was not pushed");
     }
-    assert_eq!(repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE).await.expect("again"), 0);
+    assert_eq!(
+        repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE, None, 500).await.expect("again").0,
+        0
+    );
     a.run(lost, 1).await.expect("runs");
     assert_eq!(a.row(lost).await.state, "succeeded");
+
+    // Sweeps page on through a backlog: two more lost behind the queued one, one a sweep.
+    let more = [
+        a.new_action("k-lost-2", "create_task", subject("Lost 2")).await,
+        a.new_action("k-lost-3", "create_task", subject("Lost 3")).await,
+    ];
+    sqlx::query("UPDATE actions SET updated_at = now() - interval '9 minutes' WHERE id = ANY($1)")
+        .bind(more.to_vec())
+        .execute(&a.db.pool)
+        .await
+        .expect("age");
+    let (first, after) =
+        repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE, None, 1).await.expect("1");
+    assert_eq!(first, 0, "the oldest open action is the queued one, whose job is there");
+    let (second, after) =
+        repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE, after, 1).await.expect("2");
+    let (third, after) =
+        repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE, after, 1).await.expect("3");
+    assert_eq!((second, third), (1, 1), "each sweep goes on after the last");
+    assert!(in_queue(more[0]).await && in_queue(more[1]).await);
+    let (fourth, after) =
+        repush::sweep(&a.db.pool, &a.ctx.queue, repush::DEFAULT_STALE, after, 1).await.expect("4");
+    assert_eq!((fourth, after), (0, None), "the end: the next sweep starts over");
 }
 
 /// A job admitted before the account was paused (a throttle another worker saw) does not send:

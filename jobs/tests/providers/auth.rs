@@ -383,6 +383,31 @@ async fn a_token_key_rotation_keeps_a_salesforce_connection_refreshing() {
     assert_eq!(refreshes["token_refreshes"], 3, "{refreshes}");
 }
 
+/// A caller cancelled in the middle of a refresh (a job's future dropped when the shutdown
+/// grace ends) does not take the refresh with it: with a provider that rotates refresh tokens,
+/// the one we hold is revoked the moment the provider answers, and the connection would need
+/// re-authorising if the answer were not stored.
+#[tokio::test]
+async fn a_refresh_whose_caller_is_cancelled_still_stores_the_rotated_token() {
+    let s = setup("http://127.0.0.1:9/cb").await;
+    s.env.control.patch("hubspot/settings", json!({ "rotate_refresh_tokens": true })).await;
+    s.env
+        .control
+        .fault(
+            "hubspot",
+            json!({"times": 1, "method": "POST", "path": "/oauth/v3/token", "action": {"type": "latency", "ms": 600}}),
+        )
+        .await;
+    s.expire().await;
+    let tokens = manager(&s.store);
+    let cut = tokio::time::timeout(Duration::from_millis(200), s.get_contact(&tokens)).await;
+    assert!(cut.is_err(), "the caller was cut off mid-refresh");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.get_contact(&manager(&s.store)).await.expect("the rotated token was stored");
+    assert_eq!(s.refreshes().await, (1, 0));
+    assert_eq!(s.status().await, "active");
+}
+
 #[tokio::test]
 async fn a_401_refreshes_once_even_when_the_expiry_looked_fine() {
     let s = setup("http://127.0.0.1:9/cb").await;
