@@ -17,8 +17,8 @@ use crate::schedule::model::{FieldError, NewSchedule, Schedule, SchedulePatch, p
 use crate::schedule::store::{self, StoreError};
 use crate::schedule::trigger::{self, TriggerError};
 
-/// The command line.
-#[derive(Debug, Parser)]
+/// The command line. No `Debug`: it holds the token keys.
+#[derive(Parser)]
 #[command(name = "crmctl", version, about = "Operate a crm-fleet deployment.")]
 pub struct Cli {
     /// PostgreSQL URL.

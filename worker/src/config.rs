@@ -9,8 +9,8 @@ use clap::Parser;
 use crm_jobs::config::{ConfigProblems, check_database_url, check_redis_url};
 use crm_jobs::telemetry::LogFormat;
 
-/// Raw command line / environment.
-#[derive(Debug, Clone, Parser)]
+/// Raw command line / environment. No `Debug`: it holds the token keys.
+#[derive(Clone, Parser)]
 #[command(name = "crm-worker", version, about = "Runs crm-fleet jobs from the Redis queue.")]
 pub struct WorkerArgs {
     /// PostgreSQL URL.

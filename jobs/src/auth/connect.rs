@@ -230,7 +230,15 @@ impl From<AuthError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         tracing::warn!(message = "connect flow failed", error = %e);
-        Self { status, error: "connect_failed", field: None, message: e.to_string() }
+        // These routes are public (a browser follows them): an internal failure (a database
+        // error, a key problem) is told in the log, not to whoever holds the link.
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            "the connection could not be saved because of an internal error; it is in the service's log, try again later"
+                .to_owned()
+        } else {
+            e.to_string()
+        };
+        Self { status, error: "connect_failed", field: None, message }
     }
 }
 

@@ -71,7 +71,7 @@ use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use super::http::RawResponse;
+use super::http::{RawResponse, scrub_tokens};
 use super::{
     ActionObject, Auth, ContactInput, CreateNote, CreateTask, Credential, CrmClient, CrmRecord,
     DeletedRecord, ExternalRef, Http, LogCall, ObjectKind, Provider, ProviderError, ProviderResult,
@@ -274,8 +274,10 @@ fn error(resp: &RawResponse, idempotent: bool) -> ProviderError {
     let status = resp.status.as_u16();
     let body = resp.value();
     let message = match body.get("error") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Object(o)) => o.get("message").and_then(Value::as_str).unwrap_or("").to_owned(),
+        Some(Value::String(s)) => scrub_tokens(s),
+        Some(Value::Object(o)) => {
+            o.get("message").and_then(Value::as_str).map(scrub_tokens).unwrap_or_default()
+        }
         _ => String::new(),
     };
     let message = if message.is_empty() { resp.snippet() } else { message };

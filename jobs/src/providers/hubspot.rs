@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::http::{RawResponse, common_status};
+use super::http::{RawResponse, common_status, scrub_tokens};
 use super::{
     ActionObject, Auth, ContactInput, CreateNote, CreateTask, CrmClient, CrmRecord, DeletedRecord,
     ExternalRef, Http, LogCall, ObjectKind, Provider, ProviderError, ProviderResult, QuotaObservation, Reply,
@@ -175,7 +175,7 @@ fn error(resp: &RawResponse) -> ProviderError {
         return e;
     }
     let body = resp.value();
-    let message = body.get("message").and_then(Value::as_str).unwrap_or("").to_owned();
+    let message = body.get("message").and_then(Value::as_str).map(scrub_tokens).unwrap_or_default();
     let category =
         body.get("category").or_else(|| body.get("errorType")).and_then(Value::as_str).map(str::to_owned);
     let status = resp.status.as_u16();
@@ -656,6 +656,19 @@ mod tests {
             headers: h,
             body: serde_json::to_vec(&body).expect("json").into(),
         }
+    }
+
+    /// A provider's message is kept in logs and dead letters: anything token-shaped in it goes.
+    #[test]
+    fn a_token_in_an_error_message_is_redacted() {
+        let leaky = resp(
+            400,
+            json!({"status":"error","message":"bad request for token pat-na1-3f2a9c1b-77aa-4bcd-9e01-5566778899aa12","category":"VALIDATION_ERROR"}),
+            &[],
+        );
+        let e = error(&leaky).to_string();
+        assert!(!e.contains("5566778899aa12"), "{e}");
+        assert!(e.contains("[redacted]"), "{e}");
     }
 
     #[test]

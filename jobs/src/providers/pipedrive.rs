@@ -73,7 +73,7 @@ use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
-use super::http::{RawResponse, common_status};
+use super::http::{RawResponse, common_status, scrub_tokens};
 use super::{
     ActionObject, Auth, ContactInput, CreateNote, CreateTask, Credential, CrmClient, CrmRecord,
     DeletedRecord, ExternalRef, Http, LogCall, ObjectKind, Provider, ProviderError, ProviderResult,
@@ -342,7 +342,7 @@ fn error(resp: &RawResponse, search: bool) -> ProviderError {
     if let Some(e) = common_status(resp) {
         return e;
     }
-    let message = body.get("error").and_then(Value::as_str).unwrap_or("").to_owned();
+    let message = body.get("error").and_then(Value::as_str).map(scrub_tokens).unwrap_or_default();
     let code = body.get("code").and_then(Value::as_str).map(str::to_owned);
     let message = if message.is_empty() { resp.snippet() } else { message };
     match status {

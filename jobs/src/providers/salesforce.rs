@@ -61,7 +61,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::http::{RawResponse, common_status};
+use super::http::{RawResponse, common_status, scrub_tokens};
 use super::{
     ActionObject, Auth, ContactInput, CreateNote, CreateTask, CrmClient, CrmRecord, DeletedRecord,
     ExternalRef, Http, LogCall, ObjectKind, Provider, ProviderError, ProviderResult, QuotaObservation, Reply,
@@ -277,7 +277,7 @@ fn error(resp: &RawResponse) -> ProviderError {
         .get("message")
         .or_else(|| first.get("error_description"))
         .and_then(Value::as_str)
-        .map(str::to_owned)
+        .map(scrub_tokens)
         .unwrap_or_else(|| resp.snippet());
     let field = first.pointer("/fields/0").and_then(Value::as_str).map(str::to_owned);
     match (status, code.as_deref()) {

@@ -51,7 +51,7 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::{RawResponse, common_status};
+use super::http::{RawResponse, common_status, scrub_tokens};
 use super::{
     ActionObject, Auth, ContactInput, CreateNote, CreateTask, CrmClient, CrmRecord, DeletedRecord,
     ExternalRef, Http, LogCall, ObjectKind, Provider, ProviderError, ProviderResult, QuotaObservation, Reply,
@@ -197,7 +197,7 @@ fn throttled(resp: &RawResponse, body: &Value) -> ProviderError {
 /// Maps one error object (top-level or a `data[]` entry).
 fn entry_error(e: &Value, status: u16) -> ProviderError {
     let code = e.get("code").and_then(Value::as_str).unwrap_or("").to_owned();
-    let message = e.get("message").and_then(Value::as_str).unwrap_or("").to_owned();
+    let message = e.get("message").and_then(Value::as_str).map(scrub_tokens).unwrap_or_default();
     let details = e.get("details").cloned().unwrap_or(Value::Null);
     match code.as_str() {
         "MULTIPLE_OR_MULTI_ERRORS" => match details.pointer("/errors/0") {

@@ -5,7 +5,8 @@ use clap::Parser;
 use crm_jobs::config::{ConfigProblems, EXIT_CONFIG, check_database_url, check_redis_url};
 use crm_scheduler::server::{Scheduler, SchedulerConfig};
 
-#[derive(Debug, Parser)]
+/// The command line. No `Debug`: it holds the token keys.
+#[derive(Parser)]
 #[command(name = "crm-scheduler", version, about = "Schedules CRM syncs and serves the control-plane API.")]
 struct Args {
     /// PostgreSQL URL.
