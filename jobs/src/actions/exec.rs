@@ -156,25 +156,37 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         }
     }
     if action.creates()
-        && row.intent_at.is_some()
+        && let Some(intent_at) = row.intent_at
         && row.external_id.is_none()
+    {
         // Back to the last intent: an earlier one was followed by a conclusive reconciliation
         // (it recorded the next intent only after finding nothing), and the lookups that
         // scan are bounded by age (a replay days later must not scan back to the creation).
-        && let Some(found) = reconcile(ctx, &target, &action, &marker, row.intent_at.unwrap_or(row.created_at)).await?
-    {
-        tracing::info!(message = "outcome-unknown action reconciled: adopting the object created earlier",
-            action = %id, external_id = %found.id);
-        store::succeed(
-            &ctx.pool,
-            id,
-            Some(&found.id),
-            &json!({ "external_id": found.id, "created": true }),
-            true,
-        )
-        .await
-        .map_err(db)?;
-        return Ok(());
+        let (found, age) = reconcile(ctx, &target, &action, &marker, intent_at).await?;
+        if let Some(found) = found {
+            tracing::info!(message = "outcome-unknown action reconciled: adopting the object created earlier",
+                action = %id, external_id = %found.id);
+            store::succeed(
+                &ctx.pool,
+                id,
+                Some(&found.id),
+                &json!({ "external_id": found.id, "created": true }),
+                true,
+            )
+            .await
+            .map_err(db)?;
+            return Ok(());
+        }
+        // Not found by a lookup whose index lags behind writes (Pipedrive's person search):
+        // not conclusive for an object younger than the lag. Look again once it is older.
+        let lag = object_of(&action).map_or(Duration::ZERO, |k| client.marker_lookup_lag(k));
+        if age < lag {
+            return Err(JobError::defer(
+                lag - age,
+                "reconcile_settling",
+                "the provider's search may not show an object created this recently; looking again shortly",
+            ));
+        }
     }
 
     if !store::intent(&ctx.pool, id).await.map_err(db)? {
@@ -235,7 +247,7 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
             Ok(())
         }
         Err(CallError::Provider(ProviderError::Conflict { existing_id: None, .. })) if action.creates() => {
-            match reconcile(ctx, &target, &action, &marker, row.created_at).await? {
+            match reconcile(ctx, &target, &action, &marker, row.created_at).await?.0 {
                 Some(found) => {
                     store::succeed(
                         &ctx.pool,
@@ -338,7 +350,8 @@ async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool, refu
     decision
 }
 
-/// Looks for the object an earlier attempt may have created. None can be older than `since`
+/// Looks for the object an earlier attempt may have created, and says how long ago `since` was.
+/// None can be older than `since`
 /// (the action's creation or its last intent, on our database's clock, which also gives "now");
 /// the provider is told that age, a duration, never a time to compare with its own clock.
 async fn reconcile(
@@ -347,8 +360,8 @@ async fn reconcile(
     action: &Action,
     marker: &str,
     since: chrono::DateTime<chrono::Utc>,
-) -> Result<Option<ExternalRef>, JobError> {
-    let Some(kind) = object_of(action) else { return Ok(None) };
+) -> Result<(Option<ExternalRef>, Duration), JobError> {
+    let Some(kind) = object_of(action) else { return Ok((None, Duration::MAX)) };
     let client = ctx.clients.get(target.provider);
     // The age on the clock that stamped `since` (a worker's clock may be off).
     let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
@@ -361,7 +374,7 @@ async fn reconcile(
     })
     .await;
     match found {
-        Ok(reply) => Ok(reply.value),
+        Ok(reply) => Ok((reply.value, age)),
         // The lookup could not tell whether the object exists (a scan that could not reach back
         // to the action's creation): neither create again nor retry the same scan; an operator
         // decides from the dead letter. Not a provider failure, so the breaker is not told.

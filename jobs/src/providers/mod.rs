@@ -168,6 +168,14 @@ pub trait CrmClient: Send + Sync {
         let _ = age;
         self.find_by_marker(auth, kind, marker).await
     }
+
+    /// How long after its creation an object of `kind` may still be missing from the lookup
+    /// [`CrmClient::find_by_marker`] uses (a search index that lags). A "not found" for an
+    /// attempt younger than this is not conclusive: the executor waits and looks again.
+    fn marker_lookup_lag(&self, kind: ActionObject) -> std::time::Duration {
+        let _ = kind;
+        std::time::Duration::ZERO
+    }
 }
 
 /// Every provider's client over one shared HTTP client.

@@ -47,9 +47,11 @@
 //! read, so a scan of more than one page reads the front again, down to where it began, before
 //! it says "not found" (at most two pages; more updated objects than that during one scan make
 //! an age-bounded scan answer `OutcomeUnknown`). Offset pages of notes overlap by 50, so a note
-//! deleted behind the scan does not make the one at a page boundary skipped. Residual duplicate
-//! risk: person search is eventually consistent (a person created a moment ago may not be found
-//! yet), and an object updated during the front re-read itself. An activity is matched by the
+//! deleted behind the scan does not make the one at a page boundary skipped. Person search is
+//! eventually consistent (a person created a moment ago may not be found yet): a "not found"
+//! for an attempt younger than [`SEARCH_INDEX_LAG`] is not conclusive, and the executor looks
+//! again once it is older. Residual duplicate risk: an index lagging longer than that, and an
+//! object updated during the front re-read itself. An activity is matched by the
 //! marker alone, whatever its type now. Without an age, [`CrmClient::find_by_marker`] scans the
 //! 5,000 most recently updated objects (with the same re-read) and answers "not found" past
 //! them. Updates (`PATCH` with absolute values) are idempotent.
@@ -85,6 +87,10 @@ use super::{
 pub const MARKER_FIELD_NAME: &str = "crm-fleet action id";
 /// Page size of v2 listings and `recents` (Pipedrive's maximum; cost is per call, not per row).
 const LIST_LIMIT: usize = 500;
+/// How long a person may stay missing from `persons/search` after a write. Pipedrive documents
+/// the index as eventually consistent without a figure; generous, since waiting only delays a
+/// retry.
+pub const SEARCH_INDEX_LAG: Duration = Duration::from_secs(60);
 /// Page size of a marker reconciliation's scan of recently updated activities or notes.
 const MARKER_SCAN: usize = 500;
 /// Pages a marker reconciliation without an age bound scans at most: the 5,000 most recently
@@ -999,6 +1005,15 @@ impl CrmClient for PipedriveClient {
         age: Duration,
     ) -> ProviderResult<Option<ExternalRef>> {
         self.find_marker(auth, kind, marker, Some(age)).await
+    }
+
+    /// Persons are found through `persons/search`, whose index lags behind writes; activities
+    /// and notes are scanned from lists, which do not.
+    fn marker_lookup_lag(&self, kind: ActionObject) -> Duration {
+        match kind {
+            ActionObject::Contact => SEARCH_INDEX_LAG,
+            _ => Duration::ZERO,
+        }
     }
 }
 

@@ -940,69 +940,138 @@ async fn a_note_deleted_behind_the_scan_does_not_hide_the_next_one() {
     assert_eq!(found.expect("scan").value.map(|f| f.id), Some(id), "the note at the boundary is found");
 }
 
+/// The action executor over a Pipedrive imitation: a database, a job context on its own Redis
+/// prefix (purged on drop) and an API-token connection.
+struct Exec {
+    db: crm_jobs::testing::TestDb,
+    ctx: crm_jobs::ops::JobContext,
+    prefix: String,
+    connection: uuid::Uuid,
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        crm_jobs::testing::purge_redis_prefix(&self.prefix);
+    }
+}
+
+impl Exec {
+    async fn start(pd: &Pd) -> Self {
+        use std::sync::Arc;
+
+        use crm_jobs::auth::{AuthKind, Keyring, Store};
+        use secrecy::SecretString;
+
+        let db = crm_jobs::testing::TestDb::new().await;
+        let store = Store::new(
+            db.pool.clone(),
+            Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key")),
+        );
+        store.ensure_tenant("acme", "Acme").await.expect("tenant");
+        let connection = store
+            .save_key(
+                "acme",
+                crm_jobs::providers::Provider::Pipedrive,
+                AuthKind::ApiKey,
+                &SecretString::from(pd.api_token.clone()),
+                &pd.api_base,
+                &pd.company,
+            )
+            .await
+            .expect("connection")
+            .id;
+        let (ctx, prefix) = crate::support::job_context(store, &pd.env.clients).await;
+        Self { db, ctx, prefix, connection }
+    }
+
+    async fn new_action(&self, key: &str, action: &str, params: Value) -> uuid::Uuid {
+        use crm_jobs::actions::{Created, NewAction, parse, store};
+        let action = NewAction {
+            tenant: "acme".into(),
+            connection: self.connection,
+            provider: "pipedrive".into(),
+            action: parse(action, &params).expect("valid"),
+            idempotency_key: key.into(),
+            traceparent: None,
+        };
+        let Created::New(row) = store::create(&self.db.pool, &action).await.expect("create") else {
+            panic!("expected a new action")
+        };
+        row.id
+    }
+
+    async fn run(&self, id: uuid::Uuid, attempt: u32) -> Result<(), crm_queue::JobError> {
+        crm_jobs::actions::exec::run(&self.ctx, id, attempt, 10).await
+    }
+}
+
 /// The executor's side of an inconclusive reconciliation: a task whose create answer was lost,
 /// then buried under 5,500 newer activities, is neither created again nor retried into the
 /// same scan: the job fails for good (`reconcile_inconclusive`, dead-lettered for an operator),
 /// and Pipedrive holds exactly one task with its marker.
 #[tokio::test]
 async fn an_inconclusive_reconciliation_fails_the_action_instead_of_creating_it_twice() {
-    use std::sync::Arc;
-
-    use crm_jobs::actions::{Created, NewAction, parse, store};
-    use crm_jobs::auth::{AuthKind, Keyring, Store};
-    use crm_jobs::testing::{TestDb, purge_redis_prefix};
-    use crm_queue::FailureKind;
-    use secrecy::SecretString;
-
     let pd = Pd::start_frozen().await;
-    let db = TestDb::new().await;
-    let store = Store::new(
-        db.pool.clone(),
-        Arc::new(Keyring::from_base64(&Keyring::generate_base64(), &[]).expect("key")),
-    );
-    store.ensure_tenant("acme", "Acme").await.expect("tenant");
-    let connection = store
-        .save_key(
-            "acme",
-            crm_jobs::providers::Provider::Pipedrive,
-            AuthKind::ApiKey,
-            &SecretString::from(pd.api_token.clone()),
-            &pd.api_base,
-            &pd.company,
-        )
-        .await
-        .expect("connection")
-        .id;
-    let (ctx, prefix) = crate::support::job_context(store, &pd.env.clients).await;
-    let action = NewAction {
-        tenant: "acme".into(),
-        connection,
-        provider: "pipedrive".into(),
-        action: parse("create_task", &json!({"subject": "Lost answer"})).expect("valid"),
-        idempotency_key: "k-buried".into(),
-        traceparent: None,
-    };
-    let Created::New(row) = store::create(&db.pool, &action).await.expect("create") else {
-        panic!("expected a new action")
-    };
-    let id = row.id;
+    let x = Exec::start(&pd).await;
+    let id = x.new_action("k-buried", "create_task", json!({"subject": "Lost answer"})).await;
     pd.fault(json!({"method": "POST", "path": "/api/v2/activities", "action": {"type": "drop_after_commit"}, "times": 1}))
         .await;
-    let err = crm_jobs::actions::exec::run(&ctx, id, 1, 10).await.expect_err("answer lost");
+    let err = x.run(id, 1).await.expect_err("answer lost");
     assert_eq!(err.class, "outcome_unknown");
     assert_eq!(pd.created_with(&id.to_string()).await, 1, "the lost create landed");
     pd.env.control.advance("1d").await;
     pd.ctl()
         .post(&pd.path("/mutations"), json!({"seed": 5, "creates": 5_500, "objects": ["activities"]}))
         .await;
-    let err = crm_jobs::actions::exec::run(&ctx, id, 2, 10).await.expect_err("cannot tell");
+    let err = x.run(id, 2).await.expect_err("cannot tell");
     assert_eq!(
         (err.kind.clone(), err.class.as_str()),
-        (FailureKind::Permanent, "reconcile_inconclusive"),
+        (crm_queue::FailureKind::Permanent, "reconcile_inconclusive"),
         "{err:?}"
     );
     assert_eq!(pd.created_with(&id.to_string()).await, 1, "not created a second time");
-    purge_redis_prefix(&prefix);
+}
+
+/// `persons/search` lags behind writes: a person whose create answer was lost can be missing
+/// from it for a while. The next attempt does not take that "not found" as conclusive while
+/// the person may be that young: it waits (no attempt spent) and looks again, and then finds
+/// the person instead of creating a second one.
+#[tokio::test]
+async fn a_person_missing_from_a_lagging_search_is_looked_for_again_not_created_twice() {
+    let pd = Pd::start_frozen().await;
+    pd.ctl().patch("pipedrive/settings", json!({"search_index_lag_ms": 30_000})).await;
+    let x = Exec::start(&pd).await;
+    let id = x
+        .new_action("k-person", "create_contact", json!({"email": "lag@example.com", "first_name": "Lag"}))
+        .await;
+    pd.fault(json!({"method": "POST", "path": "/api/v2/persons", "action": {"type": "drop_after_commit"}, "times": 1}))
+        .await;
+    let err = x.run(id, 1).await.expect_err("answer lost");
+    assert_eq!(err.class, "outcome_unknown");
+    assert_eq!(pd.created_with(&id.to_string()).await, 1, "the lost create landed");
+    let err = x.run(id, 2).await.expect_err("not conclusive yet");
+    assert_eq!(err.class, "reconcile_settling", "{err:?}");
+    assert!(matches!(err.kind, crm_queue::FailureKind::Defer(_)), "{err:?}");
+    assert_eq!(pd.created_with(&id.to_string()).await, 1, "not created a second time");
+    // Time passes: the search index catches up, and the attempt is older than the lag.
+    pd.env.control.advance("2m").await;
+    sqlx::query(
+        "UPDATE actions SET intent_at = intent_at - interval '2 minutes', \
+           updated_at = updated_at - interval '2 minutes' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&x.db.pool)
+    .await
+    .expect("age");
+    x.run(id, 3).await.expect("found and adopted");
+    let (state, reconciled): (String, bool) =
+        sqlx::query_as("SELECT state, reconciled FROM actions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&x.db.pool)
+            .await
+            .expect("row");
+    assert_eq!((state.as_str(), reconciled), ("succeeded", true));
+    assert_eq!(pd.created_with(&id.to_string()).await, 1, "exactly one person");
 }
 
 /// A task whose activity type someone changed after it was created (here to "meeting") is
