@@ -10,7 +10,8 @@
 //! 3. Past the grace, whatever still runs is released: back to the head of its lane with the
 //!    attempt refunded and the interruption recorded in its history (if Redis is unreachable
 //!    then, the lease simply expires and another worker runs the job).
-//! 4. Pending acks are flushed, maintenance actors stop, the metrics listener closes.
+//! 4. Pending acks are flushed, maintenance actors stop, token refreshes in progress commit
+//!    (at most 35 s), the metrics listener closes.
 //! 5. The process exits 0.
 
 pub mod config;
@@ -95,6 +96,7 @@ impl App {
             tokens: crm_jobs::auth::TokenManager::new(store, http.client().clone()),
             clients: crm_jobs::providers::Clients::new(http),
         };
+        let tokens = ctx.tokens.clone();
         let c = consumer.clone();
         let monitor = Monitor::new()
             .register(move |_restarts| {
@@ -115,6 +117,10 @@ impl App {
             tracing::error!(message = "worker monitor ended with errors", %error);
         }
         consumer.shutdown().await;
+        // A token refresh a cut-off job started runs on in a task of its own: let it commit.
+        tokens
+            .finish_refreshes(crm_jobs::providers::http::DEFAULT_TIMEOUT + std::time::Duration::from_secs(5))
+            .await;
         server_stop.cancel();
         let _ = server.await;
         tracing::info!(message = "worker stopped");

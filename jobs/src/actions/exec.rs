@@ -189,6 +189,9 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         }
     }
 
+    // Taken before the intent is written (its stamp is the statement's start): a slow write
+    // must not give the requests more time than the bound assumes.
+    let deadline = std::time::Instant::now() + SEND_DEADLINE;
     if !store::intent(&ctx.pool, id).await.map_err(db)? {
         tracing::info!(message = "action ended meanwhile (another run of it); nothing sent", action = %id);
         return Ok(());
@@ -197,11 +200,13 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
     // No request of this attempt starts after its send deadline (a token refresh, a wait for
     // the connection's row lock or a stall may come first): with the client's timeout, that
     // bounds how long after the intent a request can be in flight (`IN_FLIGHT_BOUND`).
-    let deadline = std::time::Instant::now() + SEND_DEADLINE;
+    let missed = std::sync::atomic::AtomicBool::new(false);
     let result = crate::auth::call(&ctx.tokens, target.connection, |auth| {
         let to_send = to_send.clone();
+        let missed = &missed;
         async move {
             if std::time::Instant::now() >= deadline {
+                missed.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Err(ProviderError::Transient {
                     status: None,
                     retry_after: None,
@@ -212,6 +217,16 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         }
     })
     .await;
+    if missed.load(std::sync::atomic::Ordering::Relaxed) {
+        // Not the provider's failure (no breaker count): this attempt sent nothing that could
+        // have created the object (a first request that got a 401 created nothing either).
+        let decision = JobError::transient(
+            "send_deadline",
+            "the attempt's send deadline passed before its request could start (a slow token refresh?)",
+        );
+        let last = attempt >= max;
+        return Err(failed(ctx, id, decision, last, true).await);
+    }
     match result {
         Ok(reply) => {
             crate::limits::observe(ctx, &target, reply.quota.as_ref()).await;
@@ -275,9 +290,9 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
             let last = matches!(decision.kind, FailureKind::Permanent)
                 || (attempt >= max
                     && matches!(decision.kind, FailureKind::Transient | FailureKind::RetryAfter(_)));
-            // The intent goes only if this run found none: one it found was reconciled above,
-            // and a lookup that may lag (a search index) must get another chance.
-            Err(failed(ctx, id, decision, last, refused(&e) && row.intent_at.is_none()).await)
+            // A refusal created nothing, and an intent this run found was reconciled above
+            // (conclusively: a lookup that lags waited first), so the intent goes.
+            Err(failed(ctx, id, decision, last, refused(&e)).await)
         }
     }
 }

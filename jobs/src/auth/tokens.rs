@@ -84,6 +84,8 @@ pub struct TokenManager {
     margin: Duration,
     revalidate: Duration,
     slots: Arc<Mutex<HashMap<Uuid, Slot>>>,
+    /// Refreshes in progress, which a stopping process waits for ([`Self::finish_refreshes`]).
+    refreshes: tokio_util::task::TaskTracker,
 }
 
 fn credential(provider: Provider, kind: AuthKind, token: SecretString) -> Credential {
@@ -108,7 +110,14 @@ impl TokenManager {
 
     /// A manager with a given proactive-refresh margin.
     pub fn with_margin(store: Store, http: reqwest::Client, margin: Duration) -> Self {
-        Self { store, http, margin, revalidate: DEFAULT_REVALIDATE, slots: Arc::default() }
+        Self {
+            store,
+            http,
+            margin,
+            revalidate: DEFAULT_REVALIDATE,
+            slots: Arc::default(),
+            refreshes: tokio_util::task::TaskTracker::new(),
+        }
     }
 
     /// The same manager, reading cached credentials again after `every` (default
@@ -221,6 +230,16 @@ impl TokenManager {
         }
     }
 
+    /// Waits (at most `patience`) for the refreshes in progress to end: a stopping process
+    /// calls it after its jobs stopped, or dropping the runtime would cut a refresh between
+    /// the provider's answer and the commit.
+    pub async fn finish_refreshes(&self, patience: Duration) {
+        self.refreshes.close();
+        if tokio::time::timeout(patience, self.refreshes.wait()).await.is_err() {
+            tracing::warn!(message = "token refreshes still running at exit", count = self.refreshes.len());
+        }
+    }
+
     /// Forgets the cached credential of a connection (after re-authorisation elsewhere).
     pub fn invalidate(&self, connection: Uuid) {
         self.slots.lock().remove(&connection);
@@ -233,7 +252,8 @@ impl TokenManager {
     /// the single-flight lock is the caller's and goes with it, the row lock fences the rest.
     async fn refresh_detached(&self, id: Uuid, seen: i64, force: bool) -> Result<Row, AuthError> {
         let me = self.clone();
-        tokio::spawn(async move { me.refresh_locked(id, seen, force).await })
+        self.refreshes
+            .spawn(async move { me.refresh_locked(id, seen, force).await })
             .await
             .map_err(|e| AuthError::Transient(format!("token refresh task ended abnormally: {e}")))?
     }

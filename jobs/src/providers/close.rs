@@ -323,16 +323,17 @@ fn error(resp: &RawResponse, idempotent: bool) -> ProviderError {
         400..=499 => {
             let (field, reason) =
                 match body.get("field-errors").and_then(Value::as_object).and_then(|m| m.iter().next()) {
-                    Some((f, v)) => {
-                        (Some(f.clone()), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
-                    }
+                    Some((f, v)) => (
+                        Some(f.clone()),
+                        scrub_tokens(&v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())),
+                    ),
                     None => {
                         let first = body
                             .get("errors")
                             .and_then(Value::as_array)
                             .and_then(|a| a.first())
                             .and_then(Value::as_str);
-                        (None, first.map(str::to_owned).unwrap_or(message))
+                        (None, first.map(scrub_tokens).unwrap_or(message))
                     }
                 };
             ProviderError::Rejected { field, reason, code: None, status }

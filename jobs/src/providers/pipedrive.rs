@@ -348,7 +348,10 @@ fn error(resp: &RawResponse, search: bool) -> ProviderError {
     if let Some(e) = common_status(resp) {
         return e;
     }
-    let message = body.get("error").and_then(Value::as_str).map(scrub_tokens).unwrap_or_default();
+    // The field is read from the message as Pipedrive wrote it (a custom field's key is 40 hex
+    // characters, token-shaped); the message kept is scrubbed.
+    let raw_message = body.get("error").and_then(Value::as_str).unwrap_or_default();
+    let message = scrub_tokens(raw_message);
     let code = body.get("code").and_then(Value::as_str).map(str::to_owned);
     let message = if message.is_empty() { resp.snippet() } else { message };
     match status {
@@ -391,7 +394,7 @@ fn error(resp: &RawResponse, search: bool) -> ProviderError {
                 .get("field_code")
                 .and_then(Value::as_str)
                 .map(str::to_owned)
-                .or_else(|| field_from_message(&message));
+                .or_else(|| field_from_message(raw_message));
             let code = code.or_else(|| (status == 410).then(|| "gone".to_owned()));
             ProviderError::Rejected { field, reason: message, code, status }
         }

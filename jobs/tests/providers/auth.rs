@@ -399,10 +399,20 @@ async fn a_refresh_whose_caller_is_cancelled_still_stores_the_rotated_token() {
         )
         .await;
     s.expire().await;
+    let version = || async {
+        sqlx::query_scalar::<_, i64>("SELECT token_version FROM connections WHERE id = $1")
+            .bind(s.connection)
+            .fetch_one(&s.db.pool)
+            .await
+            .expect("row")
+    };
+    let before = version().await;
     let tokens = manager(&s.store);
     let cut = tokio::time::timeout(Duration::from_millis(200), s.get_contact(&tokens)).await;
     assert!(cut.is_err(), "the caller was cut off mid-refresh");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // What a stopping worker does before its runtime goes: wait for the refresh to commit.
+    tokens.finish_refreshes(Duration::from_secs(10)).await;
+    assert_eq!(version().await, before + 1, "committed by the time finish_refreshes returns");
     s.get_contact(&manager(&s.store)).await.expect("the rotated token was stored");
     assert_eq!(s.refreshes().await, (1, 0));
     assert_eq!(s.status().await, "active");
