@@ -102,7 +102,7 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         // letter waits to be replayed (a request resent in the instant its job died). If none
         // does, the worker that recorded the failure stopped before dead-lettering its job (this
         // is that job, reaped): dead-letter it now, or the action could never be replayed.
-        if store::awaits_replay(&ctx.pool, id).await.map_err(db)? {
+        if store::dead_letters_of(&ctx.pool, id).await.map_err(db)? == Some(true) {
             tracing::info!(message = "action already failed; this job does nothing", action = %id);
             return Ok(());
         }
@@ -140,7 +140,10 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         Err(e) => return Err(JobError::transient("queue", e.to_string())),
     }
 
-    if action.creates() && row.intent_at.is_some() && row.external_id.is_none() {
+    if action.creates()
+        && let Some(intent_at) = row.intent_at
+        && row.external_id.is_none()
+    {
         // An earlier attempt that recorded its intent and nothing after may still be sending
         // (its worker stalled or cut off from the queue, so its lease went to this one): a
         // lookup now could miss the object it is about to create, and this attempt would
@@ -154,11 +157,6 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
                 "an earlier attempt's request may still be in flight; reconciling once it must have ended",
             ));
         }
-    }
-    if action.creates()
-        && let Some(intent_at) = row.intent_at
-        && row.external_id.is_none()
-    {
         // Back to the last intent: an earlier one was followed by a conclusive reconciliation
         // (it recorded the next intent only after finding nothing), and the lookups that
         // scan are bounded by age (a replay days later must not scan back to the creation).
@@ -166,16 +164,7 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         if let Some(found) = found {
             tracing::info!(message = "outcome-unknown action reconciled: adopting the object created earlier",
                 action = %id, external_id = %found.id);
-            store::succeed(
-                &ctx.pool,
-                id,
-                Some(&found.id),
-                &json!({ "external_id": found.id, "created": true }),
-                true,
-            )
-            .await
-            .map_err(db)?;
-            return Ok(());
+            return adopt(ctx, id, &found.id, true, true).await;
         }
         // Not found by a lookup whose index lags behind writes (Pipedrive's person search):
         // not conclusive for an object younger than the lag. Look again once it is older.
@@ -250,31 +239,11 @@ pub async fn run(ctx: &JobContext, id: Uuid, attempt: u32, max: u32) -> Result<(
         {
             // The object exists already: our own earlier create (duplicate marker) or, for a
             // contact, the same person (duplicate email). Either way the action's goal holds.
-            store::succeed(
-                &ctx.pool,
-                id,
-                Some(&existing),
-                &json!({ "external_id": existing, "created": false }),
-                false,
-            )
-            .await
-            .map_err(db)?;
-            Ok(())
+            adopt(ctx, id, &existing, false, false).await
         }
         Err(CallError::Provider(ProviderError::Conflict { existing_id: None, .. })) if action.creates() => {
             match reconcile(ctx, &target, &action, &marker, row.created_at).await?.0 {
-                Some(found) => {
-                    store::succeed(
-                        &ctx.pool,
-                        id,
-                        Some(&found.id),
-                        &json!({ "external_id": found.id, "created": false }),
-                        true,
-                    )
-                    .await
-                    .map_err(db)?;
-                    Ok(())
-                }
+                Some(found) => adopt(ctx, id, &found.id, false, true).await,
                 None => Err(failed(
                     ctx,
                     id,
@@ -358,6 +327,27 @@ async fn mark_pending(ctx: &JobContext, target: &Target, action: &Action) -> Res
     Ok(())
 }
 
+/// Records as the action's result an object that exists already at the provider: `created`
+/// by an earlier attempt of it (or not: a duplicate it named), `reconciled` when a lookup
+/// found it.
+async fn adopt(
+    ctx: &JobContext,
+    id: Uuid,
+    external_id: &str,
+    created: bool,
+    reconciled: bool,
+) -> Result<(), JobError> {
+    store::succeed(
+        &ctx.pool,
+        id,
+        Some(external_id),
+        &json!({ "external_id": external_id, "created": created }),
+        reconciled,
+    )
+    .await
+    .map_err(db)
+}
+
 async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool, refused: bool) -> JobError {
     if let Err(e) = store::fail(&ctx.pool, id, &decision.class, &decision.message, last, refused).await {
         tracing::warn!(message = "could not record an action failure", action = %id, %e);
@@ -366,9 +356,9 @@ async fn failed(ctx: &JobContext, id: Uuid, decision: JobError, last: bool, refu
 }
 
 /// Looks for the object an earlier attempt may have created, and says how long ago `since` was.
-/// None can be older than `since`
-/// (the action's creation or its last intent, on our database's clock, which also gives "now");
-/// the provider is told that age, a duration, never a time to compare with its own clock.
+/// None can be older than `since` (the action's creation or its last intent, on our database's
+/// clock, which also gives "now"); the provider is told that age, a duration, never a time to
+/// compare with its own clock.
 async fn reconcile(
     ctx: &JobContext,
     target: &Target,

@@ -151,12 +151,13 @@ pub(crate) async fn get_for_run(pool: &PgPool, id: Uuid) -> Result<Option<Action
     .await
 }
 
-/// Whether a dead letter of one of the action's jobs (its own, or a replay's, which carry the
-/// action id in their payload) waits unreplayed.
-pub(crate) async fn awaits_replay(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+/// Whether the action's jobs have dead letters: `None` if none, else whether one of them (the
+/// action's own job's, or a replay's) waits unreplayed. Replays carry the action id in their
+/// payload, so this follows the whole chain (index `dead_letters_action`).
+pub async fn dead_letters_of(pool: &PgPool, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE job_type = 'action' \
-           AND payload_json ->> 'action_id' = $1 AND replayed_at IS NULL)",
+        "SELECT bool_or(replayed_at IS NULL) FROM dead_letters \
+         WHERE job_type = 'action' AND payload_json ->> 'action_id' = $1",
     )
     .bind(id.to_string())
     .fetch_one(pool)

@@ -704,22 +704,28 @@ impl CloseClient {
         Ok(id)
     }
 
-    async fn scan_for_token(
-        &self,
-        auth: &Auth,
-        path: &str,
-        field: &str,
-        marker: &str,
-    ) -> ProviderResult<Option<ExternalRef>> {
-        let token = marker_token(marker);
-        let (v, q) = self.call("find_by_marker", auth, Method::GET, path, None, true).await?;
-        let id = v
-            .get("data")
-            .and_then(Value::as_array)
-            .and_then(|a| {
-                a.iter().find(|o| o.get(field).and_then(Value::as_str).is_some_and(|t| t.contains(&token)))
-            })
-            .and_then(|o| text(o, "id"));
+    /// A contact by the marker in its `crm_fleet_action_id` field (an exact `term` search); an
+    /// organization without that field cannot tell, and says so.
+    async fn find_contact_by_marker(&self, auth: &Auth, marker: &str) -> ProviderResult<Option<ExternalRef>> {
+        let Some(field) = self.marker_field(auth).await? else {
+            return Err(ProviderError::OutcomeUnknown {
+                message: "the organization has no crm_fleet_action_id contact field, so a contact an \
+                          earlier attempt may have created cannot be found by its marker"
+                    .into(),
+            });
+        };
+        let body = json!({
+            "query": {"type": "and", "queries": [
+                {"type": "object_type", "object_type": "contact"},
+                {"type": "field_condition", "field": {"type": "custom_field", "custom_field_id": field},
+                 "condition": {"type": "term", "values": [marker]}},
+            ]},
+            "_fields": {"contact": ["id"]},
+            "_limit": 1,
+        });
+        let (v, q) =
+            self.call("find_by_marker", auth, Method::POST, "/data/search/", Some(&body), true).await?;
+        let id = v.pointer("/data/0/id").and_then(Value::as_str).map(str::to_owned);
         Ok(Reply::new(id.map(|id| ExternalRef { id, created: false }), q))
     }
 }
@@ -907,42 +913,9 @@ impl CrmClient for CloseClient {
         marker: &str,
     ) -> ProviderResult<Option<ExternalRef>> {
         match kind {
-            ActionObject::Task => {
-                let path = format!("/task/?_order_by=-date_created&_limit={MARKER_SCAN}&_fields=id,text");
-                self.scan_for_token(auth, &path, "text", marker).await
-            }
-            ActionObject::Call => {
-                let path = format!("/activity/call/?_limit={MARKER_SCAN}&_fields=id,note");
-                self.scan_for_token(auth, &path, "note", marker).await
-            }
-            ActionObject::Note => {
-                let path = format!("/activity/note/?_limit={MARKER_SCAN}&_fields=id,note");
-                self.scan_for_token(auth, &path, "note", marker).await
-            }
-            ActionObject::Contact => {
-                let Some(field) = self.marker_field(auth).await? else {
-                    return Err(ProviderError::OutcomeUnknown {
-                        message:
-                            "the organization has no crm_fleet_action_id contact field, so a contact an \
-                                  earlier attempt may have created cannot be found by its marker"
-                                .into(),
-                    });
-                };
-                let body = json!({
-                    "query": {"type": "and", "queries": [
-                        {"type": "object_type", "object_type": "contact"},
-                        {"type": "field_condition", "field": {"type": "custom_field", "custom_field_id": field},
-                         "condition": {"type": "term", "values": [marker]}},
-                    ]},
-                    "_fields": {"contact": ["id"]},
-                    "_limit": 1,
-                });
-                let (v, q) = self
-                    .call("find_by_marker", auth, Method::POST, "/data/search/", Some(&body), true)
-                    .await?;
-                let id = v.pointer("/data/0/id").and_then(Value::as_str).map(str::to_owned);
-                Ok(Reply::new(id.map(|id| ExternalRef { id, created: false }), q))
-            }
+            ActionObject::Contact => self.find_contact_by_marker(auth, marker).await,
+            // Without an age: back to the end of the list, or "outcome unknown" past the cap.
+            _ => self.find_by_marker_within(auth, kind, marker, std::time::Duration::MAX).await,
         }
     }
 
@@ -959,7 +932,7 @@ impl CrmClient for CloseClient {
             }
             ActionObject::Call => ("/activity/call/?_fields=id,note,date_created", "note", "calls"),
             ActionObject::Note => ("/activity/note/?_fields=id,note,date_created", "note", "notes"),
-            ActionObject::Contact => return self.find_by_marker(auth, kind, marker).await,
+            ActionObject::Contact => return self.find_contact_by_marker(auth, marker).await,
         };
         let token = marker_token(marker);
         let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);

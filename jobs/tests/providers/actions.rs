@@ -91,6 +91,23 @@ impl A {
         crm_jobs::actions::exec::run(&self.ctx, id, attempt, 10).await
     }
 
+    /// A dead letter of the action's own job, as the queue writes one (the trigger marks the
+    /// action failed), `replayed` or waiting.
+    async fn dead_letter(&self, id: Uuid, replayed: bool) {
+        sqlx::query(
+            "INSERT INTO dead_letters (job_id, queue, job_type, lane, provider, tenant, priority, payload, payload_json, \
+               reason, error_class, last_error, attempts, max_attempts, orphans, enqueued_at, dead_at, replayed_at) \
+             VALUES ($1, 'crm', 'action', 'l', 'hubspot', 'acme', 'high', '\\x00', $2, 'permanent', 'rejected', 'no', \
+               1, 10, 0, now(), now(), CASE WHEN $3 THEN now() END)",
+        )
+        .bind(id)
+        .bind(json!({ "type": "action", "action_id": id }))
+        .bind(replayed)
+        .execute(&self.db.pool)
+        .await
+        .expect("dead letter");
+    }
+
     async fn row(&self, id: Uuid) -> store::ActionRow {
         store::get(&self.db.pool, id).await.expect("get").expect("row")
     }
@@ -250,17 +267,7 @@ async fn a_failed_action_whose_job_was_not_dead_lettered_is_dead_lettered_now() 
         .expect("failed");
     let err = a.run(id, 2).await.expect_err("dead-lettered");
     assert_eq!((err.kind.clone(), err.class.as_str()), (FailureKind::Permanent, "rejected"), "{err:?}");
-    sqlx::query(
-        "INSERT INTO dead_letters (job_id, queue, job_type, lane, provider, tenant, priority, payload, payload_json, \
-           reason, error_class, last_error, attempts, max_attempts, orphans, enqueued_at, dead_at) \
-         VALUES ($1, 'crm', 'action', 'l', 'hubspot', 'acme', 'high', '\\x00', $2, 'permanent', 'rejected', 'bad', \
-           2, 10, 0, now(), now())",
-    )
-    .bind(id)
-    .bind(json!({ "type": "action", "action_id": id }))
-    .execute(&a.db.pool)
-    .await
-    .expect("dead letter");
+    a.dead_letter(id, false).await;
     a.run(id, 3).await.expect("its dead letter waits: nothing to do");
     assert_eq!(a.env.control.get(&format!("hubspot/accounts/{HUB}/created?contains={id}")).await["count"], 0);
 }
@@ -348,17 +355,7 @@ async fn an_action_left_without_a_job_is_pushed_again_by_the_sweep() {
         .expect("done");
     // Dead-lettered (the trigger marks it failed), then replayed: queued again, under the replay's job id.
     let replayed = a.new_action("k-replayed", "create_task", subject("Replayed")).await;
-    sqlx::query(
-        "INSERT INTO dead_letters (job_id, queue, job_type, lane, provider, tenant, priority, payload, payload_json, \
-           reason, error_class, last_error, attempts, max_attempts, orphans, enqueued_at, dead_at, replayed_at) \
-         VALUES ($1, 'crm', 'action', 'l', 'hubspot', 'acme', 'high', '\\x00', $2, 'permanent', 'rejected', 'no', \
-           1, 10, 0, now(), now(), now())",
-    )
-    .bind(replayed)
-    .bind(json!({ "type": "action", "action_id": replayed }))
-    .execute(&a.db.pool)
-    .await
-    .expect("dead letter");
+    a.dead_letter(replayed, true).await;
     sqlx::query("UPDATE actions SET state = 'queued' WHERE id = $1")
         .bind(replayed)
         .execute(&a.db.pool)

@@ -224,7 +224,7 @@ pub async fn post_action(
     // A job of this action that died (dead-lettered, perhaps replayed since under a job id of
     // its own) is the dead-letter queue's to replay: pushing the action's job again would run it
     // beside the replay, or run an action operators were told is dead.
-    let unreplayed = dead_letters_of(&state.pool, row.id).await?;
+    let unreplayed = actions::store::dead_letters_of(&state.pool, row.id).await?;
     let view_state = match unreplayed {
         Some(true) if row.state != "succeeded" => "dead".to_owned(),
         _ => row.state.clone(),
@@ -248,19 +248,6 @@ pub async fn post_action(
         resp.headers_mut().insert("idempotent-replayed", v);
     }
     Ok(resp)
-}
-
-/// Whether the action's jobs have dead letters: `None` if none, else whether one of them (the
-/// action's own job's, or a replay's) waits unreplayed. Replays carry the action id in their
-/// payload, so this follows the whole chain (index `dead_letters_action`).
-async fn dead_letters_of(pool: &sqlx::PgPool, action: Uuid) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT bool_or(replayed_at IS NULL) FROM dead_letters \
-         WHERE job_type = 'action' AND payload_json ->> 'action_id' = $1",
-    )
-    .bind(action.to_string())
-    .fetch_one(pool)
-    .await
 }
 
 /// A sync run row, as `GET /v1/jobs/{id}` reads it.
@@ -311,7 +298,7 @@ pub async fn get_job(
     if let Some(a) = actions::store::get(&state.pool, id).await? {
         let live = state.queue.job(crm_queue::JobId(id)).await.ok().flatten();
         // Dead while a dead letter of it waits; once replayed, the action row follows the replay.
-        let dead = dead_letters_of(&state.pool, id).await? == Some(true);
+        let dead = actions::store::dead_letters_of(&state.pool, id).await? == Some(true);
         let view_state = match (a.state.as_str(), &live, dead) {
             (_, _, true) if a.state != "succeeded" => "dead".to_owned(),
             ("queued" | "running", Some(info), _) if info.state == "delayed" => "retrying".to_owned(),
